@@ -1,0 +1,293 @@
+//! Broker configuration: one typed struct filled from defaults, a TOML file, `RIFFLE_*`
+//! environment variables and command-line flags (later sources win).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// When the write-ahead log is synced to disk before a produce is acknowledged.
+///
+/// A process crash (kill -9) never loses an acknowledged write under any policy: writes
+/// reach the operating system before the acknowledgement. The policy decides what also
+/// survives a machine crash or power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsyncPolicy {
+    /// Sync (group-committed) before acknowledging `acks=all`; `acks=0/1` are not synced.
+    AcksAll,
+    /// Sync every produce before acknowledging it.
+    Always,
+    /// Never sync on the produce path; the OS writes back in its own time.
+    Never,
+}
+
+/// Every broker setting, with Kafka's defaults where Kafka has the same setting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Broker id, stable across restarts.
+    pub node_id: i32,
+    /// Directory holding the RocksDB store.
+    pub data_dir: PathBuf,
+    /// Kafka listener address.
+    pub listen: SocketAddr,
+    /// `host:port` clients are told to connect to.
+    pub advertised_listener: String,
+    /// HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+    pub http_listen: SocketAddr,
+    /// Create topics on first metadata request for them.
+    pub auto_create_topics_enable: bool,
+    /// Partitions of auto-created topics and of CreateTopics without a count.
+    pub num_partitions: i32,
+    /// Replication factor used when a request leaves it unset.
+    pub default_replication_factor: i16,
+    /// Largest record batch accepted (topic `max.message.bytes` default).
+    pub message_max_bytes: i32,
+    /// Largest request frame accepted; larger frames close the connection.
+    pub socket_request_max_bytes: i32,
+    /// Default topic `retention.ms` (-1: keep forever).
+    pub log_retention_ms: i64,
+    /// Default topic `retention.bytes` (-1: no size limit).
+    pub log_retention_bytes: i64,
+    /// Default topic `segment.bytes`: retention deletes whole segments.
+    pub log_segment_bytes: i64,
+    /// Default topic `segment.ms`.
+    pub log_roll_ms: i64,
+    /// How often retention runs.
+    pub log_retention_check_interval_ms: u64,
+    /// Default topic `min.insync.replicas`.
+    pub min_insync_replicas: i32,
+    /// WAL sync policy for produce requests.
+    pub fsync_policy: FsyncPolicy,
+    /// Requests processed concurrently per connection (responses still go out in order).
+    pub max_in_flight_per_connection: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 0,
+            data_dir: PathBuf::from("data"),
+            listen: ([0, 0, 0, 0], 9092).into(),
+            advertised_listener: "localhost:9092".into(),
+            http_listen: ([0, 0, 0, 0], 9644).into(),
+            auto_create_topics_enable: true,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            message_max_bytes: 1_048_588,
+            socket_request_max_bytes: 104_857_600,
+            log_retention_ms: 7 * 24 * 3600 * 1000,
+            log_retention_bytes: -1,
+            log_segment_bytes: 1 << 30,
+            log_roll_ms: 7 * 24 * 3600 * 1000,
+            log_retention_check_interval_ms: 300_000,
+            min_insync_replicas: 1,
+            fsync_policy: FsyncPolicy::AcksAll,
+            max_in_flight_per_connection: 16,
+        }
+    }
+}
+
+/// Command line; each flag also reads `RIFFLE_<NAME>` from the environment.
+#[derive(Debug, Parser, Serialize)]
+#[command(
+    name = "riffle",
+    version,
+    about = "Riffle: a Kafka-compatible event-streaming broker"
+)]
+pub struct Cli {
+    /// TOML config file; flags and environment override it.
+    #[arg(long, env = "RIFFLE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Broker id [default: 0].
+    #[arg(long, env = "RIFFLE_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<i32>,
+    /// Data directory [default: ./data].
+    #[arg(long, env = "RIFFLE_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Kafka listener [default: 0.0.0.0:9092].
+    #[arg(long, env = "RIFFLE_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Address advertised to clients [default: localhost:9092].
+    #[arg(long, env = "RIFFLE_ADVERTISED_LISTENER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertised_listener: Option<String>,
+    /// HTTP listener [default: 0.0.0.0:9644].
+    #[arg(long, env = "RIFFLE_HTTP_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<SocketAddr>,
+    /// Auto-create topics on metadata requests [default: true].
+    #[arg(long, env = "RIFFLE_AUTO_CREATE_TOPICS_ENABLE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_create_topics_enable: Option<bool>,
+    /// Default partition count [default: 1].
+    #[arg(long, env = "RIFFLE_NUM_PARTITIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_partitions: Option<i32>,
+    /// Default replication factor [default: 1].
+    #[arg(long, env = "RIFFLE_DEFAULT_REPLICATION_FACTOR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_replication_factor: Option<i16>,
+    /// Largest record batch [default: 1048588].
+    #[arg(long, env = "RIFFLE_MESSAGE_MAX_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_max_bytes: Option<i32>,
+    /// Largest request frame [default: 104857600].
+    #[arg(long, env = "RIFFLE_SOCKET_REQUEST_MAX_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_request_max_bytes: Option<i32>,
+    /// Default retention.ms [default: 604800000].
+    #[arg(long, env = "RIFFLE_LOG_RETENTION_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_retention_ms: Option<i64>,
+    /// Default retention.bytes [default: -1].
+    #[arg(long, env = "RIFFLE_LOG_RETENTION_BYTES", allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_retention_bytes: Option<i64>,
+    /// Default segment.bytes [default: 1073741824].
+    #[arg(long, env = "RIFFLE_LOG_SEGMENT_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_segment_bytes: Option<i64>,
+    /// Default segment.ms [default: 604800000].
+    #[arg(long, env = "RIFFLE_LOG_ROLL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_roll_ms: Option<i64>,
+    /// Retention check interval [default: 300000].
+    #[arg(long, env = "RIFFLE_LOG_RETENTION_CHECK_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_retention_check_interval_ms: Option<u64>,
+    /// Default min.insync.replicas [default: 1].
+    #[arg(long, env = "RIFFLE_MIN_INSYNC_REPLICAS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_insync_replicas: Option<i32>,
+    /// WAL sync policy [default: acks-all].
+    #[arg(long, env = "RIFFLE_FSYNC_POLICY", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync_policy: Option<FsyncPolicy>,
+    /// Concurrent requests per connection [default: 16].
+    #[arg(long, env = "RIFFLE_MAX_IN_FLIGHT_PER_CONNECTION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_connection: Option<usize>,
+}
+
+/// Configuration could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A value is malformed or unknown.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Builds the configuration: defaults, then the file, then environment and flags.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let mut table = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        let overrides =
+            toml::Table::try_from(cli).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        table.extend(overrides);
+        let cfg: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.node_id < 0 {
+            return bad("node_id must be >= 0");
+        }
+        if self.num_partitions < 1 {
+            return bad("num_partitions must be >= 1");
+        }
+        if self.message_max_bytes < 1024 {
+            return bad("message_max_bytes must be >= 1024");
+        }
+        if self.socket_request_max_bytes < self.message_max_bytes {
+            return bad("socket_request_max_bytes must be >= message_max_bytes");
+        }
+        if self.max_in_flight_per_connection == 0 {
+            return bad("max_in_flight_per_connection must be >= 1");
+        }
+        if self.advertised_host_port().is_none() {
+            return bad("advertised_listener must be host:port");
+        }
+        Ok(())
+    }
+
+    /// Host and port split out of `advertised_listener`.
+    pub fn advertised_host_port(&self) -> Option<(String, i32)> {
+        let (host, port) = self.advertised_listener.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        Some((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("riffle.toml");
+        std::fs::write(
+            &file,
+            "node_id = 7\nnum_partitions = 3\nfsync_policy = \"always\"\n",
+        )
+        .expect("write");
+        let cli = Cli::parse_from([
+            "riffle",
+            "--config",
+            file.to_str().expect("utf8"),
+            "--num-partitions",
+            "5",
+            "--advertised-listener",
+            "broker-0.riffle:9092",
+        ]);
+        let cfg = Config::load(&cli).expect("load");
+        assert_eq!(cfg.node_id, 7);
+        assert_eq!(cfg.num_partitions, 5);
+        assert_eq!(cfg.fsync_policy, FsyncPolicy::Always);
+        assert_eq!(cfg.listen, Config::default().listen);
+        assert_eq!(
+            cfg.advertised_host_port(),
+            Some(("broker-0.riffle".to_string(), 9092))
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("riffle.toml");
+        std::fs::write(&file, "no_such_key = 1\n").expect("write");
+        let cli = Cli::parse_from(["riffle", "--config", file.to_str().expect("utf8")]);
+        assert!(Config::load(&cli).is_err());
+        let cli = Cli::parse_from(["riffle", "--num-partitions", "0"]);
+        assert!(Config::load(&cli).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! Produce: validate each partition's batch, append it, answer once it is durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+    ProducerId,
+};
+
+use super::{Broker, Reply};
+use crate::config::FsyncPolicy;
+use crate::log::{AppendOutcome, LogError};
+use crate::metadata::Topic;
+use crate::protocol::{batch, encode_response};
+
+impl Broker {
+    /// Appends synchronously (so pipelined requests keep their order) and returns the
+    /// future that waits for durability and encodes the response.
+    pub(super) fn produce(self: &Arc<Self>, req: ProduceRequest, version: i16, corr: i32) -> Reply {
+        let acks = req.acks;
+        let sync = match self.config.fsync_policy {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::AcksAll => acks == -1,
+            FsyncPolicy::Never => false,
+        };
+        let mut pending = Vec::with_capacity(req.topic_data.len());
+        for t in req.topic_data {
+            let topic = self.catalog.get(t.name.0.as_str());
+            let parts: Vec<_> = t
+                .partition_data
+                .into_iter()
+                .map(|p| {
+                    let result = if matches!(acks, -1..=1) {
+                        self.append_partition(
+                            topic.as_ref(),
+                            p.index,
+                            p.records.unwrap_or_default(),
+                            sync,
+                        )
+                    } else {
+                        Err(ResponseError::InvalidRequiredAcks.code())
+                    };
+                    (p.index, result)
+                })
+                .collect();
+            pending.push((t.name, parts));
+        }
+        if acks == 0 {
+            // No response; the appends above still happen.
+            return Box::pin(std::future::ready(Ok(None)));
+        }
+        let this = self.clone();
+        let timeout = Duration::from_millis(req.timeout_ms.max(1000) as u64);
+        Box::pin(async move {
+            let mut responses = Vec::with_capacity(pending.len());
+            for (name, parts) in pending {
+                let mut out = Vec::with_capacity(parts.len());
+                for (index, result) in parts {
+                    let waited = match result {
+                        Err(code) => Err(code),
+                        Ok(outcome) => match tokio::time::timeout(timeout, outcome.wait()).await {
+                            Ok(r) => r.map_err(|e| log_error_code(&e)),
+                            Err(_) => Err(ResponseError::RequestTimedOut.code()),
+                        },
+                    };
+                    let resp = PartitionProduceResponse::default().with_index(index);
+                    let resp = match waited {
+                        Ok(a) => resp
+                            .with_base_offset(a.base_offset)
+                            .with_log_append_time_ms(a.log_append_time)
+                            .with_log_start_offset(a.log_start_offset),
+                        Err(code) => {
+                            this.count_error(ApiKey::Produce, code);
+                            resp.with_error_code(code)
+                                .with_base_offset(-1)
+                                .with_log_append_time_ms(-1)
+                                .with_log_start_offset(-1)
+                        }
+                    };
+                    out.push(resp);
+                }
+                responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(name)
+                        .with_partition_responses(out),
+                );
+            }
+            let resp = ProduceResponse::default().with_responses(responses);
+            encode_response(ApiKey::Produce, version, corr, &resp).map(Some)
+        })
+    }
+
+    fn append_partition(
+        &self,
+        topic: Option<&Arc<Topic>>,
+        index: i32,
+        records: Bytes,
+        sync: bool,
+    ) -> Result<AppendOutcome, i16> {
+        let unknown = ResponseError::UnknownTopicOrPartition.code();
+        let topic = topic.ok_or(unknown)?;
+        let part = topic.partition(index).ok_or(unknown)?;
+        let cfg = topic.config();
+        let header = check_batch(&records, cfg.max_message_bytes)?;
+        let name = &*topic.name;
+        self.metrics
+            .bytes_in
+            .with_label_values(&[name])
+            .inc_by(records.len() as u64);
+        self.metrics
+            .records_in
+            .with_label_values(&[name])
+            .inc_by(header.record_count as u64);
+        Ok(part.append(&records, &header, &cfg, sync))
+    }
+}
+
+/// Validates a produced record set; returns the Kafka error code on rejection.
+fn check_batch(records: &[u8], max_message_bytes: usize) -> Result<batch::BatchHeader, i16> {
+    if records.len() > max_message_bytes {
+        return Err(ResponseError::MessageTooLarge.code());
+    }
+    let header = batch::validate_produced(records).map_err(|e| match e {
+        batch::BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
+        _ => ResponseError::CorruptMessage.code(),
+    })?;
+    if header.is_control() || header.is_transactional() {
+        // Transactions are not supported; clients may not write control batches at all.
+        return Err(ResponseError::InvalidRecord.code());
+    }
+    Ok(header)
+}
+
+/// Kafka error code of a log error.
+pub(super) fn log_error_code(e: &LogError) -> i16 {
+    match e {
+        LogError::Storage(_) => ResponseError::KafkaStorageError.code(),
+        LogError::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber.code(),
+        LogError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch.code(),
+        LogError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp.code(),
+        LogError::OffsetOutOfRange => ResponseError::OffsetOutOfRange.code(),
+    }
+}
+
+impl Broker {
+    /// InitProducerId for idempotent producers: a fresh id, or the same id with a bumped epoch.
+    pub(super) async fn init_producer_id(
+        &self,
+        req: InitProducerIdRequest,
+    ) -> InitProducerIdResponse {
+        let resp = InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        if req.transactional_id.is_some() {
+            // Transactions are not supported yet; idempotence without a transactional id is.
+            self.count_error(
+                ApiKey::InitProducerId,
+                ResponseError::TransactionalIdAuthorizationFailed.code(),
+            );
+            return resp.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+        }
+        let (id, epoch) = (req.producer_id.0, req.producer_epoch);
+        // KIP-360: a known producer asking again gets its epoch bumped.
+        if id >= 0 && self.catalog.producer_id_known(id) && epoch >= 0 && epoch < i16::MAX - 1 {
+            return resp
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(epoch + 1);
+        }
+        match self.catalog.allocate_producer_id().await {
+            Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
+            Err(e) => {
+                let code = super::catalog_error_code(&e);
+                self.count_error(ApiKey::InitProducerId, code);
+                resp.with_error_code(code)
+            }
+        }
+    }
+}

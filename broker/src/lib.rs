@@ -1,0 +1,15 @@
+//! Riffle broker: a Kafka-compatible event-streaming broker on RocksDB.
+//!
+//! Data path: [`server`] (TCP framing) → [`handlers`] (one module per API family) →
+//! [`log`] (partition offsets, producer state) → [`storage`] (RocksDB).
+
+pub mod config;
+pub mod handlers;
+pub mod http;
+pub mod log;
+pub mod metadata;
+pub mod metrics;
+pub mod protocol;
+pub mod retention;
+pub mod server;
+pub mod storage;

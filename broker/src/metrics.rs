@@ -1,0 +1,179 @@
+//! Prometheus metrics of the broker. Label sets are closed: API names, error names,
+//! topic names and partition indexes only.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All broker metrics, registered in their own registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by API.
+    pub requests: IntCounterVec,
+    /// Error codes returned, by API and error.
+    pub errors: IntCounterVec,
+    /// Request latency by API.
+    pub latency: HistogramVec,
+    /// Record batch bytes produced, by topic.
+    pub bytes_in: IntCounterVec,
+    /// Record batch bytes fetched, by topic.
+    pub bytes_out: IntCounterVec,
+    /// Records produced, by topic.
+    pub records_in: IntCounterVec,
+    /// Records fetched (counted per returned batch), by topic.
+    pub records_out: IntCounterVec,
+    /// Log end offset (high watermark) per partition.
+    pub log_end_offset: IntGaugeVec,
+    /// Log start offset per partition.
+    pub log_start_offset: IntGaugeVec,
+    /// Stored batch bytes per partition.
+    pub partition_bytes: IntGaugeVec,
+    /// Open client connections.
+    pub connections: IntGauge,
+    /// Storage bytes (SST plus memtables) per column family.
+    pub storage_bytes: IntGaugeVec,
+    /// Connections closed because of undecodable or oversized requests.
+    pub bad_frames: IntCounterVec,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are static and unique, so registration cannot fail.
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let latency = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new("riffle_request_duration_seconds", "Request latency by API")
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ]),
+                &["api"],
+            )
+            .expect("valid metric"),
+        );
+        Metrics {
+            requests: counter("riffle_requests_total", "Requests by API", &["api"]),
+            errors: counter(
+                "riffle_request_errors_total",
+                "Error codes returned by API and error",
+                &["api", "error"],
+            ),
+            latency,
+            bytes_in: counter(
+                "riffle_topic_bytes_in_total",
+                "Record batch bytes produced",
+                &["topic"],
+            ),
+            bytes_out: counter(
+                "riffle_topic_bytes_out_total",
+                "Record batch bytes fetched",
+                &["topic"],
+            ),
+            records_in: counter(
+                "riffle_topic_records_in_total",
+                "Records produced",
+                &["topic"],
+            ),
+            records_out: counter(
+                "riffle_topic_records_out_total",
+                "Records fetched",
+                &["topic"],
+            ),
+            log_end_offset: gauge(
+                "riffle_partition_log_end_offset",
+                "High watermark per partition",
+                &["topic", "partition"],
+            ),
+            log_start_offset: gauge(
+                "riffle_partition_log_start_offset",
+                "Log start offset per partition",
+                &["topic", "partition"],
+            ),
+            partition_bytes: gauge(
+                "riffle_partition_size_bytes",
+                "Stored batch bytes per partition",
+                &["topic", "partition"],
+            ),
+            connections: reg(
+                &r,
+                IntGauge::new("riffle_connections_open", "Open client connections")
+                    .expect("valid metric"),
+            ),
+            storage_bytes: gauge(
+                "riffle_storage_bytes",
+                "RocksDB SST plus memtable bytes by column family",
+                &["cf"],
+            ),
+            bad_frames: counter(
+                "riffle_connections_closed_bad_request_total",
+                "Connections closed for undecodable, unsupported or oversized requests",
+                &["reason"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// Counts an error code returned for an API (0 is not an error).
+    pub fn error(&self, api: &str, code: i16) {
+        if code != 0 {
+            let name = kafka_protocol::error::ResponseError::try_from_code(code)
+                .map(|e| format!("{e:?}"))
+                .unwrap_or_else(|| code.to_string());
+            self.errors.with_label_values(&[api, &name]).inc();
+        }
+    }
+
+    /// Removes every per-topic and per-partition series of a deleted topic.
+    pub fn forget_topic(&self, topic: &str, partitions: i32) {
+        for v in [
+            &self.bytes_in,
+            &self.bytes_out,
+            &self.records_in,
+            &self.records_out,
+        ] {
+            let _ = v.remove_label_values(&[topic]);
+        }
+        for p in 0..partitions {
+            let p = p.to_string();
+            for g in [
+                &self.log_end_offset,
+                &self.log_start_offset,
+                &self.partition_bytes,
+            ] {
+                let _ = g.remove_label_values(&[topic, &p]);
+            }
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,125 @@
+//! Kafka listener: framing, per-connection pipelining with in-order responses.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
+
+use crate::handlers::{Broker, Close};
+use crate::protocol::EncodeError;
+
+type Pending = JoinHandle<Result<Option<Bytes>, EncodeError>>;
+
+/// Accepts connections until `shutdown` turns true, then waits for open connections to
+/// finish the requests they already read.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let b = broker.clone();
+                    let sd = shutdown.clone();
+                    conns.spawn(async move {
+                        b.metrics.connections.inc();
+                        if let Err(e) = connection(stream, b.clone(), sd).await {
+                            tracing::debug!(%peer, error = %e, "connection ended");
+                        }
+                        b.metrics.connections.dec();
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+async fn connection(
+    stream: TcpStream,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let peer = stream.peer_addr().ok();
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Pending>(broker.config.max_in_flight_per_connection);
+    // Writer: resolves replies in request order.
+    let writer = tokio::spawn(async move {
+        while let Some(pending) = rx.recv().await {
+            match pending.await {
+                Ok(Ok(Some(bytes))) => wr.write_all(&bytes).await?,
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "closing connection: response could not be encoded");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "closing connection: request handler failed");
+                    break;
+                }
+            }
+        }
+        wr.shutdown().await
+    });
+    let max = broker.config.socket_request_max_bytes;
+    loop {
+        let mut size_buf = [0u8; 4];
+        let read = tokio::select! {
+            r = rd.read_exact(&mut size_buf) => r,
+            _ = shutdown.changed() => break,
+        };
+        if read.is_err() {
+            break;
+        }
+        let size = i32::from_be_bytes(size_buf);
+        if size < 0 || size > max {
+            broker.metrics.bad_frames.with_label_values(&["size"]).inc();
+            tracing::warn!(
+                ?peer,
+                size,
+                max,
+                "closing connection: request size out of bounds"
+            );
+            break;
+        }
+        let mut frame = BytesMut::zeroed(size as usize);
+        if rd.read_exact(&mut frame).await.is_err() {
+            broker
+                .metrics
+                .bad_frames
+                .with_label_values(&["truncated"])
+                .inc();
+            break;
+        }
+        match broker.dispatch(frame.freeze()).await {
+            Ok(reply) => {
+                if tx.send(tokio::spawn(reply)).await.is_err() {
+                    break;
+                }
+            }
+            Err(Close(reason)) => {
+                broker.metrics.bad_frames.with_label_values(&[reason]).inc();
+                tracing::warn!(?peer, reason, "closing connection");
+                break;
+            }
+        }
+    }
+    // Replies already queued are still sent before the socket closes.
+    drop(tx);
+    writer.await.unwrap_or(Ok(()))
+}

@@ -1,0 +1,238 @@
+//! Storage: one RocksDB per broker data dir.
+//!
+//! Column families:
+//! - `log`: `[partition uid][base offset]` → record batch bytes, as produced (stamped);
+//! - `index`: `[partition uid][segment base offset]` → segment summary (see [`SegmentMeta`]);
+//! - `meta`: topics, partition state, producer state and counters.
+//!
+//! Every write goes through one writer thread that merges whatever is queued into a
+//! single `WriteBatch` (group commit): one WAL sync covers every write that asked for it.
+
+mod keys;
+mod writer;
+
+pub use keys::{log_key, offset_of as offset_of_key, partition_bounds, SegmentMeta};
+pub use writer::Mutation;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rocksdb::{ColumnFamilyDescriptor, Options, ReadOptions, DB};
+use tokio::sync::oneshot;
+
+/// Column family holding record batches.
+pub const CF_LOG: &str = "log";
+/// Column family holding segment summaries.
+pub const CF_INDEX: &str = "index";
+/// Column family holding metadata.
+pub const CF_META: &str = "meta";
+
+/// Storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB reported an error.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A previous write failed; the store refuses further writes.
+    #[error("storage is offline after an earlier write failure")]
+    Offline,
+    /// Stored bytes could not be decoded.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+}
+
+/// Callback run on the writer thread once a write is durable (or failed), in submission order.
+pub type Completion = Box<dyn FnOnce(Result<(), Arc<StorageError>>) + Send>;
+
+/// Handle to the broker's RocksDB.
+pub struct Store {
+    db: Arc<DB>,
+    writer: writer::Writer,
+    offline: Arc<AtomicBool>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(2);
+        // Large WAL-backed memtables: most fetches are served before a flush.
+        opts.set_max_total_wal_size(512 << 20);
+        let mut log_opts = Options::default();
+        log_opts.set_write_buffer_size(128 << 20);
+        log_opts.set_max_write_buffer_number(4);
+        log_opts.set_target_file_size_base(128 << 20);
+        log_opts.set_level_compaction_dynamic_level_bytes(true);
+        // Batches arrive compressed by producers (or not at all); compressing again wastes CPU.
+        log_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_LOG, log_opts),
+            ColumnFamilyDescriptor::new(CF_INDEX, Options::default()),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
+        let offline = Arc::new(AtomicBool::new(false));
+        let writer = writer::Writer::start(db.clone(), offline.clone());
+        Ok(Store {
+            db,
+            writer,
+            offline,
+        })
+    }
+
+    /// Queues mutations for the writer thread; `done` runs once they are written
+    /// (and synced to the WAL when `sync`).
+    pub fn submit(&self, mutations: Vec<Mutation>, sync: bool, done: Completion) {
+        if self.offline.load(Ordering::Acquire) {
+            done(Err(Arc::new(StorageError::Offline)));
+            return;
+        }
+        self.writer.submit(mutations, sync, done);
+    }
+
+    /// Writes mutations and waits for them to be durable.
+    pub async fn write(
+        &self,
+        mutations: Vec<Mutation>,
+        sync: bool,
+    ) -> Result<(), Arc<StorageError>> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(
+            mutations,
+            sync,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await
+            .unwrap_or_else(|_| Err(Arc::new(StorageError::Offline)))
+    }
+
+    /// Whether an earlier write failed.
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::Acquire)
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // The three families are created at open, so the handle always exists.
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    /// Reads one metadata value.
+    pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(CF_META), key)?)
+    }
+
+    /// All `(key, value)` pairs of a column family whose key starts with `prefix`.
+    pub fn scan_prefix(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(cf));
+        it.seek(prefix);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Reads whole batches of partition `uid` starting with the one holding `offset`,
+    /// stopping before `end_offset` and once `max_bytes` is reached (the first batch is
+    /// always returned whole, whatever its size).
+    pub fn read_batches(
+        &self,
+        uid: u64,
+        offset: i64,
+        end_offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>, StorageError> {
+        let (lower, upper) = partition_bounds(uid);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower);
+        ro.set_iterate_upper_bound(upper);
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_LOG), ro);
+        it.seek_for_prev(log_key(uid, offset));
+        if !it.valid() {
+            it.seek(log_key(uid, offset));
+        }
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            let base = offset_of_key(k);
+            if base >= end_offset {
+                break;
+            }
+            let header = crate::protocol::batch::parse_header(v)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            if header.last_offset() >= offset {
+                if !out.is_empty() && total + v.len() > max_bytes {
+                    break;
+                }
+                total += v.len();
+                out.push(Bytes::copy_from_slice(v));
+                if total >= max_bytes {
+                    break;
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Reads the batch with exactly this base offset.
+    pub fn get_batch(&self, uid: u64, base_offset: i64) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(CF_LOG), log_key(uid, base_offset))?)
+    }
+
+    /// Estimated bytes of live data per column family (for metrics).
+    pub fn live_bytes(&self) -> Vec<(&'static str, u64)> {
+        [CF_LOG, CF_INDEX, CF_META]
+            .into_iter()
+            .map(|cf| {
+                let sst = self
+                    .db
+                    .property_int_value_cf(self.cf(cf), "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                let mem = self
+                    .db
+                    .property_int_value_cf(self.cf(cf), "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                (cf, sst + mem)
+            })
+            .collect()
+    }
+
+    /// Syncs the WAL and flushes memtables; used on clean shutdown.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.writer.drain();
+        self.db.flush_wal(true)?;
+        for cf in [CF_LOG, CF_INDEX, CF_META] {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+"""Fixtures for the Riffle client-compatibility suite.
+
+Every test talks to a real ``riffle`` process on 127.0.0.1.  Two ways to get
+one:
+
+* ``broker``: one shared broker per test module (default configuration).  Its
+  liveness is checked after every test; if a test crashed it, the test fails
+  with the broker log tail and the broker is restarted for the next test.
+* ``make_broker(*extra_args)``: a private broker for tests that kill, restart
+  or reconfigure it.  Stopped (SIGTERM, exit code 0 asserted) at teardown.
+
+Consumer-group tests are not part of this suite yet (the broker does not
+implement groups); consumers use manual assignment everywhere.  Group tests
+can be added as ``test_groups_<client>.py`` using the same fixtures.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import Broker, BrokerBinaryMissing, riffle_binary, unique_topic
+
+
+@pytest.fixture(scope="session")
+def riffle_bin():
+    try:
+        return riffle_binary()
+    except BrokerBinaryMissing as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def _module_broker(riffle_bin, tmp_path_factory, request):
+    b = Broker(tmp_path_factory.mktemp(f"riffle-{request.module.__name__}"))
+    b.start()
+    yield b
+    if b.is_running():
+        b.stop()
+
+
+@pytest.fixture
+def broker(_module_broker, request):
+    request.node._riffle_brokers = [_module_broker]
+    if not _module_broker.is_running():
+        _module_broker.start()
+    yield _module_broker
+    if not _module_broker.is_running():
+        rc = _module_broker.proc.returncode
+        tail = _module_broker.log_tail()
+        _module_broker.start()
+        pytest.fail(f"riffle died during the test (exit code {rc})\n{tail}", pytrace=False)
+
+
+@pytest.fixture
+def make_broker(riffle_bin, tmp_path, request):
+    created: list[Broker] = []
+    request.node._riffle_brokers = created
+
+    def factory(*extra_args, env=None, start=True):
+        b = Broker(tmp_path / f"broker{len(created)}", extra_args=extra_args, env=env)
+        created.append(b)
+        if start:
+            b.start()
+        return b
+
+    yield factory
+    errors = []
+    for b in created:
+        try:
+            if b.is_running():
+                b.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+        finally:
+            b.cleanup()
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def topic():
+    return unique_topic()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for b in getattr(item, "_riffle_brokers", []) or []:
+            rep.sections.append((f"riffle log (port {b.port})", b.log_tail(80)))

@@ -1,0 +1,251 @@
+"""Hand-rolled Kafka wire encoding for raw-socket tests.
+
+Only the handful of request/response shapes the bad-input tests need, all in
+non-flexible (pre-KIP-482) versions so they can be packed with ``struct``:
+ApiVersions v0, Metadata v1, Produce v3 (record batch v2).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import crc32c as _crc32c
+
+API_PRODUCE = 0
+API_METADATA = 3
+API_API_VERSIONS = 18
+
+ERR_NONE = 0
+ERR_CORRUPT_MESSAGE = 2
+ERR_INVALID_TOPIC = 17
+ERR_UNSUPPORTED_VERSION = 35
+
+
+def crc32c(data: bytes) -> int:
+    return _crc32c.crc32c(data)
+
+
+# -- primitive encoders ------------------------------------------------------
+
+def i8(v): return struct.pack(">b", v)
+def i16(v): return struct.pack(">h", v)
+def i32(v): return struct.pack(">i", v)
+def i64(v): return struct.pack(">q", v)
+
+
+def string(s: str | None) -> bytes:
+    if s is None:
+        return i16(-1)
+    b = s.encode()
+    return i16(len(b)) + b
+
+
+def bytes_(b: bytes | None) -> bytes:
+    if b is None:
+        return i32(-1)
+    return i32(len(b)) + b
+
+
+def array(items: list[bytes] | None) -> bytes:
+    if items is None:
+        return i32(-1)
+    return i32(len(items)) + b"".join(items)
+
+
+def uvarint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def varint(v: int) -> bytes:
+    return uvarint((v << 1) ^ (v >> 63))  # zigzag
+
+
+# -- framing -----------------------------------------------------------------
+
+def request_header_v1(api_key: int, api_version: int, correlation_id: int,
+                      client_id: str | None = "riffle-raw") -> bytes:
+    return i16(api_key) + i16(api_version) + i32(correlation_id) + string(client_id)
+
+
+def frame(payload: bytes) -> bytes:
+    return i32(len(payload)) + payload
+
+
+class Reader:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def _take(self, fmt):
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.data):
+            raise ValueError(f"short response: need {size} bytes at {self.pos}, have {len(self.data)}")
+        (v,) = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += size
+        return v
+
+    def i8(self): return self._take(">b")
+    def i16(self): return self._take(">h")
+    def i32(self): return self._take(">i")
+    def i64(self): return self._take(">q")
+
+    def string(self):
+        n = self.i16()
+        if n < 0:
+            return None
+        s = self.data[self.pos:self.pos + n].decode()
+        self.pos += n
+        return s
+
+    def array(self, item):
+        n = self.i32()
+        if n < 0:
+            return None
+        return [item(self) for _ in range(n)]
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
+
+class Conn:
+    """A blocking raw connection with bounded reads."""
+
+    def __init__(self, port: int, timeout: float = 10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.settimeout(timeout)
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError(f"connection closed after {len(buf)}/{n} bytes")
+            buf += chunk
+        return bytes(buf)
+
+    def recv_frame(self) -> bytes:
+        (size,) = struct.unpack(">i", self.recv_exact(4))
+        assert 0 <= size < 100 * 1024 * 1024, f"implausible response size {size}"
+        return self.recv_exact(size)
+
+    def request(self, api_key: int, api_version: int, body: bytes, correlation_id: int = 7) -> Reader:
+        self.send(frame(request_header_v1(api_key, api_version, correlation_id) + body))
+        r = Reader(self.recv_frame())
+        got = r.i32()
+        assert got == correlation_id, f"correlation id {got} != {correlation_id}"
+        return r
+
+    def wait_closed(self, timeout: float = 10.0) -> str:
+        """Wait until the peer closes the connection.
+
+        Returns 'closed' (EOF/reset), or 'response' if a frame arrived first
+        (the frame is stored in ``self.last_frame``).  Raises AssertionError
+        if neither happens within ``timeout``.
+        """
+        self.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        data = b""
+        try:
+            while time.monotonic() < deadline:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return "closed"
+                data += chunk
+                if len(data) >= 4:
+                    (size,) = struct.unpack(">i", data[:4])
+                    if len(data) >= 4 + size:
+                        self.last_frame = data[4:4 + size]
+                        return "response"
+        except (ConnectionResetError, BrokenPipeError):
+            return "closed"
+        except socket.timeout:
+            pass
+        raise AssertionError(f"connection neither closed nor answered within {timeout}s")
+
+
+# -- requests ----------------------------------------------------------------
+
+def api_versions(conn: Conn, version: int = 0, correlation_id: int = 11):
+    """Send ApiVersions with a v0 body (empty) at ``version``; the response
+    is decoded as v0 (error_code, [api_key, min, max]), which is what brokers
+    answer for versions they do not support."""
+    r = conn.request(API_API_VERSIONS, version, b"", correlation_id)
+    error = r.i16()
+    apis = r.array(lambda rr: (rr.i16(), rr.i16(), rr.i16()))
+    return error, {k: (lo, hi) for k, lo, hi in apis or []}
+
+
+def metadata_v1(conn: Conn, topics: list[str] | None):
+    body = array([string(t) for t in topics]) if topics is not None else i32(-1)
+    r = conn.request(API_METADATA, 1, body, 21)
+    brokers = r.array(lambda rr: (rr.i32(), rr.string(), rr.i32(), rr.string()))
+    controller = r.i32()
+
+    def partition(rr):
+        return {"error_code": rr.i16(), "partition": rr.i32(), "leader": rr.i32(),
+                "replicas": rr.array(lambda x: x.i32()), "isr": rr.array(lambda x: x.i32())}
+
+    def topic(rr):
+        return {"error_code": rr.i16(), "name": rr.string(), "internal": rr.i8(),
+                "partitions": rr.array(partition)}
+
+    return {"brokers": brokers, "controller": controller, "topics": r.array(topic)}
+
+
+def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestamp: int | None = None,
+                 corrupt_crc: bool = False) -> bytes:
+    """Encode an uncompressed v2 record batch (magic 2, CRC-32C)."""
+    ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
+    recs = b""
+    for i, (key, value) in enumerate(records):
+        body = (i8(0) + varint(0) + varint(i)
+                + (varint(-1) if key is None else varint(len(key)) + key)
+                + (varint(-1) if value is None else varint(len(value)) + value)
+                + varint(0))
+        recs += varint(len(body)) + body
+    after_crc = (i16(0)                       # attributes: no compression, CreateTime
+                 + i32(len(records) - 1)      # lastOffsetDelta
+                 + i64(ts) + i64(ts)          # base / max timestamp
+                 + i64(-1) + i16(-1) + i32(-1)  # producer id / epoch / base sequence
+                 + i32(len(records)) + recs)
+    crc = crc32c(after_crc)
+    if corrupt_crc:
+        crc ^= 0xDEADBEEF
+    after_length = i32(0) + i8(2) + struct.pack(">I", crc) + after_crc  # leader epoch, magic
+    return i64(0) + i32(len(after_length)) + after_length
+
+
+def produce_v3(conn: Conn, topic: str, partition: int, batch: bytes, acks: int = -1,
+               timeout_ms: int = 10000):
+    body = (string(None) + i16(acks) + i32(timeout_ms)
+            + array([string(topic) + array([i32(partition) + bytes_(batch)])]))
+    r = conn.request(API_PRODUCE, 3, body, 31)
+
+    def part(rr):
+        return {"partition": rr.i32(), "error_code": rr.i16(), "base_offset": rr.i64(),
+                "log_append_time": rr.i64()}
+
+    topics = r.array(lambda rr: (rr.string(), rr.array(part)))
+    return {name: parts for name, parts in topics}
