@@ -3,6 +3,7 @@
 //! Data path: [`server`] (TCP framing) → [`handlers`] (one module per API family) →
 //! [`log`] (partition offsets, producer state) → [`storage`] (RocksDB).
 
+pub mod alloc;
 pub mod config;
 pub mod handlers;
 pub mod http;

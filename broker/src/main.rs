@@ -12,6 +12,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+#[global_allocator]
+static ALLOC: riffle_broker::alloc::GuardedAlloc = riffle_broker::alloc::GuardedAlloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

@@ -209,11 +209,12 @@ pub(crate) mod tests {
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: i64::from(i),
-                sequence: -1,
+                sequence: i,
                 timestamp: 1_700_000_000_000 + i64::from(i),
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(format!("value-{i}"))),
                 headers: Default::default(),
+                delete_horizon: false,
             })
             .collect();
         let mut buf = BytesMut::new();
