@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs every test dependency and runs all tests: formatting and lint, Rust unit and
+# integration tests (real broker processes), and the client-compatibility suite
+# (kafka-python, confluent-kafka, aiokafka, kcat against a real broker).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+
+bash scripts/install-build-deps.sh
+bash scripts/setup-test-deps.sh
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+# One profile (release) for build, tests and benchmarks: RocksDB compiles once.
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo build --release"
+cargo build --release --all-targets
+echo "== cargo clippy"
+cargo clippy --release --all-targets -- -D warnings
+echo "== cargo test"
+export RIFFLE_BIN="$CARGO_TARGET_DIR/release/riffle"
+cargo test --release
+echo "== client compatibility suite"
+"$ROOT/.venv/bin/python" -m pytest tests/compat -q
