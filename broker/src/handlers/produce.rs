@@ -165,7 +165,7 @@ impl Broker {
         }
         let (id, epoch) = (req.producer_id.0, req.producer_epoch);
         // KIP-360: a known producer asking again gets its epoch bumped.
-        if id >= 0 && self.catalog.producer_id_known(id) && epoch >= 0 && epoch < i16::MAX - 1 {
+        if id >= 0 && self.catalog.producer_id_known(id) && (0..i16::MAX - 1).contains(&epoch) {
             return resp
                 .with_producer_id(ProducerId(id))
                 .with_producer_epoch(epoch + 1);

@@ -43,6 +43,9 @@ pub enum StorageError {
     Corrupt(String),
 }
 
+/// A stored key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Callback run on the writer thread once a write is durable (or failed), in submission order.
 pub type Completion = Box<dyn FnOnce(Result<(), Arc<StorageError>>) + Send>;
 
@@ -130,11 +133,7 @@ impl Store {
     }
 
     /// All `(key, value)` pairs of a column family whose key starts with `prefix`.
-    pub fn scan_prefix(
-        &self,
-        cf: &str,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn scan_prefix(&self, cf: &str, prefix: &[u8]) -> Result<Vec<KeyValue>, StorageError> {
         let mut out = Vec::new();
         let mut it = self.db.raw_iterator_cf(self.cf(cf));
         it.seek(prefix);
