@@ -192,10 +192,11 @@ pub fn encode_batch(
     Ok(buf.freeze())
 }
 
-/// Decodes every record in a fetched record set: (offset, key, value, timestamp).
-pub fn decode_records(
-    mut records: Bytes,
-) -> Result<Vec<(i64, Option<Bytes>, Option<Bytes>, i64)>, ClientError> {
+/// A fetched record: (offset, key, value, timestamp).
+pub type FetchedRecord = (i64, Option<Bytes>, Option<Bytes>, i64);
+
+/// Decodes every record in a fetched record set.
+pub fn decode_records(mut records: Bytes) -> Result<Vec<FetchedRecord>, ClientError> {
     let mut out = Vec::new();
     while records.has_remaining() {
         let sets = kafka_protocol::records::RecordBatchDecoder::decode(&mut records)
