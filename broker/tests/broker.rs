@@ -313,7 +313,7 @@ async fn retention_by_time_and_size_advances_log_start() {
     let payload = "x".repeat(400);
     for _ in 0..20 {
         let b = encode_batch(
-            &records(&[payload.clone()], now_ms()),
+            &records(std::slice::from_ref(&payload), now_ms()),
             Compression::None,
             None,
         )
