@@ -10,7 +10,7 @@ pub mod http;
 pub mod log;
 pub mod metadata;
 pub mod metrics;
-pub mod protocol;
+pub use riffle_protocol as protocol;
 pub mod retention;
 pub mod server;
 pub mod storage;

@@ -69,6 +69,10 @@ async fn main() -> anyhow::Result<()> {
     retention_task.await.context("retention task")?;
     let _ = http_task.await;
     broker.store.flush().context("flushing storage")?;
+    if let Ok(broker) = Arc::try_unwrap(broker) {
+        // Closes RocksDB (and joins the writer thread) before the process exits.
+        drop(broker);
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

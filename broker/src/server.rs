@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::task::JoinSet;
 
-use crate::handlers::{Broker, Close};
+use crate::handlers::Broker;
 use crate::protocol::EncodeError;
 
 type Pending = JoinHandle<Result<Option<Bytes>, EncodeError>>;
@@ -112,9 +112,13 @@ async fn connection(
                     break;
                 }
             }
-            Err(Close(reason)) => {
-                broker.metrics.bad_frames.with_label_values(&[reason]).inc();
-                tracing::warn!(?peer, reason, "closing connection");
+            Err(e) => {
+                broker
+                    .metrics
+                    .bad_frames
+                    .with_label_values(&[e.label()])
+                    .inc();
+                tracing::warn!(?peer, reason = %e, "closing connection");
                 break;
             }
         }

@@ -25,7 +25,7 @@ struct Wanted {
 }
 
 impl Broker {
-    pub(super) async fn fetch(self: &Arc<Self>, req: FetchRequest, _version: i16) -> FetchResponse {
+    pub(super) async fn fetch(self: &Arc<Self>, req: FetchRequest) -> FetchResponse {
         let wanted: Vec<(TopicName, Vec<Wanted>)> = req
             .topics
             .into_iter()

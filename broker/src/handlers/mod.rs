@@ -18,21 +18,19 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::metadata::Catalog;
 use crate::metrics::Metrics;
-use crate::protocol::{self, encode_response, is_supported, EncodeError};
+use crate::protocol::{
+    self, decode_request, encode_response, Body, DecodeError, EncodeError, Request,
+};
 use crate::storage::Store;
 
 /// Response bytes to send, or `None` when the request gets no response (acks=0).
 pub type Reply = Pin<Box<dyn Future<Output = Result<Option<Bytes>, EncodeError>> + Send>>;
-
-/// Why a connection must be closed instead of answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Close(pub &'static str);
 
 /// The broker: configuration, storage, topics and metrics shared by all connections.
 pub struct Broker {
@@ -86,87 +84,53 @@ impl Broker {
     }
 
     /// Handles one request frame (without its size prefix).
-    pub async fn dispatch(self: &Arc<Self>, frame: Bytes) -> Result<Reply, Close> {
-        let raw =
-            protocol::peek_header(&frame).ok_or(Close("frame shorter than a request header"))?;
-        let api = ApiKey::try_from(raw.api_key).map_err(|_| Close("unknown API key"))?;
-        let (v, corr) = (raw.api_version, raw.correlation_id);
-        if api == ApiKey::ApiVersions && !is_supported(api, v) {
-            // Answer with a v0 body listing what we support, so the client retries lower.
-            return Ok(ready(
-                encode_response(
-                    api,
-                    0,
-                    corr,
-                    &self.api_versions(0, ResponseError::UnsupportedVersion.code()),
-                )
-                .map(Some),
-            ));
-        }
-        if !is_supported(api, v) {
-            return Err(Close("unsupported API version"));
-        }
-        let mut buf = frame;
-        RequestHeader::decode(&mut buf, api.request_header_version(v))
-            .map_err(|_| Close("undecodable request header"))?;
+    pub async fn dispatch(self: &Arc<Self>, frame: Bytes) -> Result<Reply, DecodeError> {
+        let Request {
+            api,
+            version: v,
+            correlation_id: corr,
+            body,
+        } = decode_request(frame)?;
         let name = api_name(api);
         self.metrics.requests.with_label_values(&[name]).inc();
         let started = Instant::now();
-
-        macro_rules! decode {
-            ($t:ty) => {
-                <$t>::decode(&mut buf, v).map_err(|_| Close("undecodable request body"))?
-            };
-        }
         macro_rules! now {
             ($resp:expr) => {{
                 let resp = $resp;
                 ready(encode_response(api, v, corr, &resp).map(Some))
             }};
         }
-        let reply: Reply = match api {
-            ApiKey::ApiVersions => now!(self.api_versions(v, 0)),
-            ApiKey::Metadata => now!(self.metadata(decode!(MetadataRequest), v).await),
-            ApiKey::Produce => {
-                return Ok(self.observe(
-                    name,
-                    started,
-                    self.produce(decode!(ProduceRequest), v, corr),
-                ))
-            }
-            ApiKey::Fetch => {
-                let req = decode!(FetchRequest);
-                let this = self.clone();
-                Box::pin(async move {
-                    encode_response(api, v, corr, &this.fetch(req, v).await).map(Some)
-                })
-            }
-            ApiKey::ListOffsets => now!(self.list_offsets(decode!(ListOffsetsRequest), v).await),
-            ApiKey::OffsetForLeaderEpoch => {
-                now!(self.offset_for_leader_epoch(decode!(OffsetForLeaderEpochRequest)))
-            }
-            ApiKey::InitProducerId => {
-                now!(self.init_producer_id(decode!(InitProducerIdRequest)).await)
-            }
-            ApiKey::CreateTopics => now!(self.create_topics(decode!(CreateTopicsRequest), v).await),
-            ApiKey::DeleteTopics => now!(self.delete_topics(decode!(DeleteTopicsRequest), v).await),
-            ApiKey::CreatePartitions => now!(
-                self.create_partitions(decode!(CreatePartitionsRequest))
-                    .await
+        let reply: Reply = match body {
+            // Answer with a v0 body listing what we support, so the client retries lower.
+            Body::ApiVersionsUnsupported => ready(
+                encode_response(
+                    api,
+                    0,
+                    corr,
+                    &self.api_versions(ResponseError::UnsupportedVersion.code()),
+                )
+                .map(Some),
             ),
-            ApiKey::DeleteRecords => now!(self.delete_records(decode!(DeleteRecordsRequest)).await),
-            ApiKey::DescribeConfigs => {
-                now!(self.describe_configs(decode!(DescribeConfigsRequest), v))
-            }
-            ApiKey::AlterConfigs => now!(self.alter_configs(decode!(AlterConfigsRequest)).await),
-            ApiKey::IncrementalAlterConfigs => {
-                now!(
-                    self.incremental_alter_configs(decode!(IncrementalAlterConfigsRequest))
-                        .await
+            Body::ApiVersions(_) => now!(self.api_versions(0)),
+            Body::Metadata(req) => now!(self.metadata(req, v).await),
+            Body::Produce(req) => self.produce(req, v, corr),
+            Body::Fetch(req) => {
+                let this = self.clone();
+                Box::pin(
+                    async move { encode_response(api, v, corr, &this.fetch(req).await).map(Some) },
                 )
             }
-            ApiKey::DescribeCluster => now!(self.describe_cluster(decode!(DescribeClusterRequest))),
-            _ => return Err(Close("unsupported API")),
+            Body::ListOffsets(req) => now!(self.list_offsets(req, v).await),
+            Body::OffsetForLeaderEpoch(req) => now!(self.offset_for_leader_epoch(req)),
+            Body::InitProducerId(req) => now!(self.init_producer_id(req).await),
+            Body::CreateTopics(req) => now!(self.create_topics(req, v).await),
+            Body::DeleteTopics(req) => now!(self.delete_topics(req, v).await),
+            Body::CreatePartitions(req) => now!(self.create_partitions(req).await),
+            Body::DeleteRecords(req) => now!(self.delete_records(req).await),
+            Body::DescribeConfigs(req) => now!(self.describe_configs(req, v)),
+            Body::AlterConfigs(req) => now!(self.alter_configs(req).await),
+            Body::IncrementalAlterConfigs(req) => now!(self.incremental_alter_configs(req).await),
+            Body::DescribeCluster(req) => now!(self.describe_cluster(req)),
         };
         Ok(self.observe(name, started, reply))
     }
@@ -183,7 +147,7 @@ impl Broker {
         })
     }
 
-    fn api_versions(&self, _version: i16, error_code: i16) -> ApiVersionsResponse {
+    fn api_versions(&self, error_code: i16) -> ApiVersionsResponse {
         let api_keys = protocol::SUPPORTED
             .iter()
             .map(|&(k, min, max)| {

@@ -225,13 +225,15 @@ impl Store {
             .collect()
     }
 
-    /// Syncs the WAL and flushes memtables; used on clean shutdown.
+    /// Syncs the WAL, flushes memtables and stops background work; used on clean
+    /// shutdown, after which the process may exit without RocksDB threads still running.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.writer.drain();
         self.db.flush_wal(true)?;
         for cf in [CF_LOG, CF_INDEX, CF_META] {
             self.db.flush_cf(self.cf(cf))?;
         }
+        self.db.cancel_all_background_work(true);
         Ok(())
     }
 }

@@ -51,7 +51,8 @@ enum Msg {
 
 /// Handle to the writer thread.
 pub struct Writer {
-    tx: Sender<Msg>,
+    tx: Option<Sender<Msg>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Upper bound of bytes merged into one WriteBatch, so one group cannot grow without limit.
@@ -60,11 +61,14 @@ const MAX_GROUP_BYTES: usize = 32 << 20;
 impl Writer {
     pub(super) fn start(db: Arc<DB>, offline: Arc<AtomicBool>) -> Writer {
         let (tx, rx) = channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("riffle-writer".into())
             .spawn(move || run(db, rx, offline))
             .expect("spawn writer thread");
-        Writer { tx }
+        Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
     }
 
     pub(super) fn submit(&self, mutations: Vec<Mutation>, sync: bool, done: Completion) {
@@ -73,15 +77,33 @@ impl Writer {
             sync,
             done,
         };
-        if let Err(std::sync::mpsc::SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(Msg::Job(job)).map_err(|e| e.0),
+            None => Err(Msg::Job(job)),
+        };
+        if let Err(Msg::Job(job)) = sent {
             (job.done)(Err(Arc::new(StorageError::Offline)));
         }
     }
 
     pub(super) fn drain(&self) {
         let (tx, rx) = channel();
-        if self.tx.send(Msg::Drain(tx)).is_ok() {
+        if self
+            .tx
+            .as_ref()
+            .is_some_and(|s| s.send(Msg::Drain(tx)).is_ok())
+        {
             let _ = rx.recv();
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// Closes the queue and waits for the thread, so it no longer holds the database.
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -1,7 +1,11 @@
-//! Kafka wire protocol: supported versions, request framing and response encoding.
-//! Message codecs come from the `kafka-protocol` crate.
+//! Kafka wire protocol for the Riffle broker: supported versions, request decoding,
+//! response framing and record batch headers. Message codecs come from `kafka-protocol`.
+//! Kept free of storage dependencies so decoders can be fuzzed on their own.
 
 pub mod batch;
+mod request;
+
+pub use request::{decode_request, Body, DecodeError, Request};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ResponseHeader};
