@@ -63,6 +63,14 @@ pub struct Config {
     pub fsync_policy: FsyncPolicy,
     /// Requests processed concurrently per connection (responses still go out in order).
     pub max_in_flight_per_connection: usize,
+    /// Wait for more members when the first joins an empty group.
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Smallest consumer session timeout accepted.
+    pub group_min_session_timeout_ms: i32,
+    /// Largest consumer session timeout accepted.
+    pub group_max_session_timeout_ms: i32,
+    /// Committed offsets of groups left empty this long expire (-1: never).
+    pub offsets_retention_minutes: i64,
 }
 
 impl Default for Config {
@@ -86,6 +94,10 @@ impl Default for Config {
             min_insync_replicas: 1,
             fsync_policy: FsyncPolicy::AcksAll,
             max_in_flight_per_connection: 16,
+            group_initial_rebalance_delay_ms: 3000,
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            offsets_retention_minutes: 7 * 24 * 60,
         }
     }
 }
@@ -174,6 +186,26 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_MAX_IN_FLIGHT_PER_CONNECTION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_connection: Option<usize>,
+    /// Initial group rebalance delay [default: 3000].
+    #[arg(long, env = "RIFFLE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Smallest session timeout [default: 6000].
+    #[arg(long, env = "RIFFLE_GROUP_MIN_SESSION_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_min_session_timeout_ms: Option<i32>,
+    /// Largest session timeout [default: 1800000].
+    #[arg(long, env = "RIFFLE_GROUP_MAX_SESSION_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_max_session_timeout_ms: Option<i32>,
+    /// Offset retention for empty groups in minutes [default: 10080].
+    #[arg(
+        long,
+        env = "RIFFLE_OFFSETS_RETENTION_MINUTES",
+        allow_hyphen_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offsets_retention_minutes: Option<i64>,
 }
 
 /// Configuration could not be assembled.
@@ -232,6 +264,13 @@ impl Config {
         }
         if self.max_in_flight_per_connection == 0 {
             return bad("max_in_flight_per_connection must be >= 1");
+        }
+        if self.group_min_session_timeout_ms < 1
+            || self.group_min_session_timeout_ms > self.group_max_session_timeout_ms
+        {
+            return bad(
+                "group_min_session_timeout_ms must be >= 1 and <= group_max_session_timeout_ms",
+            );
         }
         if self.advertised_host_port().is_none() {
             return bad("advertised_listener must be host:port");

@@ -57,6 +57,41 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
                 .set(p.size_bytes() as i64);
         }
     }
+    // Group series are rebuilt on each scrape so deleted groups and partitions disappear.
+    b.metrics.group_committed.reset();
+    b.metrics.group_lag.reset();
+    b.metrics.group_rebalances.reset();
+    b.metrics.groups.reset();
+    for state in [
+        "Empty",
+        "PreparingRebalance",
+        "CompletingRebalance",
+        "Stable",
+    ] {
+        b.metrics.groups.with_label_values(&[state]).set(0);
+    }
+    for g in b.groups.snapshot() {
+        b.metrics.groups.with_label_values(&[g.state]).inc();
+        b.metrics
+            .group_rebalances
+            .with_label_values(&[&g.id])
+            .set(g.rebalances as i64);
+        for (topic, partition, committed) in g.committed {
+            let p = partition.to_string();
+            let labels = [g.id.as_str(), topic.as_str(), p.as_str()];
+            b.metrics
+                .group_committed
+                .with_label_values(&labels)
+                .set(committed);
+            if let Some(part) = b.catalog.get(&topic).and_then(|t| t.partition(partition)) {
+                let hw = part.offsets().high_watermark;
+                b.metrics
+                    .group_lag
+                    .with_label_values(&labels)
+                    .set((hw - committed).max(0));
+            }
+        }
+    }
     for (cf, bytes) in b.store.live_bytes() {
         b.metrics
             .storage_bytes

@@ -3,8 +3,8 @@
 //! Data path: [`server`] (TCP framing) → [`handlers`] (one module per API family) →
 //! [`log`] (partition offsets, producer state) → [`storage`] (RocksDB).
 
-pub mod alloc;
 pub mod config;
+pub mod group;
 pub mod handlers;
 pub mod http;
 pub mod log;

@@ -7,13 +7,13 @@ use anyhow::Context;
 use clap::Parser;
 use riffle_broker::config::{Cli, Config};
 use riffle_broker::handlers::Broker;
-use riffle_broker::{http, retention, server};
+use riffle_broker::{group, http, retention, server};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 #[global_allocator]
-static ALLOC: riffle_broker::alloc::GuardedAlloc = riffle_broker::alloc::GuardedAlloc;
+static ALLOC: riffle_protocol::alloc::GuardedAlloc = riffle_protocol::alloc::GuardedAlloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             .await
     });
     let retention_task = tokio::spawn(retention::run(broker.clone(), stop_rx.clone()));
+    let group_task = tokio::spawn(group::run_timers(broker.groups.clone(), stop_rx.clone()));
     let kafka_task = tokio::spawn(server::serve(listener, broker.clone(), stop_rx));
     ready.store(true, Ordering::Release);
     tracing::info!(listen = %config.listen, http = %config.http_listen, advertised = %config.advertised_listener, "riffle is serving");
@@ -67,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
     // Stop accepting, let connections finish what they read, then flush storage.
     kafka_task.await.context("kafka listener task")?;
     retention_task.await.context("retention task")?;
+    group_task.await.context("group timer task")?;
     let _ = http_task.await;
     broker.store.flush().context("flushing storage")?;
     if let Ok(broker) = Arc::try_unwrap(broker) {

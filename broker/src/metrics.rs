@@ -34,6 +34,14 @@ pub struct Metrics {
     pub storage_bytes: IntGaugeVec,
     /// Connections closed because of undecodable or oversized requests.
     pub bad_frames: IntCounterVec,
+    /// Committed offset per group and partition.
+    pub group_committed: IntGaugeVec,
+    /// Consumer lag (high watermark minus committed offset) per group and partition.
+    pub group_lag: IntGaugeVec,
+    /// Groups by state.
+    pub groups: IntGaugeVec,
+    /// Rebalances started per group.
+    pub group_rebalances: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -127,6 +135,22 @@ impl Metrics {
                 "riffle_connections_closed_bad_request_total",
                 "Connections closed for undecodable, unsupported or oversized requests",
                 &["reason"],
+            ),
+            group_committed: gauge(
+                "riffle_group_committed_offset",
+                "Committed offset per consumer group and partition",
+                &["group", "topic", "partition"],
+            ),
+            group_lag: gauge(
+                "riffle_group_lag",
+                "Consumer lag: high watermark minus committed offset",
+                &["group", "topic", "partition"],
+            ),
+            groups: gauge("riffle_groups", "Consumer groups by state", &["state"]),
+            group_rebalances: gauge(
+                "riffle_group_rebalances_total",
+                "Rebalances started per consumer group since broker start",
+                &["group"],
             ),
             registry: r,
         }

@@ -56,6 +56,7 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let peer = stream.peer_addr().ok();
+    let client_host = peer.map(|p| format!("/{}", p.ip())).unwrap_or_default();
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(broker.config.max_in_flight_per_connection);
     // Writer: resolves replies in request order.
@@ -106,7 +107,7 @@ async fn connection(
                 .inc();
             break;
         }
-        match broker.dispatch(frame.freeze()).await {
+        match broker.dispatch(frame.freeze(), &client_host).await {
             Ok(reply) => {
                 if tx.send(tokio::spawn(reply)).await.is_err() {
                     break;

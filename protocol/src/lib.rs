@@ -2,6 +2,7 @@
 //! response framing and record batch headers. Message codecs come from `kafka-protocol`.
 //! Kept free of storage dependencies so decoders can be fuzzed on their own.
 
+pub mod alloc;
 pub mod batch;
 mod request;
 
@@ -31,6 +32,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// Lowest Produce version actually served.
@@ -106,7 +118,8 @@ mod tests {
         assert!(is_supported(ApiKey::Produce, 11));
         assert!(!is_supported(ApiKey::Produce, 12));
         assert!(!is_supported(ApiKey::Fetch, 3));
-        assert!(!is_supported(ApiKey::JoinGroup, 0));
+        assert!(!is_supported(ApiKey::JoinGroup, 10));
+        assert!(!is_supported(ApiKey::EndTxn, 0));
     }
 
     #[test]

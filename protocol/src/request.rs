@@ -60,6 +60,17 @@ pub enum Body {
     AlterConfigs(AlterConfigsRequest),
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
+    FindCoordinator(FindCoordinatorRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    ListGroups(ListGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
+    OffsetDelete(OffsetDeleteRequest),
 }
 
 /// A decoded request with the header fields handlers need.
@@ -71,6 +82,8 @@ pub struct Request {
     pub version: i16,
     /// Correlation id to echo.
     pub correlation_id: i32,
+    /// Client id from the header ("" when null).
+    pub client_id: String,
     /// The body.
     pub body: Body,
 }
@@ -80,22 +93,24 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
     let raw = peek_header(&frame).ok_or(DecodeError::TooShort)?;
     let api = ApiKey::try_from(raw.api_key).map_err(|_| DecodeError::UnknownApi)?;
     let version = raw.api_version;
-    let done = |body| Request {
+    let done = |body, client_id: String| Request {
         api,
         version,
         correlation_id: raw.correlation_id,
+        client_id,
         body,
     };
     if !is_supported(api, version) {
         return if api == ApiKey::ApiVersions {
-            Ok(done(Body::ApiVersionsUnsupported))
+            Ok(done(Body::ApiVersionsUnsupported, String::new()))
         } else {
             Err(DecodeError::UnsupportedVersion)
         };
     }
     let mut buf = frame;
-    RequestHeader::decode(&mut buf, api.request_header_version(version))
+    let header = RequestHeader::decode(&mut buf, api.request_header_version(version))
         .map_err(|_| DecodeError::BadHeader)?;
+    let client_id = header.client_id.map(|c| c.to_string()).unwrap_or_default();
     macro_rules! body {
         ($variant:ident, $t:ty) => {
             Body::$variant(<$t>::decode(&mut buf, version).map_err(|_| DecodeError::BadBody)?)
@@ -119,9 +134,20 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
             body!(IncrementalAlterConfigs, IncrementalAlterConfigsRequest)
         }
         ApiKey::DescribeCluster => body!(DescribeCluster, DescribeClusterRequest),
+        ApiKey::FindCoordinator => body!(FindCoordinator, FindCoordinatorRequest),
+        ApiKey::JoinGroup => body!(JoinGroup, JoinGroupRequest),
+        ApiKey::SyncGroup => body!(SyncGroup, SyncGroupRequest),
+        ApiKey::Heartbeat => body!(Heartbeat, HeartbeatRequest),
+        ApiKey::LeaveGroup => body!(LeaveGroup, LeaveGroupRequest),
+        ApiKey::OffsetCommit => body!(OffsetCommit, OffsetCommitRequest),
+        ApiKey::OffsetFetch => body!(OffsetFetch, OffsetFetchRequest),
+        ApiKey::DescribeGroups => body!(DescribeGroups, DescribeGroupsRequest),
+        ApiKey::ListGroups => body!(ListGroups, ListGroupsRequest),
+        ApiKey::DeleteGroups => body!(DeleteGroups, DeleteGroupsRequest),
+        ApiKey::OffsetDelete => body!(OffsetDelete, OffsetDeleteRequest),
         _ => return Err(DecodeError::UnsupportedVersion),
     };
-    Ok(done(body))
+    Ok(done(body, client_id))
 }
 
 #[cfg(test)]

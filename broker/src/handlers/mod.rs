@@ -7,6 +7,7 @@
 mod admin;
 mod configs;
 mod fetch;
+mod groups;
 mod metadata;
 mod offsets;
 mod produce;
@@ -22,6 +23,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Notify;
 
 use crate::config::Config;
+use crate::group::{Coordinator, GroupTimings};
 use crate::metadata::Catalog;
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -44,6 +46,8 @@ pub struct Broker {
     pub metrics: Metrics,
     /// Woken whenever data becomes visible (fetch long-polls wait on it).
     pub data_arrived: Arc<Notify>,
+    /// Consumer group coordinator.
+    pub groups: Arc<Coordinator>,
 }
 
 fn ready(r: Result<Option<Bytes>, EncodeError>) -> Reply {
@@ -65,12 +69,22 @@ impl Broker {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let data_arrived = Arc::new(Notify::new());
         let catalog = Catalog::load(store.clone(), config.clone(), data_arrived.clone()).await?;
+        let timings = GroupTimings {
+            initial_rebalance_delay: std::time::Duration::from_millis(
+                config.group_initial_rebalance_delay_ms,
+            ),
+            min_session_timeout_ms: config.group_min_session_timeout_ms,
+            max_session_timeout_ms: config.group_max_session_timeout_ms,
+        };
+        let retention_ms = config.offsets_retention_minutes.saturating_mul(60_000);
+        let groups = Arc::new(Coordinator::load(store.clone(), timings, retention_ms)?);
         Ok(Arc::new(Broker {
             config,
             catalog,
             store,
             metrics: Metrics::new(),
             data_arrived,
+            groups,
         }))
     }
 
@@ -83,12 +97,17 @@ impl Broker {
         (StrBytes::from_string(host), port)
     }
 
-    /// Handles one request frame (without its size prefix).
-    pub async fn dispatch(self: &Arc<Self>, frame: Bytes) -> Result<Reply, DecodeError> {
+    /// Handles one request frame (without its size prefix) from client address `peer`.
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        frame: Bytes,
+        peer: &str,
+    ) -> Result<Reply, DecodeError> {
         let Request {
             api,
             version: v,
             correlation_id: corr,
+            client_id,
             body,
         } = decode_request(frame)?;
         let name = api_name(api);
@@ -131,6 +150,17 @@ impl Broker {
             Body::AlterConfigs(req) => now!(self.alter_configs(req).await),
             Body::IncrementalAlterConfigs(req) => now!(self.incremental_alter_configs(req).await),
             Body::DescribeCluster(req) => now!(self.describe_cluster(req)),
+            Body::FindCoordinator(req) => now!(self.find_coordinator(req, v)),
+            Body::JoinGroup(req) => self.join_group(req, v, corr, &client_id, peer),
+            Body::SyncGroup(req) => self.sync_group(req, v, corr),
+            Body::Heartbeat(req) => now!(self.heartbeat(req)),
+            Body::LeaveGroup(req) => now!(self.leave_group(req, v)),
+            Body::OffsetCommit(req) => now!(self.offset_commit(req).await),
+            Body::OffsetFetch(req) => now!(self.offset_fetch(req, v)),
+            Body::DescribeGroups(req) => now!(self.describe_groups(req)),
+            Body::ListGroups(req) => now!(self.list_groups(req, v)),
+            Body::DeleteGroups(req) => now!(self.delete_groups(req).await),
+            Body::OffsetDelete(req) => now!(self.offset_delete(req).await),
         };
         Ok(self.observe(name, started, reply))
     }
@@ -186,6 +216,17 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::OffsetDelete => "OffsetDelete",
         _ => "Other",
     }
 }

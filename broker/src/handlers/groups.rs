@@ -1,0 +1,567 @@
+//! Group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+//! OffsetFetch, DescribeGroups, ListGroups, DeleteGroups, OffsetDelete.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, StrBytes};
+
+use super::{str_bytes, Broker, Reply};
+use crate::group::{Committed, JoinParams, JoinReply, Outcome, SyncReply, MAX_METADATA_BYTES};
+use crate::log::now_ms;
+use crate::protocol::encode_response;
+
+/// A topic's partitions with their committed offsets.
+type TopicCommits = (String, Vec<(i32, Option<Committed>)>);
+
+fn opt_str(s: &Option<StrBytes>) -> Option<String> {
+    s.as_ref().map(|s| s.to_string())
+}
+
+/// Waits for a parked group answer; a dropped sender means the member was removed.
+async fn settle<T>(outcome: Outcome<T>, gone: impl FnOnce() -> T) -> T {
+    match outcome {
+        Outcome::Now(r) => r,
+        Outcome::Wait(rx) => rx.await.unwrap_or_else(|_| gone()),
+    }
+}
+
+/// Whether a consumer-protocol subscription (JoinGroup metadata) names `topic`.
+fn subscribes_to(topic: &str, metadata: &[Bytes]) -> bool {
+    metadata.iter().any(|m| {
+        let mut b = m.clone();
+        if b.len() < 2 {
+            return false;
+        }
+        let version = i16::from_be_bytes([b[0], b[1]]);
+        let _ = bytes::Buf::get_i16(&mut b);
+        ConsumerProtocolSubscription::decode(&mut b, version.clamp(0, 3))
+            .map(|s| s.topics.iter().any(|t| t.as_str() == topic))
+            .unwrap_or(false)
+    })
+}
+
+impl Broker {
+    pub(super) fn find_coordinator(
+        &self,
+        req: FindCoordinatorRequest,
+        version: i16,
+    ) -> FindCoordinatorResponse {
+        let (host, port) = self.advertised();
+        let node = BrokerId(self.config.node_id);
+        // Transactions have no coordinator yet.
+        let unavailable = req.key_type != 0;
+        if version >= 4 {
+            let coordinators = req
+                .coordinator_keys
+                .into_iter()
+                .map(|key| {
+                    let c = CoordinatorEntry::default().with_key(key);
+                    if unavailable {
+                        c.with_node_id(BrokerId(-1))
+                            .with_port(-1)
+                            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                    } else {
+                        c.with_node_id(node).with_host(host.clone()).with_port(port)
+                    }
+                })
+                .collect();
+            return FindCoordinatorResponse::default().with_coordinators(coordinators);
+        }
+        if unavailable {
+            self.count_error(
+                ApiKey::FindCoordinator,
+                ResponseError::CoordinatorNotAvailable.code(),
+            );
+            return FindCoordinatorResponse::default()
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                .with_node_id(BrokerId(-1))
+                .with_port(-1);
+        }
+        FindCoordinatorResponse::default()
+            .with_node_id(node)
+            .with_host(host)
+            .with_port(port)
+    }
+
+    pub(super) fn join_group(
+        self: &Arc<Self>,
+        req: JoinGroupRequest,
+        version: i16,
+        corr: i32,
+        client_id: &str,
+        client_host: &str,
+    ) -> Reply {
+        let group_id = req.group_id.0.to_string();
+        let member_id = req.member_id.to_string();
+        let outcome = if group_id.is_empty() {
+            Outcome::Now(JoinReply {
+                error: ResponseError::InvalidGroupId.code(),
+                generation: -1,
+                protocol_type: None,
+                protocol_name: None,
+                leader: String::new(),
+                member_id: member_id.clone(),
+                members: vec![],
+            })
+        } else {
+            let rebalance = if version == 0 || req.rebalance_timeout_ms <= 0 {
+                req.session_timeout_ms
+            } else {
+                req.rebalance_timeout_ms
+            };
+            self.groups.join(
+                &group_id,
+                JoinParams {
+                    member_id: member_id.clone(),
+                    instance_id: opt_str(&req.group_instance_id),
+                    client_id: client_id.to_string(),
+                    client_host: client_host.to_string(),
+                    session_timeout_ms: req.session_timeout_ms,
+                    rebalance_timeout_ms: rebalance,
+                    protocol_type: req.protocol_type.to_string(),
+                    protocols: req
+                        .protocols
+                        .into_iter()
+                        .map(|p| (p.name.to_string(), p.metadata))
+                        .collect(),
+                    require_known_member: version >= 4,
+                },
+            )
+        };
+        let this = self.clone();
+        Box::pin(async move {
+            let r = settle(outcome, || JoinReply {
+                error: ResponseError::UnknownMemberId.code(),
+                generation: -1,
+                protocol_type: None,
+                protocol_name: None,
+                leader: String::new(),
+                member_id,
+                members: vec![],
+            })
+            .await;
+            if r.error != ResponseError::MemberIdRequired.code() {
+                this.count_error(ApiKey::JoinGroup, r.error);
+            }
+            let members = r
+                .members
+                .into_iter()
+                .map(|(id, iid, meta)| {
+                    JoinGroupResponseMember::default()
+                        .with_member_id(StrBytes::from_string(id))
+                        .with_group_instance_id(if version >= 5 {
+                            iid.map(StrBytes::from_string)
+                        } else {
+                            None
+                        })
+                        .with_metadata(meta)
+                })
+                .collect();
+            let protocol_name = match (r.protocol_name, version >= 7) {
+                (Some(n), _) => Some(StrBytes::from_string(n)),
+                (None, true) => None,
+                (None, false) => Some(StrBytes::default()),
+            };
+            let resp = JoinGroupResponse::default()
+                .with_error_code(r.error)
+                .with_generation_id(r.generation)
+                .with_protocol_type(if version >= 7 {
+                    r.protocol_type.map(StrBytes::from_string)
+                } else {
+                    None
+                })
+                .with_protocol_name(protocol_name)
+                .with_leader(StrBytes::from_string(r.leader))
+                .with_member_id(StrBytes::from_string(r.member_id))
+                .with_members(members);
+            encode_response(ApiKey::JoinGroup, version, corr, &resp).map(Some)
+        })
+    }
+
+    pub(super) fn sync_group(
+        self: &Arc<Self>,
+        req: SyncGroupRequest,
+        version: i16,
+        corr: i32,
+    ) -> Reply {
+        let outcome = self.groups.sync(
+            req.group_id.0.as_str(),
+            req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|s| s.as_str()),
+            req.generation_id,
+            req.assignments
+                .into_iter()
+                .map(|a| (a.member_id.to_string(), a.assignment))
+                .collect(),
+        );
+        let this = self.clone();
+        Box::pin(async move {
+            let r = settle(outcome, || SyncReply {
+                error: ResponseError::RebalanceInProgress.code(),
+                protocol_type: None,
+                protocol_name: None,
+                assignment: Bytes::new(),
+            })
+            .await;
+            this.count_error(ApiKey::SyncGroup, r.error);
+            let mut resp = SyncGroupResponse::default()
+                .with_error_code(r.error)
+                .with_assignment(r.assignment);
+            if version >= 5 {
+                resp = resp
+                    .with_protocol_type(r.protocol_type.map(StrBytes::from_string))
+                    .with_protocol_name(r.protocol_name.map(StrBytes::from_string));
+            }
+            encode_response(ApiKey::SyncGroup, version, corr, &resp).map(Some)
+        })
+    }
+
+    pub(super) fn heartbeat(&self, req: HeartbeatRequest) -> HeartbeatResponse {
+        let code = self.groups.heartbeat(
+            req.group_id.0.as_str(),
+            req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|s| s.as_str()),
+            req.generation_id,
+        );
+        if code != ResponseError::RebalanceInProgress.code() {
+            self.count_error(ApiKey::Heartbeat, code);
+        }
+        HeartbeatResponse::default().with_error_code(code)
+    }
+
+    pub(super) fn leave_group(&self, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+        let members: Vec<(String, Option<String>)> = if version >= 3 {
+            req.members
+                .iter()
+                .map(|m| (m.member_id.to_string(), opt_str(&m.group_instance_id)))
+                .collect()
+        } else {
+            vec![(req.member_id.to_string(), None)]
+        };
+        let codes = self.groups.leave(req.group_id.0.as_str(), &members);
+        for c in &codes {
+            self.count_error(ApiKey::LeaveGroup, *c);
+        }
+        if version >= 3 {
+            let resp = members
+                .into_iter()
+                .zip(codes)
+                .map(|((m, i), code)| {
+                    MemberResponse::default()
+                        .with_member_id(StrBytes::from_string(m))
+                        .with_group_instance_id(i.map(StrBytes::from_string))
+                        .with_error_code(code)
+                })
+                .collect();
+            LeaveGroupResponse::default().with_members(resp)
+        } else {
+            LeaveGroupResponse::default().with_error_code(codes.first().copied().unwrap_or(0))
+        }
+    }
+
+    pub(super) async fn offset_commit(&self, req: OffsetCommitRequest) -> OffsetCommitResponse {
+        let group_id = req.group_id.0.to_string();
+        let now = now_ms();
+        let mut valid = Vec::new();
+        // Per-partition checks first; the group-level check then covers the rest.
+        let mut results: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::with_capacity(req.topics.len());
+        for t in &req.topics {
+            let topic = self.catalog.get(t.name.0.as_str());
+            let mut parts = Vec::with_capacity(t.partitions.len());
+            for p in &t.partitions {
+                let meta = p
+                    .committed_metadata
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
+                let code = if topic
+                    .as_ref()
+                    .and_then(|tp| tp.partition(p.partition_index))
+                    .is_none()
+                {
+                    ResponseError::UnknownTopicOrPartition.code()
+                } else if meta.len() > MAX_METADATA_BYTES {
+                    ResponseError::OffsetMetadataTooLarge.code()
+                } else {
+                    valid.push((
+                        t.name.0.to_string(),
+                        p.partition_index,
+                        Committed {
+                            offset: p.committed_offset,
+                            leader_epoch: p.committed_leader_epoch,
+                            metadata: meta,
+                            commit_ms: now,
+                        },
+                    ));
+                    0
+                };
+                parts.push((p.partition_index, code));
+            }
+            results.push((t.name.clone(), parts));
+        }
+        let group_error = if group_id.is_empty() {
+            Err(ResponseError::InvalidGroupId.code())
+        } else {
+            self.groups
+                .commit(
+                    &group_id,
+                    req.member_id.as_str(),
+                    req.group_instance_id.as_ref().map(|s| s.as_str()),
+                    req.generation_id_or_member_epoch,
+                    valid,
+                )
+                .await
+        };
+        let topics = results
+            .into_iter()
+            .map(|(name, parts)| {
+                let partitions = parts
+                    .into_iter()
+                    .map(|(p, code)| {
+                        let code = if code != 0 {
+                            code
+                        } else {
+                            group_error.err().unwrap_or(0)
+                        };
+                        self.count_error(ApiKey::OffsetCommit, code);
+                        OffsetCommitResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_error_code(code)
+                    })
+                    .collect();
+                OffsetCommitResponseTopic::default()
+                    .with_name(name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        OffsetCommitResponse::default().with_topics(topics)
+    }
+
+    pub(super) fn offset_fetch(
+        &self,
+        req: OffsetFetchRequest,
+        version: i16,
+    ) -> OffsetFetchResponse {
+        let lookup = |group: &str, topics: Option<Vec<(String, Vec<i32>)>>| {
+            let mut by_topic: Vec<TopicCommits> = Vec::new();
+            for (t, p, c) in self.groups.committed(group, topics.as_deref()) {
+                match by_topic.iter_mut().find(|(name, _)| *name == t) {
+                    Some((_, v)) => v.push((p, c)),
+                    None => by_topic.push((t, vec![(p, c)])),
+                }
+            }
+            by_topic
+        };
+        let committed = |c: &Option<Committed>| match c {
+            Some(c) => (
+                c.offset,
+                if version >= 5 { c.leader_epoch } else { -1 },
+                c.metadata.clone(),
+            ),
+            None => (-1, -1, String::new()),
+        };
+        if version >= 8 {
+            let groups = req
+                .groups
+                .into_iter()
+                .map(|g| {
+                    let wanted = g.topics.map(|ts| {
+                        ts.into_iter()
+                            .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                            .collect()
+                    });
+                    let topics = lookup(g.group_id.0.as_str(), wanted)
+                        .into_iter()
+                        .map(|(t, parts)| {
+                            let partitions = parts
+                                .iter()
+                                .map(|(p, c)| {
+                                    let (o, e, m) = committed(c);
+                                    OffsetFetchResponsePartitions::default()
+                                        .with_partition_index(*p)
+                                        .with_committed_offset(o)
+                                        .with_committed_leader_epoch(e)
+                                        .with_metadata(Some(StrBytes::from_string(m)))
+                                })
+                                .collect();
+                            OffsetFetchResponseTopics::default()
+                                .with_name(TopicName(StrBytes::from_string(t)))
+                                .with_partitions(partitions)
+                        })
+                        .collect();
+                    OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id)
+                        .with_topics(topics)
+                })
+                .collect();
+            return OffsetFetchResponse::default().with_groups(groups);
+        }
+        let wanted = req.topics.map(|ts| {
+            ts.into_iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                .collect()
+        });
+        let topics = lookup(req.group_id.0.as_str(), wanted)
+            .into_iter()
+            .map(|(t, parts)| {
+                let partitions = parts
+                    .iter()
+                    .map(|(p, c)| {
+                        let (o, e, m) = committed(c);
+                        OffsetFetchResponsePartition::default()
+                            .with_partition_index(*p)
+                            .with_committed_offset(o)
+                            .with_committed_leader_epoch(e)
+                            .with_metadata(Some(StrBytes::from_string(m)))
+                    })
+                    .collect();
+                OffsetFetchResponseTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(t)))
+                    .with_partitions(partitions)
+            })
+            .collect();
+        OffsetFetchResponse::default().with_topics(topics)
+    }
+
+    pub(super) fn describe_groups(&self, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+        let groups = req
+            .groups
+            .into_iter()
+            .map(|gid| {
+                let d = self.groups.describe(gid.0.as_str());
+                let members = d
+                    .members
+                    .into_iter()
+                    .map(|(id, iid, client, host, meta, assignment)| {
+                        DescribedGroupMember::default()
+                            .with_member_id(StrBytes::from_string(id))
+                            .with_group_instance_id(iid.map(StrBytes::from_string))
+                            .with_client_id(StrBytes::from_string(client))
+                            .with_client_host(StrBytes::from_string(host))
+                            .with_member_metadata(meta)
+                            .with_member_assignment(assignment)
+                    })
+                    .collect();
+                DescribedGroup::default()
+                    .with_group_id(gid)
+                    .with_group_state(str_bytes(d.state))
+                    .with_protocol_type(StrBytes::from_string(d.protocol_type))
+                    .with_protocol_data(StrBytes::from_string(d.protocol))
+                    .with_members(members)
+            })
+            .collect();
+        DescribeGroupsResponse::default().with_groups(groups)
+    }
+
+    pub(super) fn list_groups(&self, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+        let groups =
+            self.groups
+                .list()
+                .into_iter()
+                .filter(|(_, _, state)| {
+                    req.states_filter.is_empty()
+                        || req
+                            .states_filter
+                            .iter()
+                            .any(|f| f.as_str().eq_ignore_ascii_case(state))
+                })
+                .filter(|(_, ptype, _)| {
+                    req.types_filter.is_empty()
+                        || req.types_filter.iter().any(|f| {
+                            f.as_str().eq_ignore_ascii_case("classic") || f.as_str() == ptype
+                        })
+                })
+                .map(|(id, ptype, state)| {
+                    let g = ListedGroup::default()
+                        .with_group_id(GroupId(StrBytes::from_string(id)))
+                        .with_protocol_type(StrBytes::from_string(ptype));
+                    match version {
+                        v if v >= 5 => g
+                            .with_group_state(str_bytes(state))
+                            .with_group_type(str_bytes("classic")),
+                        4 => g.with_group_state(str_bytes(state)),
+                        _ => g,
+                    }
+                })
+                .collect();
+        ListGroupsResponse::default().with_groups(groups)
+    }
+
+    pub(super) async fn delete_groups(&self, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+        let mut results = Vec::with_capacity(req.groups_names.len());
+        for g in req.groups_names {
+            let code = self.groups.delete_group(g.0.as_str()).await;
+            self.count_error(ApiKey::DeleteGroups, code);
+            results.push(
+                delete_groups_response::DeletableGroupResult::default()
+                    .with_group_id(g)
+                    .with_error_code(code),
+            );
+        }
+        DeleteGroupsResponse::default().with_results(results)
+    }
+
+    pub(super) async fn offset_delete(&self, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+        let partitions: Vec<(String, i32)> = req
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.name.0.to_string(), p.partition_index))
+            })
+            .collect();
+        match self
+            .groups
+            .delete_offsets(req.group_id.0.as_str(), &partitions, subscribes_to)
+            .await
+        {
+            Err(code) => {
+                self.count_error(ApiKey::OffsetDelete, code);
+                OffsetDeleteResponse::default().with_error_code(code)
+            }
+            Ok(codes) => {
+                let mut codes = codes.into_iter();
+                let topics = req
+                    .topics
+                    .into_iter()
+                    .map(|t| {
+                        let parts = t
+                            .partitions
+                            .iter()
+                            .map(|p| {
+                                let code = codes.next().unwrap_or(0);
+                                self.count_error(ApiKey::OffsetDelete, code);
+                                OffsetDeleteResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(code)
+                            })
+                            .collect();
+                        OffsetDeleteResponseTopic::default()
+                            .with_name(t.name)
+                            .with_partitions(parts)
+                    })
+                    .collect();
+                OffsetDeleteResponse::default().with_topics(topics)
+            }
+        }
+    }
+}
