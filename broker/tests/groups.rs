@@ -1,0 +1,136 @@
+//! Group coordinator against a real broker process: committed offsets survive kill -9,
+//! bad commits get Kafka's error codes and do not disturb the group.
+
+mod common;
+
+use common::TestBroker;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use riffle_client::Connection;
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+async fn commit(
+    c: &mut Connection,
+    group: &str,
+    generation: i32,
+    member: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    metadata: &str,
+) -> i16 {
+    let req = OffsetCommitRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(s(member))
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(TopicName(s(topic)))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                .with_partition_index(partition)
+                .with_committed_offset(offset)
+                .with_committed_leader_epoch(-1)
+                .with_committed_metadata(Some(s(metadata)))])]);
+    let resp = c.call(8, &req).await.expect("commit");
+    resp.topics[0].partitions[0].error_code
+}
+
+async fn fetch_committed(
+    c: &mut Connection,
+    group: &str,
+    topic: &str,
+    partition: i32,
+) -> (i64, String) {
+    let req = OffsetFetchRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(TopicName(s(topic)))
+            .with_partition_indexes(vec![partition])]));
+    let resp = c.call(7, &req).await.expect("offset fetch");
+    let p = &resp.topics[0].partitions[0];
+    (
+        p.committed_offset,
+        p.metadata
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_kill9() {
+    let mut broker = TestBroker::start(&[]);
+    broker.create_topic("orders", 3, &[]).await;
+    let mut c = broker.connect().await;
+    for p in 0..3 {
+        assert_eq!(
+            commit(
+                &mut c,
+                "billing",
+                -1,
+                "",
+                "orders",
+                p,
+                100 + i64::from(p),
+                "m"
+            )
+            .await,
+            0
+        );
+    }
+    assert_eq!(
+        commit(&mut c, "billing", -1, "", "orders", 1, 250, "later").await,
+        0
+    );
+    broker.kill9();
+    broker.restart();
+    let mut c = broker.connect().await;
+    assert_eq!(
+        fetch_committed(&mut c, "billing", "orders", 0).await,
+        (100, "m".to_string())
+    );
+    assert_eq!(
+        fetch_committed(&mut c, "billing", "orders", 1).await,
+        (250, "later".to_string())
+    );
+    assert_eq!(
+        fetch_committed(&mut c, "billing", "orders", 2).await,
+        (102, "m".to_string())
+    );
+    assert_eq!(fetch_committed(&mut c, "nobody", "orders", 0).await.0, -1);
+    let listed = c
+        .call(4, &ListGroupsRequest::default())
+        .await
+        .expect("list groups");
+    assert!(listed
+        .groups
+        .iter()
+        .any(|g| g.group_id.0.as_str() == "billing" && g.group_state.as_str() == "Empty"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commits_get_kafka_errors() {
+    let broker = TestBroker::start(&[]);
+    broker.create_topic("orders", 1, &[]).await;
+    let mut c = broker.connect().await;
+    assert_eq!(commit(&mut c, "g", -1, "", "missing", 0, 1, "").await, 3);
+    assert_eq!(commit(&mut c, "g", -1, "", "orders", 9, 1, "").await, 3);
+    assert_eq!(
+        commit(&mut c, "g", -1, "", "orders", 0, 1, &"x".repeat(5000)).await,
+        12
+    );
+    assert_eq!(
+        commit(&mut c, "g", 3, "ghost", "orders", 0, 1, "").await,
+        25
+    );
+    assert_eq!(commit(&mut c, "", -1, "", "orders", 0, 1, "").await, 24);
+    // The group still works after all of that.
+    assert_eq!(commit(&mut c, "g", -1, "", "orders", 0, 7, "").await, 0);
+    assert_eq!(fetch_committed(&mut c, "g", "orders", 0).await.0, 7);
+}
