@@ -19,8 +19,7 @@ fn s(v: &str) -> StrBytes {
 async fn commit(
     c: &mut Connection,
     group: &str,
-    generation: i32,
-    member: &str,
+    (generation, member): (i32, &str),
     topic: &str,
     partition: i32,
     offset: i64,
@@ -85,7 +84,7 @@ async fn committed_offsets_survive_kill9() {
         );
     }
     assert_eq!(
-        commit(&mut c, "billing", -1, "", "orders", 1, 250, "later").await,
+        commit(&mut c, "billing", (-1, ""), "orders", 1, 250, "later").await,
         0
     );
     broker.kill9();
@@ -119,18 +118,18 @@ async fn bad_commits_get_kafka_errors() {
     let broker = TestBroker::start(&[]);
     broker.create_topic("orders", 1, &[]).await;
     let mut c = broker.connect().await;
-    assert_eq!(commit(&mut c, "g", -1, "", "missing", 0, 1, "").await, 3);
-    assert_eq!(commit(&mut c, "g", -1, "", "orders", 9, 1, "").await, 3);
+    assert_eq!(commit(&mut c, "g", (-1, ""), "missing", 0, 1, "").await, 3);
+    assert_eq!(commit(&mut c, "g", (-1, ""), "orders", 9, 1, "").await, 3);
     assert_eq!(
-        commit(&mut c, "g", -1, "", "orders", 0, 1, &"x".repeat(5000)).await,
+        commit(&mut c, "g", (-1, ""), "orders", 0, 1, &"x".repeat(5000)).await,
         12
     );
     assert_eq!(
-        commit(&mut c, "g", 3, "ghost", "orders", 0, 1, "").await,
+        commit(&mut c, "g", (3, "ghost"), "orders", 0, 1, "").await,
         25
     );
-    assert_eq!(commit(&mut c, "", -1, "", "orders", 0, 1, "").await, 24);
+    assert_eq!(commit(&mut c, "", (-1, ""), "orders", 0, 1, "").await, 24);
     // The group still works after all of that.
-    assert_eq!(commit(&mut c, "g", -1, "", "orders", 0, 7, "").await, 0);
+    assert_eq!(commit(&mut c, "g", (-1, ""), "orders", 0, 7, "").await, 0);
     assert_eq!(fetch_committed(&mut c, "g", "orders", 0).await.0, 7);
 }
