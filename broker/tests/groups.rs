@@ -72,8 +72,7 @@ async fn committed_offsets_survive_kill9() {
             commit(
                 &mut c,
                 "billing",
-                -1,
-                "",
+                (-1, ""),
                 "orders",
                 p,
                 100 + i64::from(p),
