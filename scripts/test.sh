@@ -20,5 +20,7 @@ cargo clippy --release --all-targets -- -D warnings
 echo "== cargo test"
 export RIFFLE_BIN="$CARGO_TARGET_DIR/release/riffle"
 cargo test --release
+echo "== fuzz request decoding (short run)"
+bash scripts/fuzz.sh 20
 echo "== client compatibility suite"
 "$ROOT/.venv/bin/python" -m pytest tests/compat -q
