@@ -3,7 +3,7 @@
 //! The broker stores batches exactly as producers send them. Only the header
 //! is parsed on the hot path; records are never decoded or re-encoded.
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 
 /// Size of the fixed record batch v2 header.
 pub const HEADER_LEN: usize = 61;
@@ -183,8 +183,8 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
 }
 
 /// Copies `batch` and stamps it, producing the bytes to store.
-pub fn stamped_copy(batch: &[u8], base_offset: i64, leader_epoch: i32) -> BytesMut {
-    let mut out = BytesMut::from(batch);
+pub fn stamped_copy(batch: &[u8], base_offset: i64, leader_epoch: i32) -> Vec<u8> {
+    let mut out = batch.to_vec();
     stamp(&mut out, base_offset, leader_epoch);
     out
 }
@@ -192,7 +192,7 @@ pub fn stamped_copy(batch: &[u8], base_offset: i64, leader_epoch: i32) -> BytesM
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use bytes::Bytes;
+    use bytes::{Bytes, BytesMut};
     use kafka_protocol::records::{
         Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
         TimestampType,
@@ -272,7 +272,7 @@ pub(crate) mod tests {
         let h = validate_produced(&stamped).expect("crc still valid");
         assert_eq!(h.base_offset, 1000);
         assert_eq!(h.leader_epoch, 7);
-        let mut bytes = Bytes::from(stamped.to_vec());
+        let mut bytes = Bytes::from(stamped);
         let set = RecordBatchDecoder::decode(&mut bytes).expect("decode");
         let offsets: Vec<i64> = set.records.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, vec![1000, 1001, 1002, 1003]);

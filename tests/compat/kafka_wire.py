@@ -215,7 +215,8 @@ def metadata_v1(conn: Conn, topics: list[str] | None):
 
 
 def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestamp: int | None = None,
-                 corrupt_crc: bool = False) -> bytes:
+                 corrupt_crc: bool = False, producer_id: int = -1, producer_epoch: int = -1,
+                 base_sequence: int = -1) -> bytes:
     """Encode an uncompressed v2 record batch (magic 2, CRC-32C)."""
     ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
     recs = b""
@@ -228,7 +229,7 @@ def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestam
     after_crc = (i16(0)                       # attributes: no compression, CreateTime
                  + i32(len(records) - 1)      # lastOffsetDelta
                  + i64(ts) + i64(ts)          # base / max timestamp
-                 + i64(-1) + i16(-1) + i32(-1)  # producer id / epoch / base sequence
+                 + i64(producer_id) + i16(producer_epoch) + i32(base_sequence)
                  + i32(len(records)) + recs)
     crc = crc32c(after_crc)
     if corrupt_crc:
@@ -246,6 +247,62 @@ def produce_v3(conn: Conn, topic: str, partition: int, batch: bytes, acks: int =
     def part(rr):
         return {"partition": rr.i32(), "error_code": rr.i16(), "base_offset": rr.i64(),
                 "log_append_time": rr.i64()}
+
+    topics = r.array(lambda rr: (rr.string(), rr.array(part)))
+    return {name: parts for name, parts in topics}
+
+
+API_FETCH = 1
+ERR_UNKNOWN_TOPIC_OR_PARTITION = 3
+ERR_OFFSET_OUT_OF_RANGE = 1
+ERR_MESSAGE_TOO_LARGE = 10
+
+
+def fetch_v4(conn: Conn, topic: str, partition: int, offset: int, max_wait_ms: int,
+             min_bytes: int = 1, max_bytes: int = 1 << 20):
+    body = (i32(-1) + i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0)
+            + array([string(topic) + array([i32(partition) + i64(offset) + i32(max_bytes)])]))
+    r = conn.request(API_FETCH, 4, body, 41)
+    r.i32()  # throttle_time_ms
+
+    def part(rr):
+        out = {"partition": rr.i32(), "error_code": rr.i16(), "high_watermark": rr.i64(),
+               "last_stable_offset": rr.i64()}
+        rr.array(lambda x: (x.i64(), x.i64()))  # aborted transactions
+        n = rr.i32()
+        out["records"] = b"" if n < 0 else rr.data[rr.pos:rr.pos + n]
+        rr.pos += max(n, 0)
+        return out
+
+    topics = r.array(lambda rr: (rr.string(), rr.array(part)))
+    return {name: parts for name, parts in topics}
+
+
+API_INIT_PRODUCER_ID = 22
+ERR_DUPLICATE_SEQUENCE = 46
+ERR_OUT_OF_ORDER_SEQUENCE = 45
+ERR_NOT_ENOUGH_REPLICAS = 19
+
+
+def init_producer_id_v0(conn: Conn, transactional_id: str | None = None, timeout_ms: int = 60000):
+    r = conn.request(API_INIT_PRODUCER_ID, 0, string(transactional_id) + i32(timeout_ms), 51)
+    r.i32()  # throttle_time_ms
+    return {"error_code": r.i16(), "producer_id": r.i64(), "producer_epoch": r.i16()}
+
+
+API_OFFSET_FOR_LEADER_EPOCH = 23
+
+
+def offset_for_leader_epoch_v3(conn: Conn, topic: str, partition: int, leader_epoch: int,
+                               current_leader_epoch: int = -1):
+    body = i32(-1) + array([string(topic) + array([i32(partition) + i32(current_leader_epoch)
+                                                   + i32(leader_epoch)])])
+    r = conn.request(API_OFFSET_FOR_LEADER_EPOCH, 3, body, 61)
+    r.i32()  # throttle_time_ms
+
+    def part(rr):
+        return {"error_code": rr.i16(), "partition": rr.i32(), "leader_epoch": rr.i32(),
+                "end_offset": rr.i64()}
 
     topics = r.array(lambda rr: (rr.string(), rr.array(part)))
     return {name: parts for name, parts in topics}

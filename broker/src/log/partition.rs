@@ -285,7 +285,7 @@ impl Partition {
             Mutation::Put {
                 cf: CF_LOG,
                 key: log_key(self.uid, base).to_vec(),
-                value: stored.to_vec(),
+                value: stored,
             },
             Mutation::Put {
                 cf: CF_INDEX,
