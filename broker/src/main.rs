@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("RIFFLE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let config = Config::load(&cli)?;
@@ -64,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     ready.store(false, Ordering::Release);
+    broker.begin_shutdown();
     let _ = stop_tx.send(true);
     // Stop accepting, let connections finish what they read, then flush storage.
     kafka_task.await.context("kafka listener task")?;

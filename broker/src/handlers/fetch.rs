@@ -67,13 +67,15 @@ impl Broker {
                         .with_error_code(ResponseError::UnknownServerError.code());
                 }
             };
-            if total >= min_bytes.max(1) || any_error || Instant::now() >= deadline {
+            let stopping = *self.stopping.borrow();
+            if total >= min_bytes.max(1) || any_error || stopping || Instant::now() >= deadline {
                 self.count_fetched(&responses);
                 return FetchResponse::default().with_responses(responses);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                // Deadline reached: one last read so data that arrived just now is returned.
-                continue;
+            // On wake-up, deadline or shutdown: read once more so fresh data is returned.
+            tokio::select! {
+                _ = tokio::time::timeout_at(deadline, notified) => {}
+                _ = self.stopped() => {}
             }
         }
     }

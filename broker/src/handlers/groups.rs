@@ -36,10 +36,19 @@ fn opt_str(s: &Option<StrBytes>) -> Option<String> {
 }
 
 /// Waits for a parked group answer; a dropped sender means the member was removed.
-async fn settle<T>(outcome: Outcome<T>, gone: impl FnOnce() -> T) -> T {
+/// On shutdown the wait ends with COORDINATOR_NOT_AVAILABLE so clients look elsewhere.
+async fn settle<T>(
+    broker: &Broker,
+    outcome: Outcome<T>,
+    dropped: i16,
+    fail: impl FnOnce(i16) -> T,
+) -> T {
     match outcome {
         Outcome::Now(r) => r,
-        Outcome::Wait(rx) => rx.await.unwrap_or_else(|_| gone()),
+        Outcome::Wait(rx) => tokio::select! {
+            r = rx => r.unwrap_or_else(|_| fail(dropped)),
+            _ = broker.stopped() => fail(ResponseError::CoordinatorNotAvailable.code()),
+        },
     }
 }
 
@@ -148,15 +157,20 @@ impl Broker {
         };
         let this = self.clone();
         Box::pin(async move {
-            let r = settle(outcome, || JoinReply {
-                error: ResponseError::UnknownMemberId.code(),
-                generation: -1,
-                protocol_type: None,
-                protocol_name: None,
-                leader: String::new(),
-                member_id,
-                members: vec![],
-            })
+            let r = settle(
+                &this,
+                outcome,
+                ResponseError::UnknownMemberId.code(),
+                |error| JoinReply {
+                    error,
+                    generation: -1,
+                    protocol_type: None,
+                    protocol_name: None,
+                    leader: String::new(),
+                    member_id,
+                    members: vec![],
+                },
+            )
             .await;
             if r.error != ResponseError::MemberIdRequired.code() {
                 this.count_error(ApiKey::JoinGroup, r.error);
@@ -214,12 +228,17 @@ impl Broker {
         );
         let this = self.clone();
         Box::pin(async move {
-            let r = settle(outcome, || SyncReply {
-                error: ResponseError::RebalanceInProgress.code(),
-                protocol_type: None,
-                protocol_name: None,
-                assignment: Bytes::new(),
-            })
+            let r = settle(
+                &this,
+                outcome,
+                ResponseError::RebalanceInProgress.code(),
+                |error| SyncReply {
+                    error,
+                    protocol_type: None,
+                    protocol_name: None,
+                    assignment: Bytes::new(),
+                },
+            )
             .await;
             this.count_error(ApiKey::SyncGroup, r.error);
             let mut resp = SyncGroupResponse::default()

@@ -48,6 +48,8 @@ pub struct Broker {
     pub data_arrived: Arc<Notify>,
     /// Consumer group coordinator.
     pub groups: Arc<Coordinator>,
+    /// Turns true when shutdown begins: parked fetches and group calls answer at once.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 fn ready(r: Result<Option<Bytes>, EncodeError>) -> Reply {
@@ -85,7 +87,19 @@ impl Broker {
             metrics: Metrics::new(),
             data_arrived,
             groups,
+            stopping: tokio::sync::watch::Sender::new(false),
         }))
+    }
+
+    /// Starts shutdown: requests waiting for data or for a rebalance are answered now.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once shutdown has begun.
+    async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// Host and port advertised to clients.

@@ -39,6 +39,7 @@ impl Broker {
                             topic.as_ref(),
                             p.index,
                             p.records.unwrap_or_default(),
+                            acks,
                             sync,
                         )
                     } else {
@@ -99,12 +100,17 @@ impl Broker {
         topic: Option<&Arc<Topic>>,
         index: i32,
         records: Bytes,
+        acks: i16,
         sync: bool,
     ) -> Result<AppendOutcome, i16> {
         let unknown = ResponseError::UnknownTopicOrPartition.code();
         let topic = topic.ok_or(unknown)?;
         let part = topic.partition(index).ok_or(unknown)?;
         let cfg = topic.config();
+        // A single broker is the whole in-sync replica set.
+        if acks == -1 && cfg.min_insync_replicas > 1 {
+            return Err(ResponseError::NotEnoughReplicas.code());
+        }
         let header = check_batch(&records, cfg.max_message_bytes)?;
         let name = &*topic.name;
         self.metrics
