@@ -287,6 +287,42 @@ def test_two_groups_pubsub_and_queue_within_a_group(group_broker, topic):
         assert q1.values() and q2.values()
 
 
+def test_membership_churn_loses_nothing(group_broker, topic):
+    """Members join and leave while records keep arriving; with auto-commit
+    (librdkafka commits on revoke and close) every record is received at
+    least once and the final commits cover everything."""
+    b = group_broker.bootstrap
+    create_topic(b, topic, partitions=6)
+    group = unique_group("ckchurn")
+    auto = {"enable.auto.commit": True, "auto.commit.interval.ms": 200}
+    everyone = []
+    with Members() as ms:
+        active = [member(ms, "m0", b, group, topic, **auto)]
+        everyone.extend(active)
+        wait_split(active, topic, 6, bootstrap=b, group=group)
+        sent = 0
+        for step in range(6):
+            produce(b, topic, numbered(30, start=sent))
+            sent += 30
+            if step % 2 == 0 or len(active) == 1:
+                m = member(ms, f"m{step + 1}", b, group, topic, **auto)
+                active.append(m)
+                everyone.append(m)
+            else:
+                active.pop(0).stop()
+            time.sleep(0.7)
+        wait_split(active, topic, 6, bootstrap=b, group=group)
+        produce(b, topic, numbered(30, start=sent))
+        sent += 30
+        want = set(numbered(sent))
+        wait_until(lambda: want <= {v for m in everyone for v in m.values()}, timeout=30,
+                   message=f"all {sent} records received by some member")
+        for m in active:
+            m.stop()
+    total = sum(o for o, _ in committed(b, group).values())
+    assert total == sent, f"final commits cover {total} of {sent} records"
+
+
 def test_cooperative_sticky_incremental_rebalance(group_broker, topic):
     b = group_broker.bootstrap
     create_topic(b, topic, partitions=6)

@@ -404,6 +404,36 @@ def test_committed_offsets_survive_kill9(make_broker):
     assert {k: v[0] for k, v in committed(b, group).items()} == {(topic, 0): 10, (topic, 1): 10}
 
 
+def test_group_and_offset_deletions_survive_kill9(make_broker):
+    broker = make_broker(*GROUP_BROKER_ARGS)
+    b = broker.bootstrap
+    topic = create_topic(b, unique_topic("kpdelk"), partitions=2)
+    deleted, trimmed = unique_group("deleted"), unique_group("trimmed")
+    tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    adm = kp_admin(b)
+    try:
+        for g in (deleted, trimmed):
+            adm.alter_group_offsets(g, {tp0: OffsetAndMetadata(2, "", -1),
+                                        tp1: OffsetAndMetadata(4, "", -1)})
+        assert adm.delete_groups([deleted]) == {deleted: "OK"}
+        assert adm.delete_group_offsets(trimmed, [tp1]) == {tp1: Errors.NoError}
+        assert adm.alter_group_offsets(trimmed, {tp0: OffsetAndMetadata(9, "altered", -1)}) == \
+            {tp0: Errors.NoError}
+    finally:
+        adm.close()
+    broker.kill9()
+    broker.start()
+    assert committed(b, deleted) == {}, "a deleted group came back after restart"
+    assert committed(b, trimmed) == {(topic, 0): (9, "altered")}
+    adm = kp_admin(b)
+    try:
+        listed = {g["group_id"] for g in adm.list_groups()}
+    finally:
+        adm.close()
+    assert trimmed in listed and deleted not in listed
+    assert group_view(b, trimmed)["state"] == "Empty"
+
+
 # -- metrics ---------------------------------------------------------------------------------
 
 def test_lag_metrics_follow_commits(group_broker, topic):
@@ -704,7 +734,7 @@ def test_offsets_of_a_deleted_topic_are_removed(group_broker):
     produce(b, topic, numbered(10), partition=0)
     c = kp_consumer(b, group, topic)
     try:
-        got = offsets_of(drain(kp_poll, c, 10))
+        got = offsets_of(drain(kp_poll, c, 10, timeout=10))
     finally:
         c.close(autocommit=False)
     assert left_over == {(keep, 0): (3, "")} and got == list(range(10)), \
