@@ -65,6 +65,8 @@ impl Store {
         opts.increase_parallelism(2);
         // Large WAL-backed memtables: most fetches are served before a flush.
         opts.set_max_total_wal_size(512 << 20);
+        // Write SST files back in small steps so flushes do not stall WAL syncs.
+        opts.set_bytes_per_sync(1 << 20);
         let mut log_opts = Options::default();
         log_opts.set_write_buffer_size(128 << 20);
         log_opts.set_max_write_buffer_number(4);
