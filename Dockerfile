@@ -9,14 +9,15 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin riffle \
-    && install -D target/release/riffle /out/riffle
+RUN cargo build --release --locked --bin riffle --bin riffle-operator \
+    && install -D target/release/riffle /out/riffle \
+    && install -D target/release/riffle-operator /out/riffle-operator
 
 FROM ${RUNTIME_IMAGE}
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin riffle \
     && mkdir -p /var/lib/riffle \
     && chown 10001:10001 /var/lib/riffle
-COPY --from=build /out/riffle /usr/local/bin/riffle
+COPY --from=build /out/riffle /out/riffle-operator /usr/local/bin/
 USER 10001
 ENV RIFFLE_DATA_DIR=/var/lib/riffle
 EXPOSE 9092 9644

@@ -24,3 +24,6 @@ echo "== fuzz request decoding (short run)"
 bash scripts/fuzz.sh 20
 echo "== client compatibility suite"
 "$ROOT/.venv/bin/python" -m pytest tests/compat -q
+echo "== Kubernetes manifests (helm lint/template, schema validation)"
+bash scripts/install-k8s-tools.sh
+"$ROOT/.venv/bin/python" -m pytest tests/k8s -q

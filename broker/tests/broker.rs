@@ -1,20 +1,18 @@
 //! Integration tests against real `riffle` processes: durability across kill -9,
 //! pipelining, idempotence across restarts, retention, long-poll, clean shutdown.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::TestBroker;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
+use riffle_client::testkit::TestBroker;
 use riffle_client::{decode_records, encode_batch, Connection, NewRecord, ProducerFields};
 
 fn topic_name(s: &str) -> TopicName {
@@ -120,7 +118,7 @@ async fn list_offset(c: &mut Connection, topic: &str, ts: i64) -> (i16, i64) {
 /// policy, acks=1 with `never`) is present after kill -9 and restart, at the offset that was
 /// acknowledged, with the same contents; offsets continue without gaps or reuse.
 async fn acked_writes_survive_kill9(policy: &str, acks: i16) {
-    let mut broker = TestBroker::start(&["--fsync-policy", policy]);
+    let mut broker = TestBroker::start(env!("CARGO_BIN_EXE_riffle"), &["--fsync-policy", policy]);
     broker.create_topic("durable", 1, &[]).await;
     let acked: Arc<Mutex<BTreeMap<i64, Vec<String>>>> = Arc::default();
     let mut tasks = Vec::new();
@@ -191,7 +189,7 @@ async fn acks_1_writes_survive_kill9_even_without_fsync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_produces_are_answered_in_order() {
-    let broker = TestBroker::start(&[]);
+    let broker = TestBroker::start(env!("CARGO_BIN_EXE_riffle"), &[]);
     broker.create_topic("pipe", 1, &[]).await;
     let mut c = broker.connect().await;
     let mut sent = Vec::new();
@@ -221,7 +219,7 @@ async fn pipelined_produces_are_answered_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producer_dedups_fences_and_survives_restart() {
-    let mut broker = TestBroker::start(&[]);
+    let mut broker = TestBroker::start(env!("CARGO_BIN_EXE_riffle"), &[]);
     broker.create_topic("idem", 1, &[]).await;
     let mut c = broker.connect().await;
     let init = c
@@ -288,7 +286,10 @@ async fn idempotent_producer_dedups_fences_and_survives_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_by_time_and_size_advances_log_start() {
-    let broker = TestBroker::start(&["--log-retention-check-interval-ms", "100"]);
+    let broker = TestBroker::start(
+        env!("CARGO_BIN_EXE_riffle"),
+        &["--log-retention-check-interval-ms", "100"],
+    );
     broker
         .create_topic("old", 1, &[("retention.ms", "60000")])
         .await;
@@ -351,7 +352,7 @@ async fn retention_by_time_and_size_advances_log_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_long_poll_wakes_on_new_data() {
-    let broker = TestBroker::start(&[]);
+    let broker = TestBroker::start(env!("CARGO_BIN_EXE_riffle"), &[]);
     broker.create_topic("poll", 1, &[]).await;
     let mut consumer = broker.connect().await;
     let mut producer = broker.connect().await;
@@ -396,7 +397,7 @@ async fn fetch_long_poll_wakes_on_new_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_zero_and_keeps_data() {
-    let mut broker = TestBroker::start(&[]);
+    let mut broker = TestBroker::start(env!("CARGO_BIN_EXE_riffle"), &[]);
     broker
         .create_topic("term", 3, &[("retention.ms", "-1")])
         .await;
@@ -429,7 +430,7 @@ async fn sigterm_exits_zero_and_keeps_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_only_their_connection() {
-    let broker = TestBroker::start(&[]);
+    let broker = TestBroker::start(env!("CARGO_BIN_EXE_riffle"), &[]);
     broker.create_topic("safe", 1, &[]).await;
     let mut c = broker.connect().await;
     let b = encode_batch(

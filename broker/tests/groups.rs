@@ -1,15 +1,13 @@
 //! Group coordinator against a real broker process: committed offsets survive kill -9,
 //! bad commits get Kafka's error codes and do not disturb the group.
 
-mod common;
-
-use common::TestBroker;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+use riffle_client::testkit::TestBroker;
 use riffle_client::Connection;
 
 fn s(v: &str) -> StrBytes {
@@ -64,7 +62,7 @@ async fn fetch_committed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_survive_kill9() {
-    let mut broker = TestBroker::start(&[]);
+    let mut broker = TestBroker::start(env!("CARGO_BIN_EXE_riffle"), &[]);
     broker.create_topic("orders", 3, &[]).await;
     let mut c = broker.connect().await;
     for p in 0..3 {
@@ -114,7 +112,7 @@ async fn committed_offsets_survive_kill9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commits_get_kafka_errors() {
-    let broker = TestBroker::start(&[]);
+    let broker = TestBroker::start(env!("CARGO_BIN_EXE_riffle"), &[]);
     broker.create_topic("orders", 1, &[]).await;
     let mut c = broker.connect().await;
     assert_eq!(commit(&mut c, "g", (-1, ""), "missing", 0, 1, "").await, 3);

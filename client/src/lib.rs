@@ -1,6 +1,10 @@
 //! A minimal async Kafka protocol client: one connection, typed requests and responses
 //! (codecs from `kafka-protocol`), plus helpers to build record batches.
 
+pub mod admin;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};

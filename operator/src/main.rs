@@ -1,11 +1,10 @@
 //! `riffle-operator`: runs Riffle on Kubernetes.
 
-mod crd;
-
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
+use riffle_operator::crd;
 
 #[derive(Parser)]
 #[command(
@@ -64,7 +63,7 @@ fn main() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{Cluster, ClusterRef, ClusterSpec, Topic, TopicSpec};
+    use riffle_operator::crd::{Cluster, ClusterRef, ClusterSpec, Topic, TopicSpec};
     use std::path::Path;
 
     #[test]

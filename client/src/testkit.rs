@@ -1,20 +1,19 @@
-//! Starts and stops real `riffle` processes for integration tests.
-
-#![allow(dead_code)]
+//! Starts and stops real `riffle` broker processes for integration tests.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::Connection;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use riffle_client::Connection;
 
 /// A broker process with its own data dir and ports.
 pub struct TestBroker {
     child: Option<Child>,
+    binary: PathBuf,
     dir: tempfile::TempDir,
     /// Kafka listener `127.0.0.1:port`.
     pub kafka: String,
@@ -31,10 +30,11 @@ fn free_port() -> u16 {
 }
 
 impl TestBroker {
-    /// Starts a broker with extra flags and waits until it accepts connections.
-    pub fn start(args: &[&str]) -> TestBroker {
+    /// Starts the broker binary at `binary` with extra flags; waits until it accepts connections.
+    pub fn start(binary: impl Into<PathBuf>, args: &[&str]) -> TestBroker {
         let mut b = TestBroker {
             child: None,
+            binary: binary.into(),
             dir: tempfile::tempdir().expect("tempdir"),
             kafka: format!("127.0.0.1:{}", free_port()),
             http: format!("127.0.0.1:{}", free_port()),
@@ -54,7 +54,7 @@ impl TestBroker {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_riffle"))
+        let child = Command::new(&self.binary)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args([
@@ -69,7 +69,7 @@ impl TestBroker {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn riffle");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary.display()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&self.kafka).is_err() {

@@ -1,0 +1,143 @@
+{{/*
+Chart name, overridable with nameOverride.
+*/}}
+{{- define "riffle.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: the release name, or "<release>-<chart>" when the release name does not
+contain the chart name. Truncated to leave room for the "-operator" suffix.
+*/}}
+{{- define "riffle.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 54 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the operator's own resources (Deployment, Service, RBAC). The "-operator" suffix
+keeps them apart from the resources the operator creates for a Cluster named like the
+release (StatefulSet, ServiceAccount and PodDisruptionBudget "<cluster>").
+*/}}
+{{- define "riffle.operatorName" -}}
+{{- printf "%s-operator" (include "riffle.fullname" .) }}
+{{- end }}
+
+{{/*
+Chart label value.
+*/}}
+{{- define "riffle.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Standard labels of every resource of this chart.
+*/}}
+{{- define "riffle.labels" -}}
+helm.sh/chart: {{ include "riffle.chart" . }}
+app.kubernetes.io/name: {{ include "riffle.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: riffle
+{{- end }}
+
+{{/*
+Labels of the operator's resources.
+*/}}
+{{- define "riffle.operatorLabels" -}}
+{{ include "riffle.labels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+Selector labels of the operator pods. The component label keeps broker pods (which may
+carry the same name and instance labels) out of the operator's selectors.
+*/}}
+{{- define "riffle.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "riffle.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+ServiceAccount of the operator.
+*/}}
+{{- define "riffle.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "riffle.operatorName" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference; the tag defaults to the chart's appVersion.
+*/}}
+{{- define "riffle.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- end }}
+
+{{/*
+Namespace the operator watches: watchNamespace, else the release namespace when
+rbac.namespaced is true, else empty (all namespaces).
+*/}}
+{{- define "riffle.watchNamespace" -}}
+{{- if .Values.watchNamespace }}
+{{- .Values.watchNamespace }}
+{{- else if .Values.rbac.namespaced }}
+{{- .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/*
+Namespace of the Prometheus monitors.
+*/}}
+{{- define "riffle.monitorNamespace" -}}
+{{- default .Release.Namespace .Values.serviceMonitor.namespace }}
+{{- end }}
+
+{{/*
+RBAC rules for managing Clusters, Topics and the objects the operator makes for them;
+used in a ClusterRole, or in a Role when the operator watches one namespace.
+*/}}
+{{- define "riffle.operatorRules" -}}
+- apiGroups: ["riffle.dev"]
+  resources: ["clusters", "topics"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["riffle.dev"]
+  resources: ["clusters/status", "topics/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["riffle.dev"]
+  resources: ["clusters/finalizers", "topics/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["riffle.dev"]
+  resources: ["clusters/scale"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["services", "configmaps", "serviceaccounts"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "delete"]
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

@@ -1,0 +1,4 @@
+//! Riffle's Kubernetes operator: custom resources and their reconciliation.
+
+pub mod crd;
+pub mod topic;
