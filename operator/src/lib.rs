@@ -1,4 +1,5 @@
 //! Riffle's Kubernetes operator: custom resources and their reconciliation.
 
+pub mod cluster;
 pub mod crd;
 pub mod topic;

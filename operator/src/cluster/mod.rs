@@ -1,0 +1,3 @@
+//! Cluster reconciliation.
+
+pub mod build;
