@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import queue
 import re
 import signal
@@ -150,24 +149,34 @@ def drain(poll, consumer, n: int, timeout: float = 30.0, settle: float = 1.0) ->
     return got
 
 
+def kp_member_id(c):
+    return c.group_metadata().member_id or None
+
+
+def ck_member_id(c):
+    return c.memberid() or None
+
+
+# poll, assignment, close, member id (as the coordinator knows it)
 CLIENT_OPS = {
-    "kafka-python": (kp_poll, kp_assignment, lambda c: c.close(autocommit=False)),
-    "confluent": (ck_poll, ck_assignment, lambda c: c.close()),
+    "kafka-python": (kp_poll, kp_assignment, lambda c: c.close(autocommit=False), kp_member_id),
+    "confluent": (ck_poll, ck_assignment, lambda c: c.close(), ck_member_id),
 }
 
 
 class Member:
     """A consumer polled continuously on its own thread.
 
-    ``records`` holds (topic, partition, offset, value) tuples in arrival
-    order; ``history`` the (monotonic time, assignment) changes as seen by the
+    ``records`` holds (topic, partition, offset, value, arrival time) tuples
+    in arrival order; ``history`` the (monotonic time, assignment) changes as seen by the
     client; ``errors`` exceptions raised by poll.
     """
 
     def __init__(self, name: str, consumer, client: str):
         self.name = name
         self.consumer = consumer
-        self._poll, self._assignment, self._close = CLIENT_OPS[client]
+        self._poll, self._assignment, self._close, self._member_id = CLIENT_OPS[client]
+        self.member_id: str | None = None
         self.records: list[tuple] = []
         self.assigned: frozenset = frozenset()
         self.history: list[tuple[float, frozenset]] = []
@@ -193,12 +202,14 @@ class Member:
                     recs = []
                 try:
                     assigned = self._assignment(self.consumer)
+                    self.member_id = self._member_id(self.consumer)
                 except Exception as exc:  # noqa: BLE001
                     with self.lock:
                         self.errors.append(exc)
                     assigned = self.assigned
+                now = time.monotonic()
                 with self.lock:
-                    self.records.extend(recs)
+                    self.records.extend(r + (now,) for r in recs)
                     if assigned != self.assigned:
                         self.assigned = assigned
                         self.history.append((time.monotonic(), assigned))
@@ -269,6 +280,24 @@ class Members:
                     pass
 
 
+def describe_histories(members) -> str:
+    """Assignment changes of each member (seconds relative to the first), for
+    failure messages."""
+    hist = [(t, m.name, sorted(p for _t, p in a)) for m in members
+            for t, a in getattr(m, "history", [])]
+    if not hist:
+        return "(no history)"
+    t0 = min(t for t, _, _ in hist)
+    out = [f"+{t - t0:.2f}s {name}={parts}" for t, name, parts in sorted(hist)]
+    for m in members:
+        recs = m.snapshot()
+        if recs:
+            first, last = recs[0], recs[-1]
+            out.append(f"{m.name} got {len(recs)} records of partitions "
+                       f"{sorted({r[1] for r in recs})} at +{first[4] - t0:.2f}..+{last[4] - t0:.2f}s")
+    return "; ".join(out)
+
+
 def partitions_of(topic: str, n: int) -> frozenset:
     return frozenset((topic, p) for p in range(n))
 
@@ -299,8 +328,18 @@ def wait_split(members, topic: str, nparts: int, counts=None, timeout: float = R
             view = group_view(bootstrap, group)
             if view["state"] != "Stable" or len(view["members"]) != len(members):
                 return None
-            broker_sets = sorted(sorted(m["partitions"]) for m in view["members"].values())
-            if broker_sets != sorted(sorted(s) for s in sets):
+            # Member by member where the client tells its member id (a stale
+            # client view can have the right shape but the wrong owners).
+            remaining = dict(view["members"])
+            anonymous = []
+            for m in members:
+                mid = getattr(m, "member_id", None)
+                if mid is None:
+                    anonymous.append(m.assigned)
+                elif mid not in remaining or remaining.pop(mid)["partitions"] != m.assigned:
+                    return None
+            rest = sorted(sorted(v["partitions"]) for v in remaining.values())
+            if rest != sorted(sorted(a) for a in anonymous):
                 return None
         return views
 
@@ -345,6 +384,7 @@ class SubprocessMember:
                                      stdin=subprocess.DEVNULL, cwd=THIS_FILE.parent,
                                      preexec_fn=_die_with_parent)
         self.assigned: frozenset = frozenset()
+        self.member_id: str | None = None
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -362,6 +402,7 @@ class SubprocessMember:
             except ValueError:
                 continue
             if "assigned" in msg:
+                self.member_id = msg.get("member_id")
                 self.assigned = frozenset((t, p) for t, p in msg["assigned"])
 
     def kill(self):
@@ -392,7 +433,7 @@ def _member_main(client, bootstrap, topic, group, session_ms, instance_id):
                           group_instance_id=instance_id, enable_auto_commit=False,
                           auto_offset_reset="earliest", session_timeout_ms=session_ms,
                           heartbeat_interval_ms=HEARTBEAT_MS, client_id="riffle-group-child")
-        poll, assignment = kp_poll, kp_assignment
+        poll, assignment, member_id = kp_poll, kp_assignment, kp_member_id
     else:
         from confluent_kafka import Consumer
         conf = {"bootstrap.servers": bootstrap, "group.id": group, "broker.address.family": "v4",
@@ -403,14 +444,14 @@ def _member_main(client, bootstrap, topic, group, session_ms, instance_id):
             conf["group.instance.id"] = instance_id
         c = Consumer(conf)
         c.subscribe([topic])
-        poll, assignment = ck_poll, ck_assignment
+        poll, assignment, member_id = ck_poll, ck_assignment, ck_member_id
     deadline = time.monotonic() + 300  # the parent kills us long before this
     while time.monotonic() < deadline:
         poll(c)
-        a = sorted(assignment(c))
-        if a != last:
-            last = a
-            print(json.dumps({"assigned": a}), flush=True)
+        state = (sorted(assignment(c)), member_id(c))
+        if state != last:
+            last = state
+            print(json.dumps({"assigned": state[0], "member_id": state[1]}), flush=True)
 
 
 # -- broker view through kafka-python's admin client ------------------------------------

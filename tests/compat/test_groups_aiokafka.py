@@ -98,7 +98,8 @@ class AioMember:
             await c.start()
             while not self._stop.is_set():
                 for recs in (await c.getmany(timeout_ms=200)).values():
-                    self.records.extend((r.topic, r.partition, r.offset, r.value) for r in recs)
+                    now = time.monotonic()
+                    self.records.extend((r.topic, r.partition, r.offset, r.value, now) for r in recs)
                 self.assigned = frozenset((tp.topic, tp.partition) for tp in c.assignment())
         except Exception as exc:  # noqa: BLE001 - reported through .errors
             self.errors.append(exc)

@@ -15,8 +15,8 @@ from confluent_kafka.admin import AdminClient
 
 from group_helpers import (  # noqa: F401 - fixtures
     GROUP_BROKER_ARGS, HEARTBEAT_MS, KILL_SESSION_MS, Member, Members, SubprocessMember,
-    _group_module_broker, marks, ck_poll, committed, drain, group_broker, group_view, metric_value,
-    numbered, produce, unique_group, wait_records, wait_split,
+    _group_module_broker, describe_histories, marks, ck_poll, committed, drain, group_broker,
+    group_view, metric_value, numbered, produce, unique_group, wait_records, wait_split,
 )
 from helpers import create_topic, unique_topic, wait_until
 
@@ -262,11 +262,16 @@ def test_more_members_than_partitions_extras_get_nothing(group_broker, topic):
         wait_split(first, topic, 3, counts=[1, 1, 1], bootstrap=b, group=group)
         extra = [member(ms, f"m{i}", b, group, topic) for i in (3, 4)]
         views = wait_split(first + extra, topic, 3, counts=[0, 0, 1, 1, 1], bootstrap=b, group=group)
+        rebalances = metric_value(group_broker, "riffle_group_rebalances_total", group=group)
         idle = [m for m in first + extra if not views[m.name]]
+        assert len(idle) == 2
         produce(b, topic, numbered(30))
         got = wait_records(first + extra, 30)
         assert sorted(r[3] for r in got) == sorted(numbered(30))
-        assert len(idle) == 2 and all(not m.snapshot() for m in idle)
+        after = metric_value(group_broker, "riffle_group_rebalances_total", group=group)
+        assert all(not m.snapshot() for m in idle) and after == rebalances, (
+            f"the stable group rebalanced again (rebalances {rebalances} -> {after}); "
+            f"assignment changes: {describe_histories(first + extra)}")
 
 
 def test_two_groups_pubsub_and_queue_within_a_group(group_broker, topic):

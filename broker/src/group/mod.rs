@@ -398,6 +398,34 @@ impl Coordinator {
         }
     }
 
+    /// Drops every group's committed offsets for a deleted topic.
+    pub async fn forget_topic(&self, topic: &str) -> Result<(), i16> {
+        let mutations: Vec<Mutation> = {
+            let mut entries = self.lock();
+            let mut m = Vec::new();
+            for e in entries.values_mut() {
+                let group_id = e.group.id.clone();
+                e.offsets.retain(|(t, p), _| {
+                    if t == topic {
+                        m.push(Mutation::Delete {
+                            cf: CF_META,
+                            key: offsets::key(&group_id, t, *p),
+                        });
+                    }
+                    t != topic
+                });
+            }
+            m
+        };
+        if mutations.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .write(mutations, true)
+            .await
+            .map_err(|_| ResponseError::KafkaStorageError.code())
+    }
+
     /// Runs timeouts and expires offsets of long-empty groups.
     pub async fn tick(&self) {
         let now = Instant::now();

@@ -67,6 +67,8 @@ pub struct JoinReply {
     pub member_id: String,
     /// Members and their metadata (leader only).
     pub members: Vec<(String, Option<String>, Bytes)>,
+    /// The leader may keep the current assignment (a static leader rejoining).
+    pub skip_assignment: bool,
 }
 
 impl JoinReply {
@@ -79,6 +81,7 @@ impl JoinReply {
             leader: String::new(),
             member_id: member_id.to_string(),
             members: Vec::new(),
+            skip_assignment: false,
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct JoinParams {
     pub protocols: Vec<(String, Bytes)>,
     /// JoinGroup v4+: new dynamic members first get MEMBER_ID_REQUIRED.
     pub require_known_member: bool,
+    /// JoinGroup v9+: the response can tell a leader to skip assignment.
+    pub skip_assignment_supported: bool,
 }
 
 /// A group member.
@@ -270,6 +275,7 @@ impl Group {
             leader: self.leader.clone().unwrap_or_default(),
             member_id: member_id.to_string(),
             members,
+            skip_assignment: false,
         }
     }
 
@@ -327,14 +333,14 @@ impl Group {
                 ));
             }
             self.add_member(member_id, p, now, tx);
-            self.prepare_rebalance(now, t);
+            self.prepare_rebalance(now, t, "new member joined");
             self.maybe_complete_join(now);
             return Outcome::Wait(rx);
         }
         if self.pending.remove(&p.member_id).is_some() {
             let id = p.member_id.clone();
             self.add_member(id, p, now, tx);
-            self.prepare_rebalance(now, t);
+            self.prepare_rebalance(now, t, "new member joined");
             self.maybe_complete_join(now);
             return Outcome::Wait(rx);
         }
@@ -362,7 +368,7 @@ impl Group {
                 if let Some(m) = self.members.get_mut(&id) {
                     m.join_waiter = Some(tx);
                 }
-                self.prepare_rebalance(now, t);
+                self.prepare_rebalance(now, t, "member rejoined (leader or new metadata)");
                 self.maybe_complete_join(now);
                 Outcome::Wait(rx)
             }
@@ -414,14 +420,24 @@ impl Group {
             self.leader = Some(new_id.clone());
         }
         // A known static member coming back to a stable group gets its old assignment
-        // without a rebalance (the point of static membership).
-        if self.state == GroupState::Stable && same_protocols && !was_leader {
-            return Outcome::Now(self.current_join_reply(&new_id));
+        // without a rebalance (the point of static membership). A returning leader gets the
+        // member list but need not assign again (KIP-814: skip_assignment).
+        if self.state == GroupState::Stable && same_protocols {
+            let mut reply = self.current_join_reply(&new_id);
+            if was_leader && !p.skip_assignment_supported {
+                // Older clients cannot be told to skip assigning: name the previous member
+                // id as leader so the returning member simply syncs, as Kafka does.
+                reply.leader = old_id;
+                reply.members.clear();
+            } else {
+                reply.skip_assignment = was_leader;
+            }
+            return Outcome::Now(reply);
         }
         if let Some(m) = self.members.get_mut(&new_id) {
             m.join_waiter = Some(tx);
         }
-        self.prepare_rebalance(now, t);
+        self.prepare_rebalance(now, t, "static member rejoined with new metadata");
         self.maybe_complete_join(now);
         Outcome::Wait(rx)
     }
@@ -457,7 +473,7 @@ impl Group {
         );
     }
 
-    fn prepare_rebalance(&mut self, now: Instant, t: &GroupTimings) {
+    fn prepare_rebalance(&mut self, now: Instant, t: &GroupTimings, reason: &str) {
         if self.state == GroupState::CompletingRebalance {
             for m in self.members.values_mut() {
                 m.assignment = Bytes::new();
@@ -481,6 +497,7 @@ impl Group {
             if self.state == GroupState::Empty && !t.initial_rebalance_delay.is_zero() {
                 self.delay_deadline = Some(now + t.initial_rebalance_delay);
             }
+            tracing::info!(group = %self.id, generation = self.generation, reason, "preparing rebalance");
             self.rebalance_started = Some(now);
             self.state = GroupState::PreparingRebalance;
             self.rebalances += 1;
@@ -726,7 +743,7 @@ impl Group {
     fn membership_changed(&mut self, now: Instant, t: &GroupTimings) {
         match self.state {
             GroupState::Stable | GroupState::CompletingRebalance => {
-                self.prepare_rebalance(now, t);
+                self.prepare_rebalance(now, t, "member left or expired");
                 self.maybe_complete_join(now);
             }
             GroupState::PreparingRebalance => self.maybe_complete_join(now),
@@ -776,7 +793,7 @@ impl Group {
             return if self.members.is_empty() {
                 Ok(())
             } else {
-                Err(ResponseError::IllegalGeneration)
+                Err(ResponseError::UnknownMemberId)
             };
         }
         self.check_member(member_id, instance_id, Some(generation))?;
@@ -808,6 +825,7 @@ mod tests {
             protocol_type: "consumer".into(),
             protocols: vec![("range".into(), Bytes::from_static(b"meta"))],
             require_known_member: true,
+            skip_assignment_supported: true,
         }
     }
 
@@ -945,6 +963,19 @@ mod tests {
             g.heartbeat(&follower, Some("i-2"), gen, now),
             ResponseError::FencedInstanceId.code()
         );
+        // The leader restarting is no rebalance either: it may keep the current assignment.
+        let r = now_reply(g.join(params("", Some("i-1")), now, &T));
+        assert_eq!((r.generation, r.skip_assignment), (gen, true));
+        assert_eq!(r.leader, r.member_id);
+        assert_eq!(g.state, GroupState::Stable);
+        // Before JoinGroup v9 the returning leader is answered as a follower.
+        let mut old_client = params("", Some("i-1"));
+        old_client.skip_assignment_supported = false;
+        let r2 = now_reply(g.join(old_client, now, &T));
+        assert_eq!((r2.generation, r2.skip_assignment), (gen, false));
+        assert_eq!(r2.leader, r.member_id);
+        assert!(r2.members.is_empty());
+        assert_eq!(g.state, GroupState::Stable);
     }
 
     #[test]

@@ -146,7 +146,12 @@ impl Broker {
             let code = match self.catalog.delete(name.0.as_str()).await {
                 Ok(()) => {
                     self.metrics.forget_topic(name.0.as_str(), partitions);
-                    0
+                    // Committed offsets must not carry over to a topic re-created later.
+                    self.groups
+                        .forget_topic(name.0.as_str())
+                        .await
+                        .err()
+                        .unwrap_or(0)
                 }
                 Err(e) => catalog_error_code(&e),
             };

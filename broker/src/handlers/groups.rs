@@ -129,6 +129,7 @@ impl Broker {
                 leader: String::new(),
                 member_id: member_id.clone(),
                 members: vec![],
+                skip_assignment: false,
             })
         } else {
             let rebalance = if version == 0 || req.rebalance_timeout_ms <= 0 {
@@ -152,6 +153,7 @@ impl Broker {
                         .map(|p| (p.name.to_string(), p.metadata))
                         .collect(),
                     require_known_member: version >= 4,
+                    skip_assignment_supported: version >= 9,
                 },
             )
         };
@@ -169,6 +171,7 @@ impl Broker {
                     leader: String::new(),
                     member_id,
                     members: vec![],
+                    skip_assignment: false,
                 },
             )
             .await;
@@ -205,7 +208,8 @@ impl Broker {
                 .with_protocol_name(protocol_name)
                 .with_leader(StrBytes::from_string(r.leader))
                 .with_member_id(StrBytes::from_string(r.member_id))
-                .with_members(members);
+                .with_members(members)
+                .with_skip_assignment(version >= 9 && r.skip_assignment);
             encode_response(ApiKey::JoinGroup, version, corr, &resp).map(Some)
         })
     }

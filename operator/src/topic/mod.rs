@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use riffle_client::admin::{AdminFailure, TopicDescription};
 use riffle_client::Connection;
 
+pub mod controller;
+
 use crate::crd::{DeletionPolicy, Topic, TopicSpec};
 
 /// One change to bring a Kafka topic in line with its Topic object.

@@ -1,0 +1,206 @@
+//! Cluster status from what the StatefulSet reports (pure).
+
+use k8s_openapi::api::apps::v1::StatefulSetStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::build;
+use crate::crd::{Cluster, ClusterStatus};
+
+/// Sets a condition, keeping its transition time when its status did not change.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let status = if ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == kind && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    conditions.push(Condition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: since,
+    });
+}
+
+/// Status for a spec that failed validation.
+pub fn invalid(cluster: &Cluster, message: &str, now: &Time) -> ClusterStatus {
+    let previous = cluster.status.clone().unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let mut conditions = Vec::new();
+    set_condition(
+        &mut conditions,
+        &previous.conditions,
+        "Ready",
+        false,
+        "InvalidSpec",
+        message,
+        generation,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        &previous.conditions,
+        "Progressing",
+        false,
+        "InvalidSpec",
+        message,
+        generation,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        &previous.conditions,
+        "Degraded",
+        true,
+        "InvalidSpec",
+        message,
+        generation,
+        now,
+    );
+    ClusterStatus {
+        observed_generation: generation,
+        conditions,
+        ..previous
+    }
+}
+
+/// Status of a reconciled cluster.
+pub fn observed(cluster: &Cluster, sts: Option<&StatefulSetStatus>, now: &Time) -> ClusterStatus {
+    let previous = cluster.status.clone().unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let want = cluster.spec.replicas;
+    let replicas = sts.map(|s| s.replicas).unwrap_or(0);
+    let ready = sts.and_then(|s| s.ready_replicas).unwrap_or(0);
+    let updated = sts.and_then(|s| s.updated_replicas).unwrap_or(0);
+    let all_ready = ready == want && updated == want && replicas == want;
+    let mut conditions = Vec::new();
+    let msg = format!("{ready}/{want} brokers ready");
+    set_condition(
+        &mut conditions,
+        &previous.conditions,
+        "Ready",
+        all_ready,
+        if all_ready {
+            "AllBrokersReady"
+        } else {
+            "BrokersNotReady"
+        },
+        &msg,
+        generation,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        &previous.conditions,
+        "Progressing",
+        !all_ready,
+        if all_ready { "Stable" } else { "RollingOut" },
+        &msg,
+        generation,
+        now,
+    );
+    set_condition(
+        &mut conditions,
+        &previous.conditions,
+        "Degraded",
+        false,
+        "AsExpected",
+        "",
+        generation,
+        now,
+    );
+    ClusterStatus {
+        observed_generation: generation,
+        conditions,
+        replicas,
+        ready_replicas: ready,
+        bootstrap_servers: Some(build::bootstrap_servers(cluster)),
+        brokers: (0..want)
+            .map(|id| build::broker_address(cluster, id))
+            .collect(),
+        selector: Some(build::selector_string(cluster)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ClusterSpec;
+
+    fn cluster() -> Cluster {
+        let mut c = Cluster::new(
+            "events",
+            serde_json::from_value::<ClusterSpec>(serde_json::json!({"replicas": 3}))
+                .expect("spec"),
+        );
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.generation = Some(4);
+        c
+    }
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().expect("timestamp"))
+    }
+
+    #[test]
+    fn ready_when_every_broker_is_ready_and_stable_over_time() {
+        let mut c = cluster();
+        let sts = StatefulSetStatus {
+            replicas: 3,
+            ready_replicas: Some(3),
+            updated_replicas: Some(3),
+            ..Default::default()
+        };
+        let s1 = observed(&c, Some(&sts), &t("2026-01-01T00:00:00Z"));
+        assert_eq!(s1.ready_replicas, 3);
+        assert_eq!(s1.conditions[0].status, "True");
+        assert_eq!(
+            s1.bootstrap_servers.as_deref(),
+            Some("events-bootstrap.ns.svc:9092")
+        );
+        assert_eq!(s1.brokers[2], "events-2.events-brokers.ns.svc:9092");
+        assert_eq!(s1.observed_generation, Some(4));
+        // Same observation later: identical status, so nothing needs writing.
+        c.status = Some(s1.clone());
+        assert_eq!(observed(&c, Some(&sts), &t("2026-01-01T01:00:00Z")), s1);
+    }
+
+    #[test]
+    fn not_ready_while_rolling_and_invalid_spec_is_degraded() {
+        let c = cluster();
+        let sts = StatefulSetStatus {
+            replicas: 3,
+            ready_replicas: Some(1),
+            updated_replicas: Some(3),
+            ..Default::default()
+        };
+        let s = observed(&c, Some(&sts), &t("2026-01-01T00:00:00Z"));
+        assert_eq!(
+            (
+                s.conditions[0].status.as_str(),
+                s.conditions[0].reason.as_str()
+            ),
+            ("False", "BrokersNotReady")
+        );
+        assert_eq!(s.conditions[1].status, "True");
+        let bad = invalid(
+            &c,
+            "spec.replicas must be at least 1",
+            &t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(bad.conditions[2].type_, "Degraded");
+        assert_eq!(bad.conditions[2].status, "True");
+        assert_eq!(bad.conditions[0].reason, "InvalidSpec");
+    }
+}
