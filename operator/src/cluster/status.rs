@@ -6,14 +6,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::build;
 use crate::crd::{Cluster, ClusterStatus};
 
-/// Sets a condition, keeping its transition time when its status did not change.
+/// Sets a condition `(status, reason, message)`, keeping its transition time when its
+/// status did not change.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
     previous: &[Condition],
     kind: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
+    (ok, reason, message): (bool, &str, &str),
     generation: Option<i64>,
     now: &Time,
 ) {
@@ -38,36 +37,16 @@ pub fn invalid(cluster: &Cluster, message: &str, now: &Time) -> ClusterStatus {
     let previous = cluster.status.clone().unwrap_or_default();
     let generation = cluster.metadata.generation;
     let mut conditions = Vec::new();
-    set_condition(
-        &mut conditions,
-        &previous.conditions,
-        "Ready",
-        false,
-        "InvalidSpec",
-        message,
-        generation,
-        now,
-    );
-    set_condition(
-        &mut conditions,
-        &previous.conditions,
-        "Progressing",
-        false,
-        "InvalidSpec",
-        message,
-        generation,
-        now,
-    );
-    set_condition(
-        &mut conditions,
-        &previous.conditions,
-        "Degraded",
-        true,
-        "InvalidSpec",
-        message,
-        generation,
-        now,
-    );
+    for (kind, ok) in [("Ready", false), ("Progressing", false), ("Degraded", true)] {
+        set_condition(
+            &mut conditions,
+            &previous.conditions,
+            kind,
+            (ok, "InvalidSpec", message),
+            generation,
+            now,
+        );
+    }
     ClusterStatus {
         observed_generation: generation,
         conditions,
@@ -84,39 +63,35 @@ pub fn observed(cluster: &Cluster, sts: Option<&StatefulSetStatus>, now: &Time) 
     let ready = sts.and_then(|s| s.ready_replicas).unwrap_or(0);
     let updated = sts.and_then(|s| s.updated_replicas).unwrap_or(0);
     let all_ready = ready == want && updated == want && replicas == want;
-    let mut conditions = Vec::new();
     let msg = format!("{ready}/{want} brokers ready");
+    let (ready_reason, progress_reason) = if all_ready {
+        ("AllBrokersReady", "Stable")
+    } else {
+        ("BrokersNotReady", "RollingOut")
+    };
+    let mut conditions = Vec::new();
+    let prev = &previous.conditions;
     set_condition(
         &mut conditions,
-        &previous.conditions,
+        prev,
         "Ready",
-        all_ready,
-        if all_ready {
-            "AllBrokersReady"
-        } else {
-            "BrokersNotReady"
-        },
-        &msg,
+        (all_ready, ready_reason, &msg),
         generation,
         now,
     );
     set_condition(
         &mut conditions,
-        &previous.conditions,
+        prev,
         "Progressing",
-        !all_ready,
-        if all_ready { "Stable" } else { "RollingOut" },
-        &msg,
+        (!all_ready, progress_reason, &msg),
         generation,
         now,
     );
     set_condition(
         &mut conditions,
-        &previous.conditions,
+        prev,
         "Degraded",
-        false,
-        "AsExpected",
-        "",
+        (false, "AsExpected", ""),
         generation,
         now,
     );

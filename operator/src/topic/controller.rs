@@ -199,9 +199,7 @@ async fn write_status(
         &mut conditions,
         &previous.conditions,
         "Ready",
-        ok,
-        reason,
-        message,
+        (ok, reason, message),
         topic.metadata.generation,
         &now,
     );
