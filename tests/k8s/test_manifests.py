@@ -468,7 +468,7 @@ def test_deploy_operator_matches_chart():
 def test_deploy_examples():
     cluster = yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
     assert (cluster["apiVersion"], cluster["kind"]) == ("riffle.dev/v1alpha1", "Cluster")
-    assert cluster["spec"]["replicas"] == 3 and cluster["spec"]["storage"]["size"] == "10Gi"
+    assert cluster["spec"]["replicas"] == 1 and cluster["spec"]["storage"]["size"] == "10Gi"
     topic = yaml.safe_load((DEPLOY / "topic.yaml").read_text())
     assert (topic["apiVersion"], topic["kind"]) == ("riffle.dev/v1alpha1", "Topic")
     assert topic["spec"]["partitions"] == 6 and "retention.ms" in topic["spec"]["config"]

@@ -13,7 +13,7 @@ use riffle_client::Connection;
 use super::{cleanup, reconcile as sync_topic, topic_name, Reconciled};
 use crate::cluster::{build, status::set_condition};
 use crate::context::Context;
-use crate::crd::{Cluster, Topic, TopicStatus};
+use crate::crd::{Cluster, DeletionPolicy, Topic, TopicStatus};
 
 /// Finalizer that lets the operator delete the Kafka topic before the object goes.
 pub const FINALIZER: &str = "riffle.dev/topic-cleanup";
@@ -170,6 +170,9 @@ async fn delete(topic: &Topic, ctx: &Context, ns: &str) -> Result<Action, Error>
         tracing::warn!(topic = %topic.name_any(), "cleanup skipped by annotation");
         return Ok(Action::await_change());
     }
+    if topic.spec.deletion_policy == DeletionPolicy::Retain {
+        return Ok(Action::await_change());
+    }
     let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), ns);
     let Some(cluster) = clusters.get_opt(&topic.spec.cluster_ref.name).await? else {
         // The cluster (and its data) is gone: nothing left to clean up.
@@ -220,4 +223,152 @@ async fn write_status(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ClusterRef, TopicSpec};
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use kube::Client;
+    use riffle_client::testkit::TestBroker;
+    use tower_test::mock::{self, Handle};
+
+    type ApiHandle = Handle<Request<Body>, Response<Body>>;
+    const TOPICS: &str = "/apis/riffle.dev/v1alpha1/namespaces/apps/topics/orders";
+    const CLUSTER: &str = "/apis/riffle.dev/v1alpha1/namespaces/apps/clusters/events";
+
+    fn topic(finalized: bool, deleting: bool, policy: DeletionPolicy) -> Topic {
+        let mut t = Topic::new(
+            "orders",
+            TopicSpec {
+                cluster_ref: ClusterRef { name: "events".into() },
+                topic_name: None,
+                partitions: 2,
+                replication_factor: 1,
+                config: Default::default(),
+                deletion_policy: policy,
+            },
+        );
+        t.metadata.namespace = Some("apps".into());
+        t.metadata.generation = Some(1);
+        if finalized {
+            t.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        }
+        if deleting {
+            t.metadata.deletion_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().expect("time")));
+        }
+        t
+    }
+
+    fn setup(bootstrap: Option<String>) -> (Arc<Context>, ApiHandle) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        (Arc::new(Context::new(Client::new(service, "default"), bootstrap)), handle)
+    }
+
+    /// Asserts the next request and answers with `reply` (or 404 when `None`).
+    async fn expect(handle: &mut ApiHandle, method: Method, path: &str, reply: Option<serde_json::Value>) -> serde_json::Value {
+        let (req, send) = handle.next_request().await.expect("a request");
+        assert_eq!(req.method(), method, "{}", req.uri());
+        assert!(req.uri().to_string().starts_with(path), "expected {path}, got {}", req.uri());
+        let body = req.into_body().collect_bytes().await.expect("body");
+        let resp = match reply {
+            Some(v) => Response::builder().body(Body::from(serde_json::to_vec(&v).expect("json"))),
+            None => Response::builder().status(StatusCode::NOT_FOUND).body(Body::from(
+                serde_json::to_vec(&serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})).expect("json"),
+            )),
+        };
+        send.send_response(resp.expect("response"));
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)
+    }
+
+    async fn done(handle: &mut ApiHandle) {
+        let next = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
+        assert!(next.is_err() || next.as_ref().is_ok_and(|r| r.is_none()), "unexpected extra request");
+    }
+
+    fn cluster_json() -> serde_json::Value {
+        serde_json::json!({"apiVersion": "riffle.dev/v1alpha1", "kind": "Cluster", "metadata": {"name": "events", "namespace": "apps"}, "spec": {}})
+    }
+
+    #[tokio::test]
+    async fn new_topic_first_gets_the_finalizer() {
+        let (ctx, mut handle) = setup(None);
+        let t = topic(false, false, DeletionPolicy::Delete);
+        let echo = serde_json::to_value(topic(true, false, DeletionPolicy::Delete)).expect("json");
+        let verifier = tokio::spawn(async move {
+            let patch = expect(&mut handle, Method::PATCH, TOPICS, Some(echo)).await;
+            assert!(patch.to_string().contains(FINALIZER), "finalizer not added: {patch}");
+            done(&mut handle).await;
+        });
+        reconcile(Arc::new(t), ctx).await.expect("reconcile");
+        verifier.await.expect("verifier");
+    }
+
+    #[tokio::test]
+    async fn missing_cluster_is_reported_in_status() {
+        let (ctx, mut handle) = setup(None);
+        let t = topic(true, false, DeletionPolicy::Delete);
+        let echo = serde_json::to_value(&t).expect("json");
+        let verifier = tokio::spawn(async move {
+            expect(&mut handle, Method::GET, CLUSTER, None).await;
+            let patch = expect(&mut handle, Method::PATCH, &format!("{TOPICS}/status"), Some(echo)).await;
+            assert_eq!(patch["status"]["conditions"][0]["reason"], "ClusterNotFound");
+            assert_eq!(patch["status"]["conditions"][0]["status"], "False");
+            done(&mut handle).await;
+        });
+        let action = reconcile(Arc::new(t), ctx).await.expect("reconcile");
+        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+        verifier.await.expect("verifier");
+    }
+
+    /// The finalizer removal patch, answered with the object as it then is.
+    async fn expect_finalizer_removed(handle: &mut ApiHandle) {
+        let patch = expect(handle, Method::PATCH, TOPICS, Some(serde_json::to_value(topic(false, true, DeletionPolicy::Delete)).expect("json"))).await;
+        assert!(patch.to_string().contains("remove") || patch.to_string().contains("test"), "not a finalizer removal: {patch}");
+    }
+
+    #[tokio::test]
+    async fn retain_policy_releases_without_touching_the_broker() {
+        let (ctx, mut handle) = setup(Some("127.0.0.1:1".into()));
+        let verifier = tokio::spawn(async move {
+            expect_finalizer_removed(&mut handle).await;
+            done(&mut handle).await;
+        });
+        reconcile(Arc::new(topic(true, true, DeletionPolicy::Retain)), ctx).await.expect("reconcile");
+        verifier.await.expect("verifier");
+    }
+
+    #[tokio::test]
+    async fn deletion_gives_up_cleanly_when_the_cluster_is_gone() {
+        let (ctx, mut handle) = setup(Some("127.0.0.1:1".into()));
+        let verifier = tokio::spawn(async move {
+            expect(&mut handle, Method::GET, CLUSTER, None).await;
+            expect_finalizer_removed(&mut handle).await;
+            done(&mut handle).await;
+        });
+        reconcile(Arc::new(topic(true, true, DeletionPolicy::Delete)), ctx).await.expect("reconcile");
+        verifier.await.expect("verifier");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delete_policy_deletes_the_kafka_topic_then_the_finalizer() {
+        let bin = std::env::var_os("RIFFLE_BIN").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("exe");
+            exe.parent().and_then(|d| d.parent()).map(|d| d.join("riffle")).expect("target dir")
+        });
+        let broker = TestBroker::start(bin, &[]);
+        broker.create_topic("orders", 2, &[]).await;
+        let (ctx, mut handle) = setup(Some(broker.kafka.clone()));
+        let verifier = tokio::spawn(async move {
+            expect(&mut handle, Method::GET, CLUSTER, Some(cluster_json())).await;
+            expect_finalizer_removed(&mut handle).await;
+            done(&mut handle).await;
+        });
+        reconcile(Arc::new(topic(true, true, DeletionPolicy::Delete)), ctx).await.expect("reconcile");
+        verifier.await.expect("verifier");
+        let mut c = broker.connect().await;
+        assert!(c.describe_topic("orders").await.expect("describe").is_none(), "Kafka topic not deleted");
+    }
 }
