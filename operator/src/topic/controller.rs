@@ -243,7 +243,9 @@ mod tests {
         let mut t = Topic::new(
             "orders",
             TopicSpec {
-                cluster_ref: ClusterRef { name: "events".into() },
+                cluster_ref: ClusterRef {
+                    name: "events".into(),
+                },
                 topic_name: None,
                 partitions: 2,
                 replication_factor: 1,
@@ -257,21 +259,34 @@ mod tests {
             t.metadata.finalizers = Some(vec![FINALIZER.into()]);
         }
         if deleting {
-            t.metadata.deletion_timestamp = Some(Time("2026-01-01T00:00:00Z".parse().expect("time")));
+            t.metadata.deletion_timestamp =
+                Some(Time("2026-01-01T00:00:00Z".parse().expect("time")));
         }
         t
     }
 
     fn setup(bootstrap: Option<String>) -> (Arc<Context>, ApiHandle) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        (Arc::new(Context::new(Client::new(service, "default"), bootstrap)), handle)
+        (
+            Arc::new(Context::new(Client::new(service, "default"), bootstrap)),
+            handle,
+        )
     }
 
     /// Asserts the next request and answers with `reply` (or 404 when `None`).
-    async fn expect(handle: &mut ApiHandle, method: Method, path: &str, reply: Option<serde_json::Value>) -> serde_json::Value {
+    async fn expect(
+        handle: &mut ApiHandle,
+        method: Method,
+        path: &str,
+        reply: Option<serde_json::Value>,
+    ) -> serde_json::Value {
         let (req, send) = handle.next_request().await.expect("a request");
         assert_eq!(req.method(), method, "{}", req.uri());
-        assert!(req.uri().to_string().starts_with(path), "expected {path}, got {}", req.uri());
+        assert!(
+            req.uri().to_string().starts_with(path),
+            "expected {path}, got {}",
+            req.uri()
+        );
         let body = req.into_body().collect_bytes().await.expect("body");
         let resp = match reply {
             Some(v) => Response::builder().body(Body::from(serde_json::to_vec(&v).expect("json"))),
@@ -285,7 +300,10 @@ mod tests {
 
     async fn done(handle: &mut ApiHandle) {
         let next = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
-        assert!(next.is_err() || next.as_ref().is_ok_and(|r| r.is_none()), "unexpected extra request");
+        assert!(
+            next.is_err() || next.as_ref().is_ok_and(|r| r.is_none()),
+            "unexpected extra request"
+        );
     }
 
     fn cluster_json() -> serde_json::Value {
@@ -299,7 +317,10 @@ mod tests {
         let echo = serde_json::to_value(topic(true, false, DeletionPolicy::Delete)).expect("json");
         let verifier = tokio::spawn(async move {
             let patch = expect(&mut handle, Method::PATCH, TOPICS, Some(echo)).await;
-            assert!(patch.to_string().contains(FINALIZER), "finalizer not added: {patch}");
+            assert!(
+                patch.to_string().contains(FINALIZER),
+                "finalizer not added: {patch}"
+            );
             done(&mut handle).await;
         });
         reconcile(Arc::new(t), ctx).await.expect("reconcile");
@@ -313,8 +334,17 @@ mod tests {
         let echo = serde_json::to_value(&t).expect("json");
         let verifier = tokio::spawn(async move {
             expect(&mut handle, Method::GET, CLUSTER, None).await;
-            let patch = expect(&mut handle, Method::PATCH, &format!("{TOPICS}/status"), Some(echo)).await;
-            assert_eq!(patch["status"]["conditions"][0]["reason"], "ClusterNotFound");
+            let patch = expect(
+                &mut handle,
+                Method::PATCH,
+                &format!("{TOPICS}/status"),
+                Some(echo),
+            )
+            .await;
+            assert_eq!(
+                patch["status"]["conditions"][0]["reason"],
+                "ClusterNotFound"
+            );
             assert_eq!(patch["status"]["conditions"][0]["status"], "False");
             done(&mut handle).await;
         });
@@ -325,8 +355,17 @@ mod tests {
 
     /// The finalizer removal patch, answered with the object as it then is.
     async fn expect_finalizer_removed(handle: &mut ApiHandle) {
-        let patch = expect(handle, Method::PATCH, TOPICS, Some(serde_json::to_value(topic(false, true, DeletionPolicy::Delete)).expect("json"))).await;
-        assert!(patch.to_string().contains("remove") || patch.to_string().contains("test"), "not a finalizer removal: {patch}");
+        let patch = expect(
+            handle,
+            Method::PATCH,
+            TOPICS,
+            Some(serde_json::to_value(topic(false, true, DeletionPolicy::Delete)).expect("json")),
+        )
+        .await;
+        assert!(
+            patch.to_string().contains("remove") || patch.to_string().contains("test"),
+            "not a finalizer removal: {patch}"
+        );
     }
 
     #[tokio::test]
@@ -336,7 +375,9 @@ mod tests {
             expect_finalizer_removed(&mut handle).await;
             done(&mut handle).await;
         });
-        reconcile(Arc::new(topic(true, true, DeletionPolicy::Retain)), ctx).await.expect("reconcile");
+        reconcile(Arc::new(topic(true, true, DeletionPolicy::Retain)), ctx)
+            .await
+            .expect("reconcile");
         verifier.await.expect("verifier");
     }
 
@@ -348,16 +389,23 @@ mod tests {
             expect_finalizer_removed(&mut handle).await;
             done(&mut handle).await;
         });
-        reconcile(Arc::new(topic(true, true, DeletionPolicy::Delete)), ctx).await.expect("reconcile");
+        reconcile(Arc::new(topic(true, true, DeletionPolicy::Delete)), ctx)
+            .await
+            .expect("reconcile");
         verifier.await.expect("verifier");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn delete_policy_deletes_the_kafka_topic_then_the_finalizer() {
-        let bin = std::env::var_os("RIFFLE_BIN").map(std::path::PathBuf::from).unwrap_or_else(|| {
-            let exe = std::env::current_exe().expect("exe");
-            exe.parent().and_then(|d| d.parent()).map(|d| d.join("riffle")).expect("target dir")
-        });
+        let bin = std::env::var_os("RIFFLE_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                let exe = std::env::current_exe().expect("exe");
+                exe.parent()
+                    .and_then(|d| d.parent())
+                    .map(|d| d.join("riffle"))
+                    .expect("target dir")
+            });
         let broker = TestBroker::start(bin, &[]);
         broker.create_topic("orders", 2, &[]).await;
         let (ctx, mut handle) = setup(Some(broker.kafka.clone()));
@@ -366,9 +414,17 @@ mod tests {
             expect_finalizer_removed(&mut handle).await;
             done(&mut handle).await;
         });
-        reconcile(Arc::new(topic(true, true, DeletionPolicy::Delete)), ctx).await.expect("reconcile");
+        reconcile(Arc::new(topic(true, true, DeletionPolicy::Delete)), ctx)
+            .await
+            .expect("reconcile");
         verifier.await.expect("verifier");
         let mut c = broker.connect().await;
-        assert!(c.describe_topic("orders").await.expect("describe").is_none(), "Kafka topic not deleted");
+        assert!(
+            c.describe_topic("orders")
+                .await
+                .expect("describe")
+                .is_none(),
+            "Kafka topic not deleted"
+        );
     }
 }
