@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from k8s_tools import (
+    tool,
     CHART,
     CHART_CRD_DIR,
     CRD_DIR,
@@ -576,3 +577,9 @@ def test_crd_schema_check_is_strict(tmp_path):
     ok = {**topic, "spec": {**topic["spec"], "config": {"retention.ms": None}}}
     rc, out = check_jsonschema(tmp_path, crds["Topic"], [ok])
     assert rc == 0, out
+
+
+def test_dockerfile_lint():
+    """The image recipe passes hadolint (the chart and manifests default to its image)."""
+    result = run([tool("hadolint"), str(REPO / "Dockerfile")])
+    assert result.returncode == 0, result.stdout + result.stderr
