@@ -427,4 +427,111 @@ mod tests {
             "Kafka topic not deleted"
         );
     }
+
+    fn topic_list(items: Vec<Topic>) -> serde_json::Value {
+        serde_json::json!({"apiVersion": "riffle.dev/v1alpha1", "kind": "TopicList", "metadata": {}, "items": items})
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn apply_creates_the_kafka_topic_and_reports_it() {
+        let bin = std::env::var_os("RIFFLE_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                let exe = std::env::current_exe().expect("exe");
+                exe.parent()
+                    .and_then(|d| d.parent())
+                    .map(|d| d.join("riffle"))
+                    .expect("target dir")
+            });
+        let broker = TestBroker::start(bin, &[]);
+        let (ctx, mut handle) = setup(Some(broker.kafka.clone()));
+        let t = topic(true, false, DeletionPolicy::Delete);
+        let (list, echo) = (
+            topic_list(vec![t.clone()]),
+            serde_json::to_value(&t).expect("json"),
+        );
+        let verifier = tokio::spawn(async move {
+            expect(&mut handle, Method::GET, CLUSTER, Some(cluster_json())).await;
+            expect(
+                &mut handle,
+                Method::GET,
+                "/apis/riffle.dev/v1alpha1/namespaces/apps/topics",
+                Some(list),
+            )
+            .await;
+            let patch = expect(
+                &mut handle,
+                Method::PATCH,
+                &format!("{TOPICS}/status"),
+                Some(echo),
+            )
+            .await;
+            assert_eq!(patch["status"]["conditions"][0]["status"], "True");
+            assert_eq!(patch["status"]["conditions"][0]["reason"], "Created");
+            assert_eq!(patch["status"]["partitions"], 2);
+            assert!(patch["status"]["topicId"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()));
+            done(&mut handle).await;
+        });
+        reconcile(Arc::new(t), ctx).await.expect("reconcile");
+        verifier.await.expect("verifier");
+        let mut c = broker.connect().await;
+        assert_eq!(
+            c.describe_topic("orders")
+                .await
+                .expect("describe")
+                .map(|d| d.partitions),
+            Some(2)
+        );
+    }
+
+    #[tokio::test]
+    async fn second_claim_on_a_kafka_topic_is_a_conflict() {
+        let (ctx, mut handle) = setup(Some("127.0.0.1:1".into()));
+        let mut first = topic(true, false, DeletionPolicy::Delete);
+        first.metadata.name = Some("orders-owner".into());
+        first.spec.topic_name = Some("orders".into());
+        first.metadata.creation_timestamp =
+            Some(Time("2025-01-01T00:00:00Z".parse().expect("time")));
+        let mut second = topic(true, false, DeletionPolicy::Delete);
+        second.metadata.creation_timestamp =
+            Some(Time("2026-01-01T00:00:00Z".parse().expect("time")));
+        let (list, echo) = (
+            topic_list(vec![first, second.clone()]),
+            serde_json::to_value(&second).expect("json"),
+        );
+        let verifier = tokio::spawn(async move {
+            expect(&mut handle, Method::GET, CLUSTER, Some(cluster_json())).await;
+            expect(
+                &mut handle,
+                Method::GET,
+                "/apis/riffle.dev/v1alpha1/namespaces/apps/topics",
+                Some(list),
+            )
+            .await;
+            let ev = expect(
+                &mut handle,
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/apps/events",
+                Some(serde_json::json!({})),
+            )
+            .await;
+            assert_eq!(ev["reason"], "ResourceConflict");
+            let patch = expect(
+                &mut handle,
+                Method::PATCH,
+                &format!("{TOPICS}/status"),
+                Some(echo),
+            )
+            .await;
+            assert_eq!(
+                patch["status"]["conditions"][0]["reason"],
+                "ResourceConflict"
+            );
+            done(&mut handle).await;
+        });
+        reconcile(Arc::new(second), ctx).await.expect("reconcile");
+        verifier.await.expect("verifier");
+    }
 }
