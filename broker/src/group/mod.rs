@@ -62,6 +62,9 @@ pub struct GroupSnapshot {
     pub committed: Vec<(String, i32, i64)>,
 }
 
+/// How often committed offsets are checked for expiry.
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(60);
+
 /// Largest commit metadata accepted (Kafka's `offset.metadata.max.bytes`).
 pub const MAX_METADATA_BYTES: usize = 4096;
 
@@ -71,6 +74,8 @@ pub struct Coordinator {
     store: Arc<Store>,
     timings: GroupTimings,
     offsets_retention_ms: i64,
+    /// When committed offsets were last checked for expiry.
+    last_expiry: Mutex<Instant>,
 }
 
 impl Coordinator {
@@ -98,6 +103,7 @@ impl Coordinator {
             store,
             timings,
             offsets_retention_ms,
+            last_expiry: Mutex::new(Instant::now()),
         })
     }
 
@@ -430,12 +436,21 @@ impl Coordinator {
     pub async fn tick(&self) {
         let now = Instant::now();
         let now_wall = now_ms();
+        // Group timers need 100 ms resolution; offset expiry (days) only a coarse one.
+        let expire = {
+            let mut last = self.last_expiry.lock().unwrap_or_else(|p| p.into_inner());
+            let due = now.duration_since(*last) >= EXPIRY_CHECK_EVERY;
+            if due {
+                *last = now;
+            }
+            due && self.offsets_retention_ms >= 0
+        };
         let mut mutations = Vec::new();
         {
             let mut entries = self.lock();
             for e in entries.values_mut() {
                 e.group.tick(now, &self.timings);
-                if e.group.state == GroupState::Empty && self.offsets_retention_ms >= 0 {
+                if expire && e.group.state == GroupState::Empty {
                     let group_id = e.group.id.clone();
                     e.offsets.retain(|(t, p), c| {
                         let keep = now_wall - c.commit_ms <= self.offsets_retention_ms;
