@@ -130,3 +130,41 @@ async fn bad_commits_get_kafka_errors() {
     assert_eq!(commit(&mut c, "g", (-1, ""), "orders", 0, 7, "").await, 0);
     assert_eq!(fetch_committed(&mut c, "g", "orders", 0).await.0, 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_empty_groups_expire_after_retention() {
+    let mut broker = TestBroker::start(
+        env!("CARGO_BIN_EXE_riffle"),
+        &["--offsets-retention-minutes", "0"],
+    );
+    broker.create_topic("orders", 1, &[]).await;
+    let mut c = broker.connect().await;
+    assert_eq!(
+        commit(&mut c, "idle", (-1, ""), "orders", 0, 42, "").await,
+        0
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fetch_committed(&mut c, "idle", "orders", 0).await.0 != -1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed offset never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let listed = c
+        .call(4, &ListGroupsRequest::default())
+        .await
+        .expect("list groups");
+    assert!(
+        listed
+            .groups
+            .iter()
+            .all(|g| g.group_id.0.as_str() != "idle"),
+        "expired group still listed"
+    );
+    // The expiry is durable.
+    broker.kill9();
+    broker.restart();
+    let mut c = broker.connect().await;
+    assert_eq!(fetch_committed(&mut c, "idle", "orders", 0).await.0, -1);
+}

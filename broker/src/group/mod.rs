@@ -62,7 +62,7 @@ pub struct GroupSnapshot {
     pub committed: Vec<(String, i32, i64)>,
 }
 
-/// How often committed offsets are checked for expiry.
+/// Longest interval between checks of committed offsets for expiry.
 const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// Largest commit metadata accepted (Kafka's `offset.metadata.max.bytes`).
@@ -439,7 +439,10 @@ impl Coordinator {
         // Group timers need 100 ms resolution; offset expiry (days) only a coarse one.
         let expire = {
             let mut last = self.last_expiry.lock().unwrap_or_else(|p| p.into_inner());
-            let due = now.duration_since(*last) >= EXPIRY_CHECK_EVERY;
+            // At least twice per retention period, at most once a minute.
+            let every = Duration::from_millis((self.offsets_retention_ms / 2).max(0) as u64)
+                .clamp(Duration::from_millis(100), EXPIRY_CHECK_EVERY);
+            let due = now.duration_since(*last) >= every;
             if due {
                 *last = now;
             }
