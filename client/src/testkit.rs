@@ -22,6 +22,19 @@ pub struct TestBroker {
     args: Vec<String>,
 }
 
+/// The `riffle` binary for tests outside the broker crate: `$RIFFLE_BIN`, else the build
+/// next to the running test (`target/<profile>/deps/<test>` → `target/<profile>/riffle`).
+pub fn broker_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RIFFLE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("riffle"))
+        .expect("target dir")
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

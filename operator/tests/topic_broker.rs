@@ -1,24 +1,10 @@
 //! Topic reconciliation against a real `riffle` broker process.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-use riffle_client::testkit::TestBroker;
+use riffle_client::testkit::{broker_binary, TestBroker};
 use riffle_operator::crd::{ClusterRef, DeletionPolicy, TopicSpec};
 use riffle_operator::topic::{cleanup, reconcile, PlanError, Reconciled};
-
-/// The broker binary: `$RIFFLE_BIN`, else the release build next to this test's target dir.
-fn broker_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("RIFFLE_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test exe");
-    // target/<profile>/deps/<test> → target/<profile>/riffle
-    exe.parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("riffle"))
-        .expect("target dir")
-}
 
 fn spec(partitions: i32, config: &[(&str, Option<&str>)], policy: DeletionPolicy) -> TopicSpec {
     TopicSpec {

@@ -152,6 +152,18 @@ pub struct Member {
     sync_waiter: Option<oneshot::Sender<SyncReply>>,
 }
 
+impl Member {
+    /// Takes the protocols and timeouts of a new JoinGroup; true if the protocols are unchanged.
+    fn rejoined(&mut self, p: JoinParams, now: Instant) -> bool {
+        let same_protocols = self.protocols == p.protocols;
+        self.protocols = p.protocols;
+        self.session_timeout = Duration::from_millis(p.session_timeout_ms as u64);
+        self.rebalance_timeout = Duration::from_millis(p.rebalance_timeout_ms.max(0) as u64);
+        self.last_heartbeat = now;
+        same_protocols
+    }
+}
+
 /// One consumer group.
 pub struct Group {
     /// Group id.
@@ -352,11 +364,7 @@ impl Group {
         let Some(m) = self.members.get_mut(&id) else {
             return Outcome::Now(JoinReply::error(ResponseError::UnknownMemberId, &id));
         };
-        let same_protocols = m.protocols == p.protocols;
-        m.protocols = p.protocols;
-        m.session_timeout = Duration::from_millis(p.session_timeout_ms as u64);
-        m.rebalance_timeout = Duration::from_millis(p.rebalance_timeout_ms.max(0) as u64);
-        m.last_heartbeat = now;
+        let same_protocols = m.rejoined(p, now);
         match self.state {
             GroupState::CompletingRebalance if same_protocols => {
                 Outcome::Now(self.current_join_reply(&id))
@@ -401,13 +409,10 @@ impl Group {
                 assignment: Bytes::new(),
             });
         }
-        let same_protocols = old.protocols == p.protocols;
-        old.protocols = p.protocols;
-        old.client_id = p.client_id;
-        old.client_host = p.client_host;
-        old.session_timeout = Duration::from_millis(p.session_timeout_ms as u64);
-        old.rebalance_timeout = Duration::from_millis(p.rebalance_timeout_ms.max(0) as u64);
-        old.last_heartbeat = now;
+        old.client_id = p.client_id.clone();
+        old.client_host = p.client_host.clone();
+        let skip_assignment_supported = p.skip_assignment_supported;
+        let same_protocols = old.rejoined(p, now);
         self.members.insert(new_id.clone(), old);
         for id in self.join_order.iter_mut() {
             if *id == old_id {
@@ -424,7 +429,7 @@ impl Group {
         // member list but need not assign again (KIP-814: skip_assignment).
         if self.state == GroupState::Stable && same_protocols {
             let mut reply = self.current_join_reply(&new_id);
-            if was_leader && !p.skip_assignment_supported {
+            if was_leader && !skip_assignment_supported {
                 // Older clients cannot be told to skip assigning: name the previous member
                 // id as leader so the returning member simply syncs, as Kafka does.
                 reply.leader = old_id;

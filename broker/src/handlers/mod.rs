@@ -63,11 +63,7 @@ fn str_bytes(s: &str) -> StrBytes {
 impl Broker {
     /// Opens storage and loads every topic.
     pub async fn open(config: Config) -> Result<Arc<Broker>, crate::metadata::CatalogError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            crate::metadata::CatalogError::Storage(Arc::new(crate::storage::StorageError::Corrupt(
-                format!("creating data dir: {e}"),
-            )))
-        })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(crate::storage::StorageError::from)?;
         let store = Arc::new(Store::open(&config.data_dir)?);
         let data_arrived = Arc::new(Notify::new());
         let catalog = Catalog::load(store.clone(), config.clone(), data_arrived.clone()).await?;

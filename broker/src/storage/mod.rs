@@ -38,6 +38,9 @@ pub enum StorageError {
     /// A previous write failed; the store refuses further writes.
     #[error("storage is offline after an earlier write failure")]
     Offline,
+    /// The data directory could not be prepared.
+    #[error("data dir: {0}")]
+    Io(#[from] std::io::Error),
     /// Stored bytes could not be decoded.
     #[error("corrupt stored value: {0}")]
     Corrupt(String),

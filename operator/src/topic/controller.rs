@@ -232,7 +232,7 @@ mod tests {
     use http::{Method, Request, Response, StatusCode};
     use kube::client::Body;
     use kube::Client;
-    use riffle_client::testkit::TestBroker;
+    use riffle_client::testkit::{broker_binary, TestBroker};
     use tower_test::mock::{self, Handle};
 
     type ApiHandle = Handle<Request<Body>, Response<Body>>;
@@ -397,16 +397,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn delete_policy_deletes_the_kafka_topic_then_the_finalizer() {
-        let bin = std::env::var_os("RIFFLE_BIN")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                let exe = std::env::current_exe().expect("exe");
-                exe.parent()
-                    .and_then(|d| d.parent())
-                    .map(|d| d.join("riffle"))
-                    .expect("target dir")
-            });
-        let broker = TestBroker::start(bin, &[]);
+        let broker = TestBroker::start(broker_binary(), &[]);
         broker.create_topic("orders", 2, &[]).await;
         let (ctx, mut handle) = setup(Some(broker.kafka.clone()));
         let verifier = tokio::spawn(async move {
@@ -434,16 +425,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn apply_creates_the_kafka_topic_and_reports_it() {
-        let bin = std::env::var_os("RIFFLE_BIN")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                let exe = std::env::current_exe().expect("exe");
-                exe.parent()
-                    .and_then(|d| d.parent())
-                    .map(|d| d.join("riffle"))
-                    .expect("target dir")
-            });
-        let broker = TestBroker::start(bin, &[]);
+        let broker = TestBroker::start(broker_binary(), &[]);
         let (ctx, mut handle) = setup(Some(broker.kafka.clone()));
         let t = topic(true, false, DeletionPolicy::Delete);
         let (list, echo) = (
