@@ -71,6 +71,38 @@ pub struct Config {
     pub group_max_session_timeout_ms: i32,
     /// Committed offsets of groups left empty this long expire (-1: never).
     pub offsets_retention_minutes: i64,
+    /// gRPC listener for the metadata quorum and replication. When `voters` is unset and
+    /// this port is taken, a single node falls back to an ephemeral loopback port.
+    pub rpc_listen: SocketAddr,
+    /// `host:port` other brokers reach the RPC listener at (default: the listen address,
+    /// or the advertised Kafka host with the RPC port when listening on all interfaces).
+    pub advertised_rpc: Option<String>,
+    /// Metadata quorum voters, `ID@HOST:PORT,...` (unset: this broker alone).
+    pub voters: Option<String>,
+    /// Rack of this broker, for rack-aware replica placement.
+    pub rack: Option<String>,
+    /// How often a broker heartbeats to the active controller.
+    pub broker_heartbeat_interval_ms: u64,
+    /// A broker without a heartbeat for this long is fenced and loses its leaderships.
+    pub broker_session_timeout_ms: u64,
+    /// Raft heartbeat interval of the metadata quorum.
+    pub raft_heartbeat_interval_ms: u64,
+    /// Raft election timeout (randomised between this and twice this).
+    pub raft_election_timeout_ms: u64,
+    /// A follower that has not caught up for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
+    /// Longest a follower's fetch waits at the leader for new data.
+    pub replica_fetch_wait_max_ms: u64,
+    /// Most bytes one follower fetch returns.
+    pub replica_fetch_max_bytes: u32,
+    /// Move leadership back to preferred replicas automatically.
+    pub auto_leader_rebalance_enable: bool,
+    /// Rebalance a broker's leaderships once more than this percentage is elsewhere.
+    pub leader_imbalance_per_broker_percentage: u32,
+    /// How often leader imbalance is checked.
+    pub leader_imbalance_check_interval_seconds: u64,
+    /// Longest a SIGTERM waits for leaderships to move away before shutting down anyway.
+    pub controlled_shutdown_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -98,6 +130,21 @@ impl Default for Config {
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             offsets_retention_minutes: 7 * 24 * 60,
+            rpc_listen: ([0, 0, 0, 0], 9093).into(),
+            advertised_rpc: None,
+            voters: None,
+            rack: None,
+            broker_heartbeat_interval_ms: 250,
+            broker_session_timeout_ms: 1500,
+            raft_heartbeat_interval_ms: 100,
+            raft_election_timeout_ms: 750,
+            replica_lag_time_max_ms: 10_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 8 << 20,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_per_broker_percentage: 10,
+            leader_imbalance_check_interval_seconds: 300,
+            controlled_shutdown_timeout_ms: 30_000,
         }
     }
 }
@@ -206,6 +253,66 @@ pub struct Cli {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offsets_retention_minutes: Option<i64>,
+    /// RPC listener for the quorum and replication [default: 0.0.0.0:9093].
+    #[arg(long, env = "RIFFLE_RPC_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_listen: Option<SocketAddr>,
+    /// RPC address other brokers connect to [default: derived from the listeners].
+    #[arg(long, env = "RIFFLE_ADVERTISED_RPC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertised_rpc: Option<String>,
+    /// Metadata quorum voters, ID@HOST:PORT,... [default: this broker alone].
+    #[arg(long, env = "RIFFLE_VOTERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voters: Option<String>,
+    /// Rack of this broker, for rack-aware placement.
+    #[arg(long, env = "RIFFLE_RACK")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
+    /// Heartbeat interval to the controller [default: 250].
+    #[arg(long, env = "RIFFLE_BROKER_HEARTBEAT_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_heartbeat_interval_ms: Option<u64>,
+    /// Fence a broker after this long without heartbeats [default: 1500].
+    #[arg(long, env = "RIFFLE_BROKER_SESSION_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_session_timeout_ms: Option<u64>,
+    /// Raft heartbeat interval [default: 100].
+    #[arg(long, env = "RIFFLE_RAFT_HEARTBEAT_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raft_heartbeat_interval_ms: Option<u64>,
+    /// Raft election timeout [default: 750].
+    #[arg(long, env = "RIFFLE_RAFT_ELECTION_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raft_election_timeout_ms: Option<u64>,
+    /// Followers lagging this long leave the ISR [default: 10000].
+    #[arg(long, env = "RIFFLE_REPLICA_LAG_TIME_MAX_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_lag_time_max_ms: Option<u64>,
+    /// Follower fetch long-poll [default: 500].
+    #[arg(long, env = "RIFFLE_REPLICA_FETCH_WAIT_MAX_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_fetch_wait_max_ms: Option<u64>,
+    /// Bytes per follower fetch [default: 8388608].
+    #[arg(long, env = "RIFFLE_REPLICA_FETCH_MAX_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_fetch_max_bytes: Option<u32>,
+    /// Rebalance leaders to preferred replicas [default: true].
+    #[arg(long, env = "RIFFLE_AUTO_LEADER_REBALANCE_ENABLE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_leader_rebalance_enable: Option<bool>,
+    /// Leader imbalance tolerated per broker [default: 10].
+    #[arg(long, env = "RIFFLE_LEADER_IMBALANCE_PER_BROKER_PERCENTAGE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_imbalance_per_broker_percentage: Option<u32>,
+    /// Leader imbalance check interval [default: 300].
+    #[arg(long, env = "RIFFLE_LEADER_IMBALANCE_CHECK_INTERVAL_SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_imbalance_check_interval_seconds: Option<u64>,
+    /// Longest wait for leaderships to move on SIGTERM [default: 30000].
+    #[arg(long, env = "RIFFLE_CONTROLLED_SHUTDOWN_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controlled_shutdown_timeout_ms: Option<u64>,
 }
 
 /// Configuration could not be assembled.
@@ -275,7 +382,48 @@ impl Config {
         if self.advertised_host_port().is_none() {
             return bad("advertised_listener must be host:port");
         }
+        if let Some(v) = &self.voters {
+            crate::cluster::parse_voters(v)
+                .map_err(|e| ConfigError::Invalid(format!("voters: {e}")))?;
+        }
+        if self.broker_heartbeat_interval_ms == 0
+            || self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms
+        {
+            return bad(
+                "broker_session_timeout_ms must be larger than broker_heartbeat_interval_ms (> 0)",
+            );
+        }
+        if self.raft_heartbeat_interval_ms == 0
+            || self.raft_election_timeout_ms <= self.raft_heartbeat_interval_ms
+        {
+            return bad(
+                "raft_election_timeout_ms must be larger than raft_heartbeat_interval_ms (> 0)",
+            );
+        }
         Ok(())
+    }
+
+    /// Fills in `advertised_rpc` from the address the RPC listener is bound to.
+    pub fn resolve_advertised_rpc(&mut self, bound: SocketAddr) {
+        if self.advertised_rpc.is_some() {
+            return;
+        }
+        self.advertised_rpc = Some(if bound.ip().is_unspecified() {
+            let host = self
+                .advertised_host_port()
+                .map(|(h, _)| h)
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}:{}", bound.port())
+        } else {
+            bound.to_string()
+        });
+    }
+
+    /// `host:port` other brokers reach this broker's RPC listener at.
+    pub fn advertised_rpc(&self) -> String {
+        self.advertised_rpc
+            .clone()
+            .unwrap_or_else(|| self.rpc_listen.to_string())
     }
 
     /// Host and port split out of `advertised_listener`.

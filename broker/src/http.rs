@@ -1,12 +1,14 @@
-//! HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
+//! HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, and JSON views of the cluster
+//! (`/v1/cluster`) and of a partition's local replica (`/v1/partitions/{topic}/{partition}`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::Json;
 use axum::Router;
 
 use crate::handlers::Broker;
@@ -26,6 +28,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/partitions/{topic}/{partition}", get(partition))
         .with_state(state)
 }
 
@@ -37,8 +41,76 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
+async fn cluster(State(s): State<HttpState>) -> impl IntoResponse {
+    let b = &s.broker;
+    let image = b.cluster.image();
+    let m = b.cluster.raft.metrics().borrow().clone();
+    Json(serde_json::json!({
+        "cluster_id": image.cluster_id,
+        "node_id": b.config.node_id,
+        "controller": b.cluster.controller_id(),
+        "raft": {
+            "term": m.current_term,
+            "last_log_index": m.last_log_index,
+            "applied_index": m.last_applied.map(|l| l.index),
+            "state": format!("{:?}", m.state),
+            "voters": m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+        },
+        "brokers": image.brokers.values().map(|br| serde_json::json!({
+            "id": br.id,
+            "kafka": br.kafka,
+            "rpc": br.rpc,
+            "rack": br.rack,
+            "state": br.state,
+            "fenced": br.state == crate::cluster::image::BrokerState::Fenced,
+            "leaders": crate::cluster::decide::leader_count(&image, br.id),
+        })).collect::<Vec<_>>(),
+        "partitions": {
+            "total": image.partitions().count(),
+            "offline": image.partitions().filter(|(_, _, p)| p.leader == -1).count(),
+            "under_replicated": image.partitions().filter(|(_, _, p)| p.isr.len() < p.replicas.len()).count(),
+        },
+    }))
+}
+
+async fn partition(
+    State(s): State<HttpState>,
+    Path((topic, index)): Path<(String, i32)>,
+) -> axum::response::Response {
+    let Some(part) = s
+        .broker
+        .catalog
+        .get(&topic)
+        .and_then(|t| t.partition(index))
+    else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("{topic}-{index} is not known here"),
+        )
+            .into_response();
+    };
+    let view = part.view();
+    let p = part.clone();
+    let batches = match tokio::task::spawn_blocking(move || p.batch_summaries()).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let mut v = serde_json::to_value(&view).unwrap_or_default();
+    v["batches"] = batches
+        .into_iter()
+        .map(|(base, last, epoch, crc)| {
+            serde_json::json!({"base_offset": base, "last_offset": last, "epoch": epoch, "crc": crc})
+        })
+        .collect();
+    Json(v).into_response()
+}
+
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let b = &s.broker;
+    let me = b.config.node_id;
+    let image = b.cluster.image();
+    let (mut led, mut under, mut under_min) = (0, 0, 0);
     for t in b.catalog.all() {
         for p in t.partitions() {
             let labels = [&*t.name, &p.index.to_string()];
@@ -55,7 +127,47 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
                 .partition_bytes
                 .with_label_values(&labels)
                 .set(p.size_bytes() as i64);
+            let (leader, replicas, isr) = p.replica_set();
+            if leader == me {
+                led += 1;
+                under += i64::from(isr.len() < replicas.len());
+                under_min += i64::from((isr.len() as i32) < t.config().min_insync_replicas);
+            } else if replicas.contains(&me) {
+                b.metrics
+                    .follower_lag
+                    .with_label_values(&labels)
+                    .set((o.high_watermark - p.log_end()).max(0));
+            }
         }
+    }
+    let offline = image
+        .partitions()
+        .filter(|(_, _, p)| p.leader == -1)
+        .count() as i64;
+    for (k, v) in [
+        ("leader", led),
+        ("under_replicated", under),
+        ("under_min_isr", under_min),
+        ("offline", offline),
+    ] {
+        b.metrics.partitions.with_label_values(&[k]).set(v);
+    }
+    b.metrics.preferred_imbalance.set(
+        image
+            .partitions()
+            .filter(|(_, _, p)| p.replicas.first() == Some(&me) && p.leader != me)
+            .count() as i64,
+    );
+    {
+        let m = b.cluster.raft.metrics().borrow().clone();
+        let q = &b.metrics.quorum;
+        q.with_label_values(&["active_controller"])
+            .set(i64::from(m.current_leader == Some(me as u64)));
+        q.with_label_values(&["term"]).set(m.current_term as i64);
+        q.with_label_values(&["last_log_index"])
+            .set(m.last_log_index.unwrap_or(0) as i64);
+        q.with_label_values(&["applied_index"])
+            .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
     }
     // Group series are rebuilt on each scrape so deleted groups and partitions disappear.
     b.metrics.group_committed.reset();

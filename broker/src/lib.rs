@@ -1,8 +1,12 @@
 //! Riffle broker: a Kafka-compatible event-streaming broker on RocksDB.
 //!
 //! Data path: [`server`] (TCP framing) → [`handlers`] (one module per API family) →
-//! [`log`] (partition offsets, producer state) → [`storage`] (RocksDB).
+//! [`log`] (partition offsets, producer state, replica state) → [`storage`] (RocksDB).
+//!
+//! Around it: [`cluster`] (metadata quorum, controller), [`replication`] (followers fetch
+//! from leaders) and [`rpc`] (the gRPC both use).
 
+pub mod cluster;
 pub mod config;
 pub mod group;
 pub mod handlers;
@@ -11,6 +15,8 @@ pub mod log;
 pub mod metadata;
 pub mod metrics;
 pub use riffle_protocol as protocol;
+pub mod replication;
 pub mod retention;
+pub mod rpc;
 pub mod server;
 pub mod storage;

@@ -5,9 +5,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use riffle_broker::cluster::image::BrokerState;
+use riffle_broker::cluster::QuorumService;
 use riffle_broker::config::{Cli, Config};
 use riffle_broker::handlers::Broker;
+use riffle_broker::replication::{self, service::ReplicationService};
 use riffle_broker::{group, http, retention, server};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -25,20 +29,42 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let config = Config::load(&cli)?;
+    let mut config = Config::load(&cli)?;
+    let rpc_listener = bind_rpc(&config).await?;
+    config.resolve_advertised_rpc(rpc_listener.local_addr()?);
     tracing::info!(?config, "starting riffle");
 
     let broker = Broker::open(config.clone())
         .await
         .context("opening data dir")?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding Kafka listener {}", config.listen))?;
     let http_listener = TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("binding HTTP listener {}", config.http_listen))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut rpc_stop = stop_rx.clone();
+    let rpc_task = tokio::spawn(riffle_broker::rpc::serve(
+        rpc_listener,
+        QuorumService {
+            cluster: broker.cluster.clone(),
+        },
+        ReplicationService {
+            broker: broker.clone(),
+        },
+        async move {
+            let _ = rpc_stop.changed().await;
+        },
+    ));
+    let interval = Duration::from_millis(config.broker_heartbeat_interval_ms);
+    let heartbeat_task = tokio::spawn(broker.cluster.clone().heartbeat_loop(
+        interval,
+        shutdown_rx,
+        stop_rx.clone(),
+    ));
+    let controller_task = tokio::spawn(broker.cluster.controller.clone().run(stop_rx.clone()));
+    let fetcher_task = tokio::spawn(replication::fetcher::run(broker.clone(), stop_rx.clone()));
+    let isr_task = tokio::spawn(replication::isr::run(broker.clone(), stop_rx.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let http_state = http::HttpState {
         broker: broker.clone(),
@@ -54,24 +80,58 @@ async fn main() -> anyhow::Result<()> {
     });
     let retention_task = tokio::spawn(retention::run(broker.clone(), stop_rx.clone()));
     let group_task = tokio::spawn(group::run_timers(broker.groups.clone(), stop_rx.clone()));
-    let kafka_task = tokio::spawn(server::serve(listener, broker.clone(), stop_rx));
-    ready.store(true, Ordering::Release);
-    tracing::info!(listen = %config.listen, http = %config.http_listen, advertised = %config.advertised_listener, "riffle is serving");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Kafka clients are served once the controller counts this broker as active
+    // (registered and unfenced), so nobody talks to it before it knows its partitions.
+    let mut state = broker.cluster.state.subscribe();
+    tracing::info!(http = %config.http_listen, rpc = %config.advertised_rpc(), "waiting to join the cluster");
+    let mut kafka_task = None;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        joined = state.wait_for(|s| *s == BrokerState::Active) => {
+            // Release the watch guard: the heartbeat loop writes this state.
+            drop(joined);
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding Kafka listener {}", config.listen))?;
+            kafka_task = Some(tokio::spawn(server::serve(listener, broker.clone(), stop_rx)));
+            ready.store(true, Ordering::Release);
+            tracing::info!(listen = %config.listen, http = %config.http_listen, advertised = %config.advertised_listener, "riffle is serving");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+    }
+    // Controlled shutdown: keep serving while the controller moves our leaderships away.
+    let _ = shutdown_tx.send(true);
+    let moved = broker
+        .cluster
+        .wait_leaderships_moved(Duration::from_millis(config.controlled_shutdown_timeout_ms))
+        .await;
+    if !moved {
+        tracing::warn!("leaderships could not all be moved away in time; shutting down anyway");
     }
     ready.store(false, Ordering::Release);
     broker.begin_shutdown();
     let _ = stop_tx.send(true);
     // Stop accepting, let connections finish what they read, then flush storage.
-    kafka_task.await.context("kafka listener task")?;
+    if let Some(t) = kafka_task {
+        t.await.context("kafka listener task")?;
+    }
     retention_task.await.context("retention task")?;
     group_task.await.context("group timer task")?;
     let _ = http_task.await;
+    for t in [heartbeat_task, controller_task, fetcher_task, isr_task] {
+        let _ = t.await;
+    }
+    let _ = rpc_task.await;
+    if let Err(e) = broker.cluster.raft.shutdown().await {
+        tracing::warn!(error = %e, "stopping the metadata quorum member");
+    }
     broker.store.flush().context("flushing storage")?;
     if let Ok(broker) = Arc::try_unwrap(broker) {
         // Closes RocksDB (and joins the writer thread) before the process exits.
@@ -79,4 +139,17 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Binds the RPC listener. A single node (no `--voters`) whose default port is taken
+/// falls back to an ephemeral loopback port: nobody else needs to reach it.
+async fn bind_rpc(config: &Config) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(config.rpc_listen).await {
+        Ok(l) => Ok(l),
+        Err(e) if config.voters.is_none() && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::info!(listen = %config.rpc_listen, "RPC port taken; single node uses an ephemeral loopback port");
+            Ok(TcpListener::bind(("127.0.0.1", 0)).await?)
+        }
+        Err(e) => Err(e).with_context(|| format!("binding RPC listener {}", config.rpc_listen)),
+    }
 }

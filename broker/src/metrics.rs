@@ -2,7 +2,8 @@
 //! topic names and partition indexes only.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// All broker metrics, registered in their own registry.
@@ -42,6 +43,23 @@ pub struct Metrics {
     pub groups: IntGaugeVec,
     /// Rebalances started per group.
     pub group_rebalances: IntGaugeVec,
+    /// Replica bytes fetched from leaders.
+    pub replication_bytes_in: IntCounter,
+    /// Replica bytes sent to followers.
+    pub replication_bytes_out: IntCounter,
+    /// ISR shrinks committed for partitions this broker leads.
+    pub isr_shrinks: IntCounter,
+    /// ISR expansions committed for partitions this broker leads.
+    pub isr_expands: IntCounter,
+    /// Partition counts this broker leads, by condition: under-replicated, under-min-isr,
+    /// offline (cluster-wide, reported by the controller), leaders.
+    pub partitions: IntGaugeVec,
+    /// Follower lag behind the leader's log end, in records, per partition this broker follows.
+    pub follower_lag: IntGaugeVec,
+    /// Metadata quorum: is-controller, term, commit index, applied index.
+    pub quorum: IntGaugeVec,
+    /// Leaderships of this broker's preferred partitions held by other brokers.
+    pub preferred_imbalance: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -151,6 +169,49 @@ impl Metrics {
                 "riffle_group_rebalances_total",
                 "Rebalances started per consumer group since broker start",
                 &["group"],
+            ),
+            replication_bytes_in: reg(
+                &r,
+                IntCounter::new("riffle_replication_bytes_in_total", "Replica bytes fetched from leaders")
+                    .expect("valid metric"),
+            ),
+            replication_bytes_out: reg(
+                &r,
+                IntCounter::new("riffle_replication_bytes_out_total", "Replica bytes sent to followers")
+                    .expect("valid metric"),
+            ),
+            isr_shrinks: reg(
+                &r,
+                IntCounter::new("riffle_isr_shrinks_total", "ISR shrinks of partitions led here")
+                    .expect("valid metric"),
+            ),
+            isr_expands: reg(
+                &r,
+                IntCounter::new("riffle_isr_expands_total", "ISR expansions of partitions led here")
+                    .expect("valid metric"),
+            ),
+            partitions: gauge(
+                "riffle_partitions",
+                "Partitions by condition: leader (led here), under_replicated and under_min_isr (led here), offline (cluster-wide)",
+                &["condition"],
+            ),
+            follower_lag: gauge(
+                "riffle_follower_lag_records",
+                "Records this follower is behind its leader's high watermark",
+                &["topic", "partition"],
+            ),
+            quorum: gauge(
+                "riffle_metadata_quorum",
+                "Metadata quorum: active_controller (1 if this broker), term, commit_index, applied_index",
+                &["field"],
+            ),
+            preferred_imbalance: reg(
+                &r,
+                IntGauge::new(
+                    "riffle_preferred_leader_imbalance",
+                    "Partitions preferring this broker as leader but led elsewhere",
+                )
+                .expect("valid metric"),
             ),
             registry: r,
         }

@@ -45,6 +45,14 @@ fn free_port() -> u16 {
 impl TestBroker {
     /// Starts the broker binary at `binary` with extra flags; waits until it accepts connections.
     pub fn start(binary: impl Into<PathBuf>, args: &[&str]) -> TestBroker {
+        let mut b = TestBroker::launch(binary, args);
+        b.wait_serving();
+        b
+    }
+
+    /// Starts the broker without waiting for it to serve (cluster members serve only once
+    /// a quorum is up, so they are launched together and waited for afterwards).
+    pub fn launch(binary: impl Into<PathBuf>, args: &[&str]) -> TestBroker {
         let mut b = TestBroker {
             child: None,
             binary: binary.into(),
@@ -53,8 +61,43 @@ impl TestBroker {
             http: format!("127.0.0.1:{}", free_port()),
             args: args.iter().map(|s| s.to_string()).collect(),
         };
-        b.spawn();
+        b.spawn_process();
         b
+    }
+
+    /// Process id of the running broker.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends a signal (e.g. SIGSTOP, SIGCONT) to the running broker.
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
+        }
+    }
+
+    /// Waits until the Kafka listener accepts connections.
+    pub fn wait_serving(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&self.kafka).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "broker did not start:\n{}",
+                self.log()
+            );
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("broker exited with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -62,6 +105,11 @@ impl TestBroker {
     }
 
     fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_serving();
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -84,15 +132,6 @@ impl TestBroker {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary.display()));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&self.kafka).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "broker did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// The broker's log so far.
@@ -132,6 +171,39 @@ impl TestBroker {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Starts the process again without waiting for it to serve.
+    pub fn relaunch(&mut self) {
+        self.kill9();
+        self.spawn_process();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// GETs an HTTP path on the broker's HTTP listener; returns (status, body).
+    pub fn http_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.http)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.http)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
     }
 
     /// Opens a client connection.

@@ -139,6 +139,12 @@ pub fn parse_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     })
 }
 
+/// The CRC-32C stored in a batch header (covers everything from the attributes on).
+pub fn stored_crc(buf: &[u8]) -> Option<u32> {
+    let b = buf.get(CRC_POS..CRC_POS + 4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// Validates a produced record set: exactly one v2 batch, consistent sizes and a good CRC.
 pub fn validate_produced(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = parse_header(buf)?;

@@ -60,6 +60,7 @@ pub enum Body {
     AlterConfigs(AlterConfigsRequest),
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
+    ElectLeaders(ElectLeadersRequest),
     FindCoordinator(FindCoordinatorRequest),
     JoinGroup(JoinGroupRequest),
     SyncGroup(SyncGroupRequest),
@@ -134,6 +135,7 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
             body!(IncrementalAlterConfigs, IncrementalAlterConfigsRequest)
         }
         ApiKey::DescribeCluster => body!(DescribeCluster, DescribeClusterRequest),
+        ApiKey::ElectLeaders => body!(ElectLeaders, ElectLeadersRequest),
         ApiKey::FindCoordinator => body!(FindCoordinator, FindCoordinatorRequest),
         ApiKey::JoinGroup => body!(JoinGroup, JoinGroupRequest),
         ApiKey::SyncGroup => body!(SyncGroup, SyncGroupRequest),

@@ -8,6 +8,10 @@ one:
   with the broker log tail and the broker is restarted for the next test.
 * ``make_broker(*extra_args)``: a private broker for tests that kill, restart
   or reconfigure it.  Stopped (SIGTERM, exit code 0 asserted) at teardown.
+* ``make_cluster(n=3, voters=3, extra_args=())``: a private multi-broker
+  ``Cluster`` (started and formed unless ``start=False``).  At teardown frozen
+  brokers are continued and every broker still running is stopped (SIGTERM,
+  exit code 0 asserted); brokers the test killed are skipped.
 
 Consumer-group tests are not part of this suite yet (the broker does not
 implement groups); consumers use manual assignment everywhere.  Group tests
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import Broker, BrokerBinaryMissing, riffle_binary, unique_topic
+from helpers import Broker, BrokerBinaryMissing, Cluster, riffle_binary, unique_topic
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +83,32 @@ def make_broker(riffle_bin, tmp_path, request):
 
 
 @pytest.fixture
+def make_cluster(riffle_bin, tmp_path, request):
+    created: list[Cluster] = []
+    request.node._riffle_clusters = created
+
+    def factory(n=3, voters=3, extra_args=(), env=None, start=True):
+        c = Cluster(tmp_path / f"cluster{len(created)}", n=n, voters=voters,
+                    extra_args=extra_args, env=env)
+        created.append(c)
+        if start:
+            c.start()
+        return c
+
+    yield factory
+    errors = []
+    for c in created:
+        try:
+            c.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+        finally:
+            c.cleanup()
+    if errors:
+        pytest.fail("\n".join(errors), pytrace=False)
+
+
+@pytest.fixture
 def topic():
     return unique_topic()
 
@@ -90,3 +120,7 @@ def pytest_runtest_makereport(item, call):
     if rep.failed:
         for b in getattr(item, "_riffle_brokers", []) or []:
             rep.sections.append((f"riffle log (port {b.port})", b.log_tail(80)))
+        for c in getattr(item, "_riffle_clusters", []) or []:
+            for i in c.ids:
+                rep.sections.append((f"riffle log (broker {i}, port {c.broker(i).port})",
+                                     c.broker(i).log_tail(60)))

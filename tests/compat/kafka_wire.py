@@ -1,8 +1,8 @@
 """Hand-rolled Kafka wire encoding for raw-socket tests.
 
-Only the handful of request/response shapes the bad-input tests need, all in
-non-flexible (pre-KIP-482) versions so they can be packed with ``struct``:
-ApiVersions v0, Metadata v1, Produce v3 (record batch v2).
+Only the handful of request/response shapes the bad-input and cluster tests
+need, all in non-flexible (pre-KIP-482) versions so they can be packed with
+``struct``: ApiVersions v0, Metadata v1 and v4, Produce v3 (record batch v2).
 """
 
 from __future__ import annotations
@@ -197,21 +197,39 @@ def api_versions(conn: Conn, version: int = 0, correlation_id: int = 11):
     return error, {k: (lo, hi) for k, lo, hi in apis or []}
 
 
+def _metadata_partition(rr):
+    return {"error_code": rr.i16(), "partition": rr.i32(), "leader": rr.i32(),
+            "replicas": rr.array(lambda x: x.i32()), "isr": rr.array(lambda x: x.i32())}
+
+
+def _metadata_topic(rr):
+    return {"error_code": rr.i16(), "name": rr.string(), "internal": rr.i8(),
+            "partitions": rr.array(_metadata_partition)}
+
+
+def _metadata_broker(rr):
+    return (rr.i32(), rr.string(), rr.i32(), rr.string())  # node id, host, port, rack
+
+
 def metadata_v1(conn: Conn, topics: list[str] | None):
     body = array([string(t) for t in topics]) if topics is not None else i32(-1)
     r = conn.request(API_METADATA, 1, body, 21)
-    brokers = r.array(lambda rr: (rr.i32(), rr.string(), rr.i32(), rr.string()))
+    brokers = r.array(_metadata_broker)
     controller = r.i32()
+    return {"brokers": brokers, "controller": controller, "topics": r.array(_metadata_topic)}
 
-    def partition(rr):
-        return {"error_code": rr.i16(), "partition": rr.i32(), "leader": rr.i32(),
-                "replicas": rr.array(lambda x: x.i32()), "isr": rr.array(lambda x: x.i32())}
 
-    def topic(rr):
-        return {"error_code": rr.i16(), "name": rr.string(), "internal": rr.i8(),
-                "partitions": rr.array(partition)}
-
-    return {"brokers": brokers, "controller": controller, "topics": r.array(topic)}
+def metadata_v4(conn: Conn, topics: list[str] | None, allow_auto_topic_creation: bool = False):
+    """Metadata v4: like v1 plus cluster id, and the request can forbid auto-creation."""
+    body = (array([string(t) for t in topics]) if topics is not None else i32(-1)) \
+        + i8(1 if allow_auto_topic_creation else 0)
+    r = conn.request(API_METADATA, 4, body, 22)
+    r.i32()  # throttle_time_ms
+    brokers = r.array(_metadata_broker)
+    cluster_id = r.string()
+    controller = r.i32()
+    return {"brokers": brokers, "cluster_id": cluster_id, "controller": controller,
+            "topics": r.array(_metadata_topic)}
 
 
 def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestamp: int | None = None,

@@ -11,35 +11,8 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use super::{catalog_error_code, configs::topic_config_entries, str_bytes, Broker};
-use crate::metadata::CatalogError;
-
-/// Replication factors this single-node broker can satisfy.
-fn check_replication(
-    rf: i16,
-    assignments: &[Vec<BrokerId>],
-    node: i32,
-) -> Result<(), (i16, String)> {
-    if rf > 1 {
-        return Err((
-            ResponseError::InvalidReplicationFactor.code(),
-            format!("replication factor {rf} is larger than the 1 available broker"),
-        ));
-    }
-    if rf == 0 || rf < -1 {
-        return Err((
-            ResponseError::InvalidReplicationFactor.code(),
-            "replication factor must be at least 1".into(),
-        ));
-    }
-    if assignments.iter().any(|a| a.len() != 1 || a[0].0 != node) {
-        return Err((
-            ResponseError::InvalidReplicaAssignment.code(),
-            format!("replica assignments may only name broker {node}"),
-        ));
-    }
-    Ok(())
-}
+use super::{configs::topic_config_entries, control_error, str_bytes, Broker};
+use crate::cluster::{ControlReply, ControlRequest};
 
 impl Broker {
     pub(super) async fn create_topics(
@@ -69,29 +42,45 @@ impl Broker {
                     None => null_config = Some(c.name.to_string()),
                 }
             }
-            let assignments: Vec<Vec<BrokerId>> =
-                t.assignments.iter().map(|a| a.broker_ids.clone()).collect();
-            let checked = match null_config {
+            let outcome = match null_config {
                 Some(k) => Err((
                     ResponseError::InvalidConfig.code(),
                     format!("config {k} has a null value"),
                 )),
-                None => check_replication(t.replication_factor, &assignments, self.config.node_id)
-                    .and_then(|_| {
-                        self.catalog
-                            .check_create(&name, partitions, &configs)
-                            .map_err(|e| (catalog_error_code(&e), e.to_string()))
-                    }),
-            };
-            let outcome = match checked {
-                Err(e) => Err(e),
-                Ok(()) if req.validate_only => Ok(None),
-                Ok(()) => self
-                    .catalog
-                    .create(&name, partitions, configs.clone())
-                    .await
-                    .map(Some)
-                    .map_err(|e| (catalog_error_code(&e), e.to_string())),
+                None => {
+                    let req_cfg = ControlRequest::CreateTopic {
+                        name: name.clone(),
+                        partitions: if t.assignments.is_empty() {
+                            partitions
+                        } else {
+                            -1
+                        },
+                        replication_factor: t.replication_factor,
+                        assignment: t
+                            .assignments
+                            .iter()
+                            .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                            .collect(),
+                        configs: configs.clone(),
+                        validate_only: req.validate_only,
+                    };
+                    let reply = self.control(req_cfg, req.timeout_ms).await;
+                    match (control_error(&reply), reply) {
+                        (Some(e), _) => Err(e),
+                        (
+                            None,
+                            ControlReply::Created {
+                                id,
+                                replication_factor,
+                                ..
+                            },
+                        ) => Ok((id, replication_factor)),
+                        (None, other) => Err((
+                            ResponseError::UnknownServerError.code(),
+                            format!("unexpected controller reply {other:?}"),
+                        )),
+                    }
+                }
             };
             match outcome {
                 Err((code, msg)) => {
@@ -100,10 +89,10 @@ impl Broker {
                         .with_error_code(code)
                         .with_error_message(Some(StrBytes::from_string(msg)));
                 }
-                Ok(created) => {
+                Ok((id, rf)) => {
                     result = result
                         .with_num_partitions(partitions)
-                        .with_replication_factor(1);
+                        .with_replication_factor(rf);
                     if version >= 5 {
                         let entries = topic_config_entries(&configs, &self.config)
                             .into_iter()
@@ -116,8 +105,8 @@ impl Broker {
                             .collect();
                         result = result.with_configs(Some(entries));
                     }
-                    if let (Some(t), true) = (created, version >= 7) {
-                        result = result.with_topic_id(t.id);
+                    if version >= 7 {
+                        result = result.with_topic_id(id);
                     }
                 }
             }
@@ -143,17 +132,20 @@ impl Broker {
                 .get(name.0.as_str())
                 .map(|t| t.partition_count())
                 .unwrap_or(0);
-            let code = match self.catalog.delete(name.0.as_str()).await {
-                Ok(()) => {
+            let reply = self
+                .control(
+                    ControlRequest::DeleteTopic {
+                        name: name.0.to_string(),
+                    },
+                    req.timeout_ms,
+                )
+                .await;
+            let code = match control_error(&reply) {
+                Some((code, _)) => code,
+                None => {
                     self.metrics.forget_topic(name.0.as_str(), partitions);
-                    // Committed offsets must not carry over to a topic re-created later.
-                    self.groups
-                        .forget_topic(name.0.as_str())
-                        .await
-                        .err()
-                        .unwrap_or(0)
+                    0
                 }
-                Err(e) => catalog_error_code(&e),
             };
             self.count_error(ApiKey::DeleteTopics, code);
             responses.push(
@@ -177,14 +169,21 @@ impl Broker {
                 .into_iter()
                 .map(|a| a.broker_ids)
                 .collect();
-            let outcome = match check_replication(1, &assignments, self.config.node_id) {
-                Err(e) => Err(e),
-                Ok(()) => self
-                    .catalog
-                    .add_partitions(t.name.0.as_str(), t.count, req.validate_only)
-                    .await
-                    .map_err(|e: CatalogError| (catalog_error_code(&e), e.to_string())),
-            };
+            let reply = self
+                .control(
+                    ControlRequest::AddPartitions {
+                        name: t.name.0.to_string(),
+                        count: t.count,
+                        assignment: assignments
+                            .into_iter()
+                            .map(|a| a.into_iter().map(|b| b.0).collect())
+                            .collect(),
+                        validate_only: req.validate_only,
+                    },
+                    req.timeout_ms,
+                )
+                .await;
+            let outcome = control_error(&reply).map_or(Ok(()), Err);
             let mut r = CreatePartitionsTopicResult::default().with_name(t.name);
             if let Err((code, msg)) = outcome {
                 self.count_error(ApiKey::CreatePartitions, code);

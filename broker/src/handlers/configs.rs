@@ -356,9 +356,18 @@ impl Broker {
         if validate_only {
             return (0, None);
         }
-        match self.catalog.set_configs(name, overrides).await {
-            Ok(()) => (0, None),
-            Err(e) => (catalog_error_code(&e), Some(e.to_string())),
+        let reply = self
+            .control(
+                crate::cluster::ControlRequest::SetTopicConfigs {
+                    name: name.to_string(),
+                    configs: overrides,
+                },
+                0,
+            )
+            .await;
+        match super::control_error(&reply) {
+            None => (0, None),
+            Some((code, msg)) => (code, Some(msg)),
         }
     }
 

@@ -10,7 +10,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
 use tokio::time::Instant;
 
-use super::{leader_epoch_error, Broker};
+use super::{leader_check, Broker};
 use crate::log::LogError;
 use crate::protocol::batch;
 
@@ -142,7 +142,7 @@ impl Broker {
                     .with_high_watermark(offsets.high_watermark)
                     .with_last_stable_offset(offsets.high_watermark)
                     .with_log_start_offset(offsets.log_start);
-                let epoch_err = leader_epoch_error(w.leader_epoch, part.leader_epoch);
+                let epoch_err = leader_check(&part, w.leader_epoch);
                 if epoch_err != 0 {
                     any_error = true;
                     partitions.push(pd.with_error_code(epoch_err));

@@ -68,13 +68,38 @@ fn subscribes_to(topic: &str, metadata: &[Bytes]) -> bool {
 }
 
 impl Broker {
+    /// The coordinator of a group: one active broker chosen by the group's offsets
+    /// partition, the same on every broker that has the same metadata.
+    fn group_coordinator(&self, group: &str) -> (BrokerId, StrBytes, i32) {
+        let image = self.cluster.image();
+        let active: Vec<&crate::cluster::image::BrokerInfo> = image
+            .brokers
+            .values()
+            .filter(|b| image.is_active(b.id))
+            .collect();
+        let p = crate::group::offsets::offsets_partition(group) as usize;
+        if let Some(b) = active.get(p % active.len().max(1)) {
+            if let Some((h, port)) = b
+                .kafka
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            {
+                return (
+                    BrokerId(b.id),
+                    StrBytes::from_string(h.to_string()),
+                    i32::from(port),
+                );
+            }
+        }
+        let (host, port) = self.advertised();
+        (BrokerId(self.config.node_id), host, port)
+    }
+
     pub(super) fn find_coordinator(
         &self,
         req: FindCoordinatorRequest,
         version: i16,
     ) -> FindCoordinatorResponse {
-        let (host, port) = self.advertised();
-        let node = BrokerId(self.config.node_id);
         // Transactions have no coordinator yet.
         let unavailable = req.key_type != 0;
         if version >= 4 {
@@ -88,7 +113,8 @@ impl Broker {
                             .with_port(-1)
                             .with_error_code(ResponseError::CoordinatorNotAvailable.code())
                     } else {
-                        c.with_node_id(node).with_host(host.clone()).with_port(port)
+                        let (node, host, port) = self.group_coordinator(&c.key);
+                        c.with_node_id(node).with_host(host).with_port(port)
                     }
                 })
                 .collect();
@@ -104,6 +130,7 @@ impl Broker {
                 .with_node_id(BrokerId(-1))
                 .with_port(-1);
         }
+        let (node, host, port) = self.group_coordinator(&req.key);
         FindCoordinatorResponse::default()
             .with_node_id(node)
             .with_host(host)

@@ -1,4 +1,5 @@
-//! Metadata and DescribeCluster: this broker, its topics and their partitions.
+//! Metadata, DescribeCluster and ElectLeaders: brokers, topics and partition leaders as
+//! the cluster metadata image has them.
 
 use std::collections::BTreeMap;
 
@@ -9,17 +10,61 @@ use kafka_protocol::messages::metadata_response::{
 };
 use kafka_protocol::messages::*;
 
+use kafka_protocol::protocol::StrBytes;
+
 use super::{str_bytes, Broker};
-use crate::metadata::{names::validate_topic_name, CatalogError, Topic};
+use crate::cluster::image::BrokerState;
+use crate::cluster::{ControlReply, ControlRequest};
+use crate::metadata::{names::validate_topic_name, Topic};
 
 impl Broker {
+    /// Registered, unfenced brokers as `(id, host, port, rack)`; this broker at least.
+    fn live_brokers(&self) -> Vec<(i32, StrBytes, i32, Option<StrBytes>)> {
+        let image = self.cluster.image();
+        let mut out: Vec<_> = image
+            .brokers
+            .values()
+            .filter(|b| b.state != BrokerState::Fenced || b.id == self.config.node_id)
+            .filter_map(|b| {
+                let (host, port) = b.kafka.rsplit_once(':')?;
+                let port: u16 = port.parse().ok()?;
+                Some((
+                    b.id,
+                    str_bytes(host.trim_matches(['[', ']'])),
+                    i32::from(port),
+                    b.rack.as_deref().map(str_bytes),
+                ))
+            })
+            .collect();
+        if !out.iter().any(|b| b.0 == self.config.node_id) {
+            let (host, port) = self.advertised();
+            out.push((
+                self.config.node_id,
+                host,
+                port,
+                self.config.rack.as_deref().map(str_bytes),
+            ));
+        }
+        out
+    }
+
+    /// The active controller's id, or this broker's while none is known.
+    fn controller(&self) -> BrokerId {
+        BrokerId(self.cluster.controller_id().unwrap_or(self.config.node_id))
+    }
+
     pub(super) async fn metadata(&self, req: MetadataRequest, version: i16) -> MetadataResponse {
-        let node = BrokerId(self.config.node_id);
-        let (host, port) = self.advertised();
-        let broker = MetadataResponseBroker::default()
-            .with_node_id(node)
-            .with_host(host)
-            .with_port(port);
+        let brokers = self
+            .live_brokers()
+            .into_iter()
+            .map(|(id, host, port, rack)| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(id))
+                    .with_host(host)
+                    .with_port(port)
+                    .with_rack(rack)
+            })
+            .collect();
         // v0: an empty list means all topics; v1+: null means all, empty means none.
         let requested: Option<Vec<MetadataRequestTopicRef>> = match req.topics {
             None => None,
@@ -65,9 +110,9 @@ impl Broker {
             self.count_error(ApiKey::Metadata, t.error_code);
         }
         MetadataResponse::default()
-            .with_brokers(vec![broker])
-            .with_cluster_id(Some(str_bytes(&self.catalog.cluster_id)))
-            .with_controller_id(node)
+            .with_brokers(brokers)
+            .with_cluster_id(Some(str_bytes(&self.cluster_id())))
+            .with_controller_id(self.controller())
             .with_topics(topics)
     }
 
@@ -86,33 +131,66 @@ impl Broker {
         if !auto_create {
             return unknown(ResponseError::UnknownTopicOrPartition.code());
         }
-        match self
-            .catalog
-            .create(name.0.as_str(), self.config.num_partitions, BTreeMap::new())
-            .await
-        {
-            Ok(t) => self.describe_topic(&t),
-            // Created concurrently by another request: describe what is there.
-            Err(CatalogError::TopicExists(_)) => match self.catalog.get(name.0.as_str()) {
-                Some(t) => self.describe_topic(&t),
-                None => unknown(ResponseError::UnknownTopicOrPartition.code()),
-            },
-            Err(e) => unknown(super::catalog_error_code(&e)),
+        let reply = self
+            .control(
+                ControlRequest::CreateTopic {
+                    name: name.0.to_string(),
+                    partitions: -1,
+                    replication_factor: -1,
+                    assignment: Vec::new(),
+                    configs: BTreeMap::new(),
+                    validate_only: false,
+                },
+                0,
+            )
+            .await;
+        match (
+            super::control_error(&reply),
+            self.catalog.get(name.0.as_str()),
+        ) {
+            // Created now, or concurrently by another request: describe what is there.
+            (_, Some(t)) => self.describe_topic(&t),
+            (Some((code, _)), None) => unknown(code),
+            (None, None) => unknown(ResponseError::LeaderNotAvailable.code()),
         }
     }
 
     fn describe_topic(&self, t: &Topic) -> MetadataResponseTopic {
-        let node = BrokerId(self.config.node_id);
-        let partitions = t
-            .partitions()
+        let image = self.cluster.image();
+        let ids = |v: &[i32]| v.iter().map(|&b| BrokerId(b)).collect::<Vec<_>>();
+        let partitions = image
+            .topics
+            .get(&*t.name)
+            .map(|ti| ti.partitions.as_slice())
+            .unwrap_or_default()
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
+                let offline: Vec<i32> = p
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|&b| {
+                        !image.is_active(b)
+                            && image
+                                .brokers
+                                .get(&b)
+                                .is_none_or(|x| x.state == BrokerState::Fenced)
+                    })
+                    .collect();
+                let code = if p.leader == -1 {
+                    ResponseError::LeaderNotAvailable.code()
+                } else {
+                    0
+                };
                 MetadataResponsePartition::default()
-                    .with_partition_index(p.index)
-                    .with_leader_id(node)
+                    .with_error_code(code)
+                    .with_partition_index(i as i32)
+                    .with_leader_id(BrokerId(p.leader))
                     .with_leader_epoch(p.leader_epoch)
-                    .with_replica_nodes(vec![node])
-                    .with_isr_nodes(vec![node])
+                    .with_replica_nodes(ids(&p.replicas))
+                    .with_isr_nodes(ids(&p.isr))
+                    .with_offline_replicas(ids(&offline))
             })
             .collect();
         MetadataResponseTopic::default()
@@ -122,15 +200,73 @@ impl Broker {
     }
 
     pub(super) fn describe_cluster(&self, _req: DescribeClusterRequest) -> DescribeClusterResponse {
-        let (host, port) = self.advertised();
+        let brokers = self
+            .live_brokers()
+            .into_iter()
+            .map(|(id, host, port, rack)| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(id))
+                    .with_host(host)
+                    .with_port(port)
+                    .with_rack(rack)
+            })
+            .collect();
         DescribeClusterResponse::default()
-            .with_cluster_id(str_bytes(&self.catalog.cluster_id))
-            .with_controller_id(BrokerId(self.config.node_id))
+            .with_cluster_id(str_bytes(&self.cluster_id()))
+            .with_controller_id(self.controller())
             .with_endpoint_type(1)
-            .with_brokers(vec![DescribeClusterBroker::default()
-                .with_broker_id(BrokerId(self.config.node_id))
-                .with_host(host)
-                .with_port(port)])
+            .with_brokers(brokers)
+    }
+
+    pub(super) async fn elect_leaders(&self, req: ElectLeadersRequest) -> ElectLeadersResponse {
+        use kafka_protocol::messages::elect_leaders_response::{
+            PartitionResult, ReplicaElectionResult,
+        };
+        let unclean = req.election_type == 1;
+        let wanted: Option<Vec<(String, i32)>> = req.topic_partitions.map(|tps| {
+            tps.into_iter()
+                .flat_map(|t| {
+                    let name = t.topic.0.to_string();
+                    t.partitions.into_iter().map(move |p| (name.clone(), p))
+                })
+                .collect()
+        });
+        let reply = self
+            .control(
+                ControlRequest::ElectLeaders {
+                    unclean,
+                    partitions: wanted,
+                },
+                req.timeout_ms,
+            )
+            .await;
+        let results = match reply {
+            ControlReply::Elected(r) => r,
+            other => {
+                let code = super::control_error(&other)
+                    .map(|e| e.0)
+                    .unwrap_or(ResponseError::UnknownServerError.code());
+                return ElectLeadersResponse::default().with_error_code(code);
+            }
+        };
+        let mut by_topic: BTreeMap<String, Vec<PartitionResult>> = BTreeMap::new();
+        for (t, p, code) in results {
+            by_topic.entry(t).or_default().push(
+                PartitionResult::default()
+                    .with_partition_id(p)
+                    .with_error_code(code),
+            );
+        }
+        ElectLeadersResponse::default().with_replica_election_results(
+            by_topic
+                .into_iter()
+                .map(|(t, parts)| {
+                    ReplicaElectionResult::default()
+                        .with_topic(TopicName(str_bytes(&t)))
+                        .with_partition_result(parts)
+                })
+                .collect(),
+        )
     }
 }
 

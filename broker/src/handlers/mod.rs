@@ -22,6 +22,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Notify;
 
+use crate::cluster::{Cluster, ControlReply, ControlRequest, Import};
 use crate::config::Config;
 use crate::group::{Coordinator, GroupTimings};
 use crate::metadata::Catalog;
@@ -34,12 +35,27 @@ use crate::storage::Store;
 /// Response bytes to send, or `None` when the request gets no response (acks=0).
 pub type Reply = Pin<Box<dyn Future<Output = Result<Option<Bytes>, EncodeError>> + Send>>;
 
+/// Why a broker could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Local topics could not be loaded.
+    #[error(transparent)]
+    Catalog(#[from] crate::metadata::CatalogError),
+    /// The cluster layer could not start.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+}
+
 /// The broker: configuration, storage, topics and metrics shared by all connections.
 pub struct Broker {
     /// Effective configuration.
     pub config: Config,
-    /// Topic catalog.
-    pub catalog: Catalog,
+    /// Local topics and partitions (kept in line with the cluster metadata).
+    pub catalog: Arc<Catalog>,
+    /// The cluster: metadata quorum, controller, registration.
+    pub cluster: Arc<Cluster>,
+    /// Producer ids reserved for this broker: (next, end).
+    pids: std::sync::Mutex<(i64, i64)>,
     /// Storage.
     pub store: Arc<Store>,
     /// Metrics registry.
@@ -61,12 +77,16 @@ fn str_bytes(s: &str) -> StrBytes {
 }
 
 impl Broker {
-    /// Opens storage and loads every topic.
-    pub async fn open(config: Config) -> Result<Arc<Broker>, crate::metadata::CatalogError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(crate::storage::StorageError::from)?;
-        let store = Arc::new(Store::open(&config.data_dir)?);
+    /// Opens storage, loads every topic and joins the cluster (starting its quorum member).
+    pub async fn open(config: Config) -> Result<Arc<Broker>, OpenError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(crate::storage::StorageError::from)
+            .map_err(crate::metadata::CatalogError::from)?;
+        let store =
+            Arc::new(Store::open(&config.data_dir).map_err(crate::metadata::CatalogError::from)?);
         let data_arrived = Arc::new(Notify::new());
-        let catalog = Catalog::load(store.clone(), config.clone(), data_arrived.clone()).await?;
+        let catalog =
+            Arc::new(Catalog::load(store.clone(), config.clone(), data_arrived.clone()).await?);
         let timings = GroupTimings {
             initial_rebalance_delay: std::time::Duration::from_millis(
                 config.group_initial_rebalance_delay_ms,
@@ -75,10 +95,44 @@ impl Broker {
             max_session_timeout_ms: config.group_max_session_timeout_ms,
         };
         let retention_ms = config.offsets_retention_minutes.saturating_mul(60_000);
-        let groups = Arc::new(Coordinator::load(store.clone(), timings, retention_ms)?);
+        let groups = Arc::new(
+            Coordinator::load(store.clone(), timings, retention_ms)
+                .map_err(crate::metadata::CatalogError::from)?,
+        );
+        let import = Import {
+            cluster_id: catalog.cluster_id.clone(),
+            topics: catalog
+                .all()
+                .iter()
+                .map(|t| (t.name.to_string(), t.id, t.partition_count(), t.overrides()))
+                .collect(),
+            next_producer_id: catalog.legacy_next_producer_id(),
+        };
+        let applier: crate::cluster::store::Applier = {
+            let (catalog, groups, me) = (catalog.clone(), groups.clone(), config.node_id);
+            Arc::new(move |image| {
+                let (catalog, groups) = (catalog.clone(), groups.clone());
+                Box::pin(async move {
+                    match catalog.reconcile(&image, me).await {
+                        Ok(deleted) => {
+                            for t in deleted {
+                                // Committed offsets must not carry over to a re-created topic.
+                                let _ = groups.forget_topic(&t).await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "applying cluster metadata locally failed")
+                        }
+                    }
+                })
+            })
+        };
+        let cluster = Cluster::start(&config, store.clone(), applier, import).await?;
         Ok(Arc::new(Broker {
             config,
             catalog,
+            cluster,
+            pids: std::sync::Mutex::new((0, 0)),
             store,
             metrics: Metrics::new(),
             data_arrived,
@@ -96,6 +150,27 @@ impl Broker {
     async fn stopped(&self) {
         let mut rx = self.stopping.subscribe();
         let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Cluster id: the quorum's once it has one.
+    pub fn cluster_id(&self) -> String {
+        self.cluster
+            .image()
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| self.catalog.cluster_id.clone())
+    }
+
+    /// Sends a metadata change to the active controller, waiting as long as a client
+    /// request may (`timeout_ms` from the request, at least a few seconds).
+    async fn control(&self, req: ControlRequest, timeout_ms: i32) -> ControlReply {
+        let t = std::time::Duration::from_millis(timeout_ms.clamp(5_000, 60_000) as u64);
+        self.cluster.control(req, t).await
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
     }
 
     /// Host and port advertised to clients.
@@ -160,6 +235,7 @@ impl Broker {
             Body::AlterConfigs(req) => now!(self.alter_configs(req).await),
             Body::IncrementalAlterConfigs(req) => now!(self.incremental_alter_configs(req).await),
             Body::DescribeCluster(req) => now!(self.describe_cluster(req)),
+            Body::ElectLeaders(req) => now!(self.elect_leaders(req).await),
             Body::FindCoordinator(req) => now!(self.find_coordinator(req, v)),
             Body::JoinGroup(req) => self.join_group(req, v, corr, &client_id, peer),
             Body::SyncGroup(req) => self.sync_group(req, v, corr),
@@ -226,6 +302,7 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::CreatePartitions => "CreatePartitions",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::ElectLeaders => "ElectLeaders",
         ApiKey::FindCoordinator => "FindCoordinator",
         ApiKey::JoinGroup => "JoinGroup",
         ApiKey::SyncGroup => "SyncGroup",
@@ -254,6 +331,26 @@ fn catalog_error_code(e: &crate::metadata::CatalogError) -> i16 {
         E::InvalidConfig(_) => ResponseError::InvalidConfig.code(),
         E::Storage(_) => ResponseError::KafkaStorageError.code(),
     }
+}
+
+/// Kafka error code of a controller refusal (other replies count as success).
+fn control_error(r: &ControlReply) -> Option<(i16, String)> {
+    match r {
+        ControlReply::Error { code, message } => Some((*code, message.clone())),
+        ControlReply::NotController => Some((
+            ResponseError::NotController.code(),
+            "no active controller".into(),
+        )),
+        _ => None,
+    }
+}
+
+/// Checks that this broker leads `part` at the client's `current_leader_epoch` (-1: any).
+fn leader_check(part: &crate::log::Partition, requested: i32) -> i16 {
+    if part.role() != crate::log::Role::Leader {
+        return ResponseError::NotLeaderOrFollower.code();
+    }
+    leader_epoch_error(requested, part.leader_epoch())
 }
 
 /// Checks a client's `current_leader_epoch` against ours (-1 means "not checked").

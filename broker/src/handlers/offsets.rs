@@ -15,7 +15,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::*;
 
 use super::produce::log_error_code;
-use super::{leader_epoch_error, Broker};
+use super::{leader_check, Broker};
 
 /// ListOffsets special timestamps.
 const LATEST: i64 = -1;
@@ -50,8 +50,7 @@ impl Broker {
                                     ResponseError::UnknownTopicOrPartition.code(),
                                 );
                             };
-                            let code =
-                                leader_epoch_error(p.current_leader_epoch, part.leader_epoch);
+                            let code = leader_check(&part, p.current_leader_epoch);
                             if code != 0 {
                                 return resp.with_error_code(code);
                             }
@@ -72,7 +71,7 @@ impl Broker {
                                     .with_timestamp(ts)
                                     // Leader epochs exist in the response from v4 on.
                                     .with_leader_epoch(if version >= 4 {
-                                        part.leader_epoch
+                                        part.leader_epoch()
                                     } else {
                                         -1
                                     }),
@@ -119,16 +118,15 @@ impl Broker {
                             return resp
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                         };
-                        let code = leader_epoch_error(p.current_leader_epoch, part.leader_epoch);
+                        let code = leader_check(&part, p.current_leader_epoch);
                         if code != 0 {
                             return resp.with_error_code(code);
                         }
-                        // One epoch so far: it ends at the log end; later epochs are unknown.
-                        if p.leader_epoch < 0 || p.leader_epoch > part.leader_epoch {
+                        if p.leader_epoch < 0 {
                             return resp;
                         }
-                        resp.with_leader_epoch(part.leader_epoch)
-                            .with_end_offset(part.offsets().high_watermark)
+                        let (epoch, end) = part.end_offset_for_epoch(p.leader_epoch);
+                        resp.with_leader_epoch(epoch).with_end_offset(end)
                     })
                     .collect();
                 OffsetForLeaderTopicResult::default()

@@ -12,8 +12,9 @@ use kafka_protocol::messages::{
 };
 
 use super::{Broker, Reply};
+use crate::cluster::{ControlReply, ControlRequest};
 use crate::config::FsyncPolicy;
-use crate::log::{AppendOutcome, LogError};
+use crate::log::{AppendOutcome, Appended, LogError, Partition, Role};
 use crate::metadata::Topic;
 use crate::protocol::{batch, encode_response};
 
@@ -61,12 +62,13 @@ impl Broker {
             for (name, parts) in pending {
                 let mut out = Vec::with_capacity(parts.len());
                 for (index, result) in parts {
+                    let deadline = tokio::time::Instant::now() + timeout;
                     let waited = match result {
                         Err(code) => Err(code),
-                        Ok(outcome) => match tokio::time::timeout(timeout, outcome.wait()).await {
-                            Ok(r) => r.map_err(|e| log_error_code(&e)),
-                            Err(_) => Err(ResponseError::RequestTimedOut.code()),
-                        },
+                        Ok(pending) => pending
+                            .wait(acks, deadline)
+                            .await
+                            .map_err(|e| log_error_code(&e)),
                     };
                     let resp = PartitionProduceResponse::default().with_index(index);
                     let resp = match waited {
@@ -102,13 +104,16 @@ impl Broker {
         records: Bytes,
         acks: i16,
         sync: bool,
-    ) -> Result<AppendOutcome, i16> {
+    ) -> Result<PendingAppend, i16> {
         let unknown = ResponseError::UnknownTopicOrPartition.code();
         let topic = topic.ok_or(unknown)?;
         let part = topic.partition(index).ok_or(unknown)?;
         let cfg = topic.config();
-        // A single broker is the whole in-sync replica set.
-        if acks == -1 && cfg.min_insync_replicas > 1 {
+        if part.role() != Role::Leader {
+            return Err(ResponseError::NotLeaderOrFollower.code());
+        }
+        let min_isr = cfg.min_insync_replicas.max(1) as usize;
+        if acks == -1 && part.replica_set().2.len() < min_isr {
             return Err(ResponseError::NotEnoughReplicas.code());
         }
         let header = check_batch(&records, cfg.max_message_bytes)?;
@@ -121,7 +126,40 @@ impl Broker {
             .records_in
             .with_label_values(&[name])
             .inc_by(header.record_count as u64);
-        Ok(part.append(&records, &header, &cfg, sync))
+        let epoch = part.leader_epoch();
+        let outcome = part.append(&records, &header, &cfg, sync);
+        Ok(PendingAppend {
+            part,
+            outcome,
+            records: header.last_offset_delta,
+            epoch,
+            min_isr,
+        })
+    }
+}
+
+/// An append waiting for local durability and, for acks=all, replication.
+struct PendingAppend {
+    part: Arc<Partition>,
+    outcome: AppendOutcome,
+    records: i32,
+    epoch: i32,
+    min_isr: usize,
+}
+
+impl PendingAppend {
+    async fn wait(self, acks: i16, deadline: tokio::time::Instant) -> Result<Appended, LogError> {
+        let appended = match tokio::time::timeout_at(deadline, self.outcome.wait()).await {
+            Ok(r) => r?,
+            Err(_) => return Err(LogError::Timeout),
+        };
+        if acks == -1 {
+            let end = appended.base_offset + i64::from(self.records) + 1;
+            self.part
+                .wait_replicated(end, self.epoch, self.min_isr, deadline)
+                .await?;
+        }
+        Ok(appended)
     }
 }
 
@@ -149,6 +187,17 @@ pub(super) fn log_error_code(e: &LogError) -> i16 {
         LogError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch.code(),
         LogError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp.code(),
         LogError::OffsetOutOfRange => ResponseError::OffsetOutOfRange.code(),
+        LogError::NotLeader => ResponseError::NotLeaderOrFollower.code(),
+        LogError::FencedEpoch => ResponseError::FencedLeaderEpoch.code(),
+        LogError::UnknownEpoch => ResponseError::UnknownLeaderEpoch.code(),
+        LogError::NotEnoughReplicas => ResponseError::NotEnoughReplicas.code(),
+        LogError::NotEnoughReplicasAfterAppend => {
+            ResponseError::NotEnoughReplicasAfterAppend.code()
+        }
+        LogError::Timeout => ResponseError::RequestTimedOut.code(),
+        LogError::NotContiguous { .. } | LogError::BadBatch(_) => {
+            ResponseError::CorruptMessage.code()
+        }
     }
 }
 
@@ -171,17 +220,45 @@ impl Broker {
         }
         let (id, epoch) = (req.producer_id.0, req.producer_epoch);
         // KIP-360: a known producer asking again gets its epoch bumped.
-        if id >= 0 && self.catalog.producer_id_known(id) && (0..i16::MAX - 1).contains(&epoch) {
+        let known = id >= 0 && id < self.cluster.image().next_producer_id;
+        if known && (0..i16::MAX - 1).contains(&epoch) {
             return resp
                 .with_producer_id(ProducerId(id))
                 .with_producer_epoch(epoch + 1);
         }
-        match self.catalog.allocate_producer_id().await {
+        match self.allocate_producer_id().await {
             Ok(id) => resp.with_producer_id(ProducerId(id)).with_producer_epoch(0),
-            Err(e) => {
-                let code = super::catalog_error_code(&e);
+            Err(code) => {
                 self.count_error(ApiKey::InitProducerId, code);
                 resp.with_error_code(code)
+            }
+        }
+    }
+
+    /// A producer id unique in the cluster: from this broker's block, reserving a new
+    /// block through the controller when it is used up.
+    async fn allocate_producer_id(&self) -> Result<i64, i16> {
+        loop {
+            {
+                let mut g = self.pids.lock().unwrap_or_else(|p| p.into_inner());
+                if g.0 < g.1 {
+                    g.0 += 1;
+                    return Ok(g.0 - 1);
+                }
+            }
+            let reply = self.control(ControlRequest::AllocateProducerIds, 0).await;
+            match reply {
+                ControlReply::ProducerIds { first, count } => {
+                    let mut g = self.pids.lock().unwrap_or_else(|p| p.into_inner());
+                    if g.0 >= g.1 {
+                        *g = (first, first + count);
+                    }
+                }
+                other => {
+                    return Err(super::control_error(&other)
+                        .map(|e| e.0)
+                        .unwrap_or(ResponseError::UnknownServerError.code()))
+                }
             }
         }
     }

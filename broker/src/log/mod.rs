@@ -4,5 +4,8 @@ pub mod partition;
 pub mod producer;
 pub mod topic_config;
 
-pub use partition::{now_ms, AppendOutcome, Appended, LogError, Offsets, Partition};
+pub use partition::{
+    now_ms, AppendOutcome, Appended, FollowerCheck, IsrChange, LogError, Offsets, Partition,
+    ReplicaView, Role,
+};
 pub use topic_config::TopicConfig;

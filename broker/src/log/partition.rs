@@ -1,13 +1,18 @@
-//! One partition's log: offsets, segments, idempotent producer state, and its batches in storage.
+//! One partition's log: offsets, segments, leader epochs, idempotent producer state,
+//! its batches in storage, and its replica state (role, ISR, followers' progress).
 //!
 //! Offsets are assigned under the partition lock and the write is queued to the storage
-//! writer in the same critical section, so batches reach storage in offset order. The
-//! visible end of the log (the high watermark on a single node) only moves once the write
-//! is durable per the fsync policy.
+//! writer in the same critical section, so batches reach storage in offset order. The log
+//! end moves once a write is durable per the fsync policy; the high watermark (what
+//! consumers see) is the smallest log end over the in-sync replicas.
+//!
+//! This module knows offsets and epochs only; how followers reach the leader is the
+//! `replication` module's business.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -39,6 +44,35 @@ pub enum LogError {
     /// Offset below the log start or above the high watermark.
     #[error("offset out of range")]
     OffsetOutOfRange,
+    /// This broker does not lead the partition (or its leader epoch moved on).
+    #[error("not the leader of this partition")]
+    NotLeader,
+    /// The requester's leader epoch is older than ours.
+    #[error("fenced leader epoch")]
+    FencedEpoch,
+    /// The requester's leader epoch is newer than ours.
+    #[error("unknown leader epoch")]
+    UnknownEpoch,
+    /// Fewer in-sync replicas than `min.insync.replicas`.
+    #[error("not enough in-sync replicas")]
+    NotEnoughReplicas,
+    /// Written locally, but the ISR shrank below `min.insync.replicas` before replication.
+    #[error("not enough in-sync replicas after append")]
+    NotEnoughReplicasAfterAppend,
+    /// Not replicated in time.
+    #[error("timed out waiting for replication")]
+    Timeout,
+    /// A replicated batch does not continue the log.
+    #[error("replicated batch at {got} does not continue the log at {expected}")]
+    NotContiguous {
+        /// Expected base offset.
+        expected: i64,
+        /// Received base offset.
+        got: i64,
+    },
+    /// A replicated batch is malformed.
+    #[error("bad replicated batch: {0}")]
+    BadBatch(String),
 }
 
 impl From<StorageError> for LogError {
@@ -87,11 +121,106 @@ pub struct Offsets {
     pub high_watermark: i64,
 }
 
+/// What this broker is for a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Accepts produce and serves fetches.
+    Leader,
+    /// Copies the leader's log.
+    Follower,
+    /// Holds no replica (or has not been told yet).
+    None,
+}
+
 struct State {
     next_offset: i64,
     log_start: i64,
     segments: BTreeMap<i64, SegmentMeta>,
     producers: HashMap<i64, ProducerState>,
+    /// Leader epoch → first offset written in it.
+    epochs: BTreeMap<i32, i64>,
+    role: Role,
+    leader_epoch: i32,
+}
+
+/// A follower's progress as its leader sees it.
+#[derive(Debug, Clone, Copy)]
+struct Follower {
+    log_end: i64,
+    caught_up_at: Instant,
+    last_fetch_at: Instant,
+    leader_end_at_last_fetch: i64,
+}
+
+/// Replica set, ISR and (on the leader) followers' progress.
+struct Replicas {
+    leader: i32,
+    replicas: Vec<i32>,
+    isr: Vec<i32>,
+    partition_epoch: i32,
+    followers: HashMap<i32, Follower>,
+    isr_change_pending: bool,
+}
+
+/// A partition's replica state as shown to operators.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplicaView {
+    /// This broker's role.
+    pub role: Role,
+    /// Current leader (-1: none).
+    pub leader: i32,
+    /// Leader epoch.
+    pub leader_epoch: i32,
+    /// Partition epoch of the state last applied.
+    pub partition_epoch: i32,
+    /// Replicas.
+    pub replicas: Vec<i32>,
+    /// In-sync replicas.
+    pub isr: Vec<i32>,
+    /// First stored offset.
+    pub log_start: i64,
+    /// End of the durable local log.
+    pub log_end: i64,
+    /// High watermark.
+    pub high_watermark: i64,
+    /// Leader epoch → start offset.
+    pub epochs: BTreeMap<i32, i64>,
+}
+
+/// An ISR change a leader wants the controller to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    /// Proposed ISR.
+    pub isr: Vec<i32>,
+    /// Leader epoch it was computed at.
+    pub leader_epoch: i32,
+    /// Partition epoch it was computed from.
+    pub partition_epoch: i32,
+}
+
+/// What a leader answers a follower's fetch position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowerCheck {
+    /// Read from the fetch offset; here are the leader's offsets.
+    Read {
+        /// High watermark.
+        high_watermark: i64,
+        /// Log start.
+        log_start: i64,
+    },
+    /// The follower's log diverges: truncate to at most `end_offset` of `epoch`.
+    Diverging {
+        /// Largest leader epoch at or below the follower's last one.
+        epoch: i32,
+        /// End offset of that epoch on the leader.
+        end_offset: i64,
+    },
+    /// The fetch offset is below the leader's log start: restart from there.
+    Reset {
+        /// Leader's log start.
+        log_start: i64,
+    },
 }
 
 /// A partition of a topic.
@@ -102,18 +231,35 @@ pub struct Partition {
     pub index: i32,
     /// Storage id, unique for the life of the store (never reused).
     pub uid: u64,
-    /// Leader epoch (a single node stays at 0).
-    pub leader_epoch: i32,
     store: Arc<Store>,
     notify: Arc<Notify>,
+    /// Woken when the high watermark or the replica state changes (acks=all waiters).
+    progress: Notify,
+    /// End of the durable local log.
+    log_end: AtomicI64,
     high_watermark: AtomicI64,
     state: Mutex<State>,
+    replicas: Mutex<Replicas>,
 }
 
 fn meta_key(tag: u8, uid: u64) -> Vec<u8> {
     let mut k = vec![tag, b'/'];
     k.extend_from_slice(&uid.to_be_bytes());
     k
+}
+
+fn epoch_key(uid: u64, epoch: i32) -> Vec<u8> {
+    let mut k = meta_key(b'e', uid);
+    k.extend_from_slice(&(epoch as u32).to_be_bytes());
+    k
+}
+
+fn epoch_mutation(uid: u64, epoch: i32, start: i64) -> Mutation {
+    Mutation::Put {
+        cf: CF_META,
+        key: epoch_key(uid, epoch),
+        value: start.to_be_bytes().to_vec(),
+    }
 }
 
 fn producer_key(uid: u64, producer_id: i64) -> Vec<u8> {
@@ -163,6 +309,18 @@ impl Partition {
                 .ok_or_else(|| StorageError::Corrupt("producer state".into()))?;
             producers.insert(i64::from_be_bytes(pid_bytes), state);
         }
+        let mut epochs = BTreeMap::new();
+        let prefix = meta_key(b'e', uid);
+        for (k, v) in store.scan_prefix(CF_META, &prefix)? {
+            let e: [u8; 4] = k[prefix.len()..]
+                .try_into()
+                .map_err(|_| StorageError::Corrupt("epoch key".into()))?;
+            let start: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| StorageError::Corrupt("epoch start".into()))?;
+            epochs.insert(u32::from_be_bytes(e) as i32, i64::from_be_bytes(start));
+        }
         let end = segments
             .values()
             .last()
@@ -173,17 +331,628 @@ impl Partition {
             topic,
             index,
             uid,
-            leader_epoch: 0,
             store,
             notify,
+            progress: Notify::new(),
+            log_end: AtomicI64::new(end),
             high_watermark: AtomicI64::new(end),
             state: Mutex::new(State {
                 next_offset: end,
                 log_start,
                 segments,
                 producers,
+                leader_epoch: epochs.keys().next_back().copied().unwrap_or(0),
+                epochs,
+                role: Role::None,
+            }),
+            replicas: Mutex::new(Replicas {
+                leader: -1,
+                replicas: Vec::new(),
+                isr: Vec::new(),
+                partition_epoch: -1,
+                followers: HashMap::new(),
+                isr_change_pending: false,
             }),
         })
+    }
+
+    fn replica_lock(&self) -> MutexGuard<'_, Replicas> {
+        self.replicas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Current leader epoch.
+    pub fn leader_epoch(&self) -> i32 {
+        self.lock().leader_epoch
+    }
+
+    /// This broker's role.
+    pub fn role(&self) -> Role {
+        self.lock().role
+    }
+
+    /// End of the durable local log.
+    pub fn log_end(&self) -> i64 {
+        self.log_end.load(Ordering::Acquire)
+    }
+
+    /// `(leader, replicas, isr)` as last applied.
+    pub fn replica_set(&self) -> (i32, Vec<i32>, Vec<i32>) {
+        let r = self.replica_lock();
+        (r.leader, r.replicas.clone(), r.isr.clone())
+    }
+
+    /// Replica state for operators.
+    pub fn view(&self) -> ReplicaView {
+        let (role, leader_epoch, log_start, epochs) = {
+            let st = self.lock();
+            (st.role, st.leader_epoch, st.log_start, st.epochs.clone())
+        };
+        let r = self.replica_lock();
+        ReplicaView {
+            role,
+            leader: r.leader,
+            leader_epoch,
+            partition_epoch: r.partition_epoch,
+            replicas: r.replicas.clone(),
+            isr: r.isr.clone(),
+            log_start,
+            log_end: self.log_end(),
+            high_watermark: self.high_watermark.load(Ordering::Acquire),
+            epochs,
+        }
+    }
+
+    /// Applies the partition's state from the metadata image: this broker (`me`) becomes
+    /// leader, follower or nothing. A new leader epoch starts at the current log end.
+    pub fn apply_state(
+        &self,
+        me: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        replicas: &[i32],
+        isr: &[i32],
+    ) {
+        let role = if leader == me {
+            Role::Leader
+        } else if replicas.contains(&me) {
+            Role::Follower
+        } else {
+            Role::None
+        };
+        let became_leader;
+        {
+            let mut st = self.lock();
+            became_leader = role == Role::Leader
+                && (st.role != Role::Leader || st.leader_epoch != leader_epoch);
+            if became_leader
+                && st
+                    .epochs
+                    .keys()
+                    .next_back()
+                    .is_none_or(|&e| e < leader_epoch)
+            {
+                let mut m = Vec::new();
+                if st.epochs.is_empty() && st.next_offset > st.log_start && leader_epoch > 0 {
+                    // Data written before epochs were recorded was written in epoch 0.
+                    let start = st.log_start;
+                    st.epochs.insert(0, start);
+                    m.push(epoch_mutation(self.uid, 0, start));
+                }
+                let start = st.next_offset;
+                st.epochs.insert(leader_epoch, start);
+                m.push(epoch_mutation(self.uid, leader_epoch, start));
+                // Queued under the lock: ordered before any batch of the new epoch.
+                self.store.submit(m, false, Box::new(|_| {}));
+            }
+            st.role = role;
+            st.leader_epoch = st.leader_epoch.max(leader_epoch);
+        }
+        {
+            let mut r = self.replica_lock();
+            let now = Instant::now();
+            if became_leader || role != Role::Leader {
+                r.followers = replicas
+                    .iter()
+                    .filter(|&&b| b != me && role == Role::Leader)
+                    .map(|&b| {
+                        (
+                            b,
+                            Follower {
+                                log_end: -1,
+                                caught_up_at: now,
+                                last_fetch_at: now,
+                                leader_end_at_last_fetch: -1,
+                            },
+                        )
+                    })
+                    .collect();
+            }
+            r.leader = leader;
+            r.replicas = replicas.to_vec();
+            r.isr = isr.to_vec();
+            r.partition_epoch = partition_epoch;
+            r.isr_change_pending = false;
+        }
+        if role == Role::Leader {
+            self.advance_high_watermark();
+        }
+        self.progress.notify_waiters();
+        self.notify.notify_waiters();
+    }
+
+    /// Moves the leader's high watermark to the smallest log end in the ISR.
+    fn advance_high_watermark(&self) {
+        let mut hw = self.log_end();
+        {
+            let r = self.replica_lock();
+            for b in &r.isr {
+                if let Some(f) = r.followers.get(b) {
+                    hw = hw.min(f.log_end);
+                }
+            }
+        }
+        if hw > self.high_watermark.fetch_max(hw, Ordering::AcqRel) {
+            self.progress.notify_waiters();
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Leader side of a follower fetch: checks the follower's epoch and position, records
+    /// its progress, and says where it should read from (or truncate to).
+    pub fn follower_fetch(
+        &self,
+        replica: i32,
+        leader_epoch: i32,
+        fetch_offset: i64,
+        last_fetched_epoch: i32,
+    ) -> Result<FollowerCheck, LogError> {
+        let (log_start, log_end) = {
+            let st = self.lock();
+            if st.role != Role::Leader {
+                return Err(LogError::NotLeader);
+            }
+            if leader_epoch < st.leader_epoch {
+                return Err(LogError::FencedEpoch);
+            }
+            if leader_epoch > st.leader_epoch {
+                return Err(LogError::UnknownEpoch);
+            }
+            let log_end = self.log_end();
+            if last_fetched_epoch >= 0 {
+                let (epoch, end_offset) = end_offset_for(&st, last_fetched_epoch, log_end);
+                if epoch != last_fetched_epoch || end_offset < fetch_offset {
+                    return Ok(FollowerCheck::Diverging { epoch, end_offset });
+                }
+            } else if fetch_offset > log_end {
+                return Ok(FollowerCheck::Diverging {
+                    epoch: -1,
+                    end_offset: log_end,
+                });
+            }
+            if fetch_offset < st.log_start {
+                return Ok(FollowerCheck::Reset {
+                    log_start: st.log_start,
+                });
+            }
+            (st.log_start, log_end)
+        };
+        {
+            let mut r = self.replica_lock();
+            let now = Instant::now();
+            if let Some(f) = r.followers.get_mut(&replica) {
+                if fetch_offset >= log_end {
+                    f.caught_up_at = now;
+                } else if fetch_offset >= f.leader_end_at_last_fetch
+                    && f.leader_end_at_last_fetch >= 0
+                {
+                    f.caught_up_at = f.caught_up_at.max(f.last_fetch_at);
+                }
+                f.log_end = fetch_offset;
+                f.last_fetch_at = now;
+                f.leader_end_at_last_fetch = log_end;
+            }
+        }
+        self.advance_high_watermark();
+        Ok(FollowerCheck::Read {
+            high_watermark: self.high_watermark.load(Ordering::Acquire),
+            log_start,
+        })
+    }
+
+    /// On the leader: the ISR change due now, if any (followers lagging longer than
+    /// `lag_max` leave, caught-up ones join). Only one change is in flight at a time.
+    pub fn isr_change_due(&self, me: i32, lag_max: std::time::Duration) -> Option<IsrChange> {
+        let (role, leader_epoch, epoch_start) = {
+            let st = self.lock();
+            let start = st.epochs.get(&st.leader_epoch).copied().unwrap_or(0);
+            (st.role, st.leader_epoch, start)
+        };
+        if role != Role::Leader {
+            return None;
+        }
+        let hw = self.high_watermark.load(Ordering::Acquire);
+        let mut r = self.replica_lock();
+        if r.isr_change_pending {
+            return None;
+        }
+        let now = Instant::now();
+        let mut isr: Vec<i32> = r
+            .isr
+            .iter()
+            .copied()
+            .filter(|b| {
+                *b == me
+                    || r.followers
+                        .get(b)
+                        .is_none_or(|f| now.duration_since(f.caught_up_at) <= lag_max)
+            })
+            .collect();
+        for (b, f) in &r.followers {
+            if !isr.contains(b) && f.log_end >= hw && f.log_end >= epoch_start {
+                isr.push(*b);
+            }
+        }
+        if !isr.contains(&me) {
+            isr.push(me);
+        }
+        let mut sorted = isr.clone();
+        sorted.sort_unstable();
+        let mut current = r.isr.clone();
+        current.sort_unstable();
+        if sorted == current {
+            return None;
+        }
+        r.isr_change_pending = true;
+        Some(IsrChange {
+            isr,
+            leader_epoch,
+            partition_epoch: r.partition_epoch,
+        })
+    }
+
+    /// An ISR change was not committed: allow the next attempt.
+    pub fn isr_change_failed(&self) {
+        self.replica_lock().isr_change_pending = false;
+    }
+
+    /// Waits until the high watermark reaches `end` while this broker still leads at
+    /// `epoch` (acks=all), failing early when the ISR drops below `min_isr`.
+    pub async fn wait_replicated(
+        &self,
+        end: i64,
+        epoch: i32,
+        min_isr: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), LogError> {
+        loop {
+            let notified = self.progress.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.high_watermark.load(Ordering::Acquire) >= end {
+                return Ok(());
+            }
+            {
+                let st = self.lock();
+                if st.role != Role::Leader || st.leader_epoch != epoch {
+                    return Err(LogError::NotLeader);
+                }
+            }
+            if self.replica_lock().isr.len() < min_isr {
+                return Err(LogError::NotEnoughReplicasAfterAppend);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(LogError::Timeout);
+            }
+        }
+    }
+
+    /// Follower side: `(log end, epoch of the last batch)` to fetch from.
+    pub fn fetch_position(&self) -> (i64, i32) {
+        let st = self.lock();
+        (
+            st.next_offset,
+            st.epochs.keys().next_back().copied().unwrap_or(-1),
+        )
+    }
+
+    /// End offset of `epoch` in this log (Kafka's OffsetForLeaderEpoch): the largest epoch
+    /// at or below it and the start of the next epoch (or the log end).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let st = self.lock();
+        end_offset_for(&st, epoch, self.log_end())
+    }
+
+    /// Follower side: the leader's high watermark, capped at our own log end.
+    pub fn set_follower_high_watermark(&self, leader_hw: i64) {
+        let hw = leader_hw.min(self.log_end());
+        if self.high_watermark.swap(hw, Ordering::AcqRel) != hw {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Follower side: appends batches exactly as the leader stored them (back to back in
+    /// `records`), keeping producer state and epochs as the leader does, so this replica
+    /// can take over without duplicates. Resolves once durable per `sync`.
+    pub async fn append_replicated(
+        &self,
+        mut records: Bytes,
+        sync: bool,
+    ) -> Result<usize, LogError> {
+        let mut mutations = Vec::new();
+        let mut count = 0;
+        let (end, info_tx) = {
+            let mut st = self.lock();
+            if st.role == Role::Leader {
+                return Err(LogError::NotLeader);
+            }
+            while !records.is_empty() {
+                let header =
+                    batch::parse_header(&records).map_err(|e| LogError::BadBatch(e.to_string()))?;
+                if header.size > records.len() {
+                    return Err(LogError::BadBatch("truncated batch".into()));
+                }
+                let raw = records.split_to(header.size);
+                batch::validate_produced(&raw).map_err(|e| LogError::BadBatch(e.to_string()))?;
+                if header.base_offset != st.next_offset {
+                    return Err(LogError::NotContiguous {
+                        expected: st.next_offset,
+                        got: header.base_offset,
+                    });
+                }
+                let base = header.base_offset;
+                let last = header.last_offset();
+                let now = now_ms();
+                if st
+                    .epochs
+                    .keys()
+                    .next_back()
+                    .is_none_or(|&e| e < header.leader_epoch)
+                {
+                    st.epochs.insert(header.leader_epoch, base);
+                    mutations.push(epoch_mutation(self.uid, header.leader_epoch, base));
+                }
+                let size = raw.len() as u64;
+                let (seg_base, mut seg) = match st.segments.iter().next_back() {
+                    Some((&b, s)) if s.bytes + size <= SEGMENT_BYTES_FOLLOWER => (b, *s),
+                    _ => (
+                        base,
+                        SegmentMeta {
+                            last_offset: base,
+                            bytes: 0,
+                            max_timestamp: -1,
+                            created_ms: now,
+                        },
+                    ),
+                };
+                seg.last_offset = last;
+                seg.bytes += size;
+                seg.max_timestamp = seg.max_timestamp.max(header.max_timestamp);
+                mutations.push(Mutation::Put {
+                    cf: CF_LOG,
+                    key: log_key(self.uid, base).to_vec(),
+                    value: raw.to_vec(),
+                });
+                mutations.push(Mutation::Put {
+                    cf: CF_INDEX,
+                    key: log_key(self.uid, seg_base).to_vec(),
+                    value: seg.encode().to_vec(),
+                });
+                st.segments.insert(seg_base, seg);
+                if header.is_idempotent() {
+                    let prev = st.producers.remove(&header.producer_id);
+                    let ps = ProducerState::record(
+                        prev,
+                        header.producer_epoch,
+                        BatchSeq {
+                            first_seq: header.base_sequence,
+                            last_seq: header.last_sequence(),
+                            base_offset: base,
+                        },
+                        now,
+                    );
+                    mutations.push(Mutation::Put {
+                        cf: CF_META,
+                        key: producer_key(self.uid, header.producer_id),
+                        value: ps.encode(),
+                    });
+                    st.producers.insert(header.producer_id, ps);
+                }
+                st.next_offset = last + 1;
+                count += 1;
+            }
+            if mutations.is_empty() {
+                return Ok(0);
+            }
+            let (tx, rx) = oneshot::channel();
+            self.store.submit(
+                std::mem::take(&mut mutations),
+                sync,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            (st.next_offset, rx)
+        };
+        info_tx
+            .await
+            .unwrap_or_else(|_| Err(Arc::new(StorageError::Offline)))
+            .map_err(LogError::Storage)?;
+        self.log_end.fetch_max(end, Ordering::AcqRel);
+        Ok(count)
+    }
+
+    /// Follower side: removes everything at and above `offset` (rounded down to a batch
+    /// boundary), with the epochs and producer state that pointed there.
+    pub async fn truncate_to(&self, offset: i64) -> Result<i64, LogError> {
+        let start = {
+            let st = self.lock();
+            if offset >= st.next_offset {
+                return Ok(st.next_offset);
+            }
+            st.log_start
+        };
+        // Never cut a batch in half: start at the base of the batch holding `offset`.
+        let cut = match self
+            .store
+            .read_batches(self.uid, offset.max(start), i64::MAX, 1)?
+            .first()
+        {
+            Some(b) => batch::parse_header(b)
+                .map(|h| h.base_offset.min(offset))
+                .unwrap_or(offset),
+            None => offset,
+        }
+        .max(start);
+        let kept_in_last_segment: Vec<Bytes> = {
+            let st = self.lock();
+            match st.segments.range(..cut).next_back() {
+                Some((&b, _)) => self.store.read_batches(self.uid, b, cut, usize::MAX)?,
+                None => Vec::new(),
+            }
+        };
+        let rx = {
+            let mut st = self.lock();
+            let (lo, hi) = partition_bounds(self.uid);
+            let _ = lo;
+            let mut m = vec![Mutation::DeleteRange {
+                cf: CF_LOG,
+                from: log_key(self.uid, cut).to_vec(),
+                to: hi.clone(),
+            }];
+            let doomed: Vec<i64> = st.segments.range(cut..).map(|(b, _)| *b).collect();
+            for b in doomed {
+                st.segments.remove(&b);
+                m.push(Mutation::Delete {
+                    cf: CF_INDEX,
+                    key: log_key(self.uid, b).to_vec(),
+                });
+            }
+            if let Some((&b, seg)) = st.segments.iter_mut().next_back() {
+                if seg.last_offset >= cut {
+                    seg.last_offset = cut - 1;
+                    seg.bytes = kept_in_last_segment.iter().map(|x| x.len() as u64).sum();
+                    m.push(Mutation::Put {
+                        cf: CF_INDEX,
+                        key: log_key(self.uid, b).to_vec(),
+                        value: seg.encode().to_vec(),
+                    });
+                }
+            }
+            let gone: Vec<i32> = st
+                .epochs
+                .range(..)
+                .filter(|(_, &s)| s >= cut)
+                .map(|(e, _)| *e)
+                .collect();
+            for e in gone {
+                st.epochs.remove(&e);
+                m.push(Mutation::Delete {
+                    cf: CF_META,
+                    key: epoch_key(self.uid, e),
+                });
+            }
+            let pids: Vec<i64> = st.producers.keys().copied().collect();
+            for pid in pids {
+                let Some(ps) = st.producers.get_mut(&pid) else {
+                    continue;
+                };
+                ps.batches.retain(|b| b.base_offset < cut);
+                if ps.batches.is_empty() {
+                    st.producers.remove(&pid);
+                    m.push(Mutation::Delete {
+                        cf: CF_META,
+                        key: producer_key(self.uid, pid),
+                    });
+                } else {
+                    m.push(Mutation::Put {
+                        cf: CF_META,
+                        key: producer_key(self.uid, pid),
+                        value: ps.encode(),
+                    });
+                }
+            }
+            st.next_offset = cut;
+            let (tx, rx) = oneshot::channel();
+            self.store.submit(
+                m,
+                true,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx
+        };
+        rx.await
+            .unwrap_or_else(|_| Err(Arc::new(StorageError::Offline)))
+            .map_err(LogError::Storage)?;
+        self.log_end.store(cut, Ordering::Release);
+        self.high_watermark.fetch_min(cut, Ordering::AcqRel);
+        tracing::info!(topic = %self.topic, partition = self.index, offset = cut, "truncated diverging log");
+        Ok(cut)
+    }
+
+    /// Follower side: drops the whole local log and restarts it at the leader's log start.
+    pub async fn reset_to(&self, log_start: i64) -> Result<(), LogError> {
+        let rx = {
+            let mut st = self.lock();
+            let mut m = self.erase_mutations();
+            st.segments.clear();
+            st.producers.clear();
+            st.epochs.clear();
+            st.log_start = log_start;
+            st.next_offset = log_start;
+            m.push(Mutation::Put {
+                cf: CF_META,
+                key: meta_key(b's', self.uid),
+                value: log_start.to_be_bytes().to_vec(),
+            });
+            let (tx, rx) = oneshot::channel();
+            self.store.submit(
+                m,
+                true,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx
+        };
+        rx.await
+            .unwrap_or_else(|_| Err(Arc::new(StorageError::Offline)))
+            .map_err(LogError::Storage)?;
+        self.log_end.store(log_start, Ordering::Release);
+        self.high_watermark.store(log_start, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads whole stored batches from `offset` up to the durable log end (followers read
+    /// past the high watermark). Blocking: call off the async reactor.
+    pub fn read_for_replica(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, LogError> {
+        let end = self.log_end();
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        Ok(self.store.read_batches(self.uid, offset, end, max_bytes)?)
+    }
+
+    /// `(base offset, last offset, leader epoch, crc)` of every stored batch up to the log
+    /// end, to compare replicas. Blocking.
+    pub fn batch_summaries(&self) -> Result<Vec<(i64, i64, i32, u32)>, LogError> {
+        let start = self.lock().log_start;
+        Ok(self
+            .store
+            .read_batches(self.uid, start, self.log_end(), usize::MAX)?
+            .iter()
+            .filter_map(|b| {
+                let h = batch::parse_header(b).ok()?;
+                Some((
+                    h.base_offset,
+                    h.last_offset(),
+                    h.leader_epoch,
+                    batch::stored_crc(b)?,
+                ))
+            })
+            .collect())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -225,6 +994,9 @@ impl Partition {
             }
         }
         let mut st = self.lock();
+        if st.role != Role::Leader {
+            return AppendOutcome::Done(Err(LogError::NotLeader));
+        }
         if header.is_idempotent() {
             let current = st.producers.get(&header.producer_id);
             match ProducerState::check(
@@ -251,7 +1023,7 @@ impl Partition {
         }
         let base = st.next_offset;
         let last = base + i64::from(header.last_offset_delta);
-        let mut stored = batch::stamped_copy(raw, base, self.leader_epoch);
+        let mut stored = batch::stamped_copy(raw, base, st.leader_epoch);
         let (log_append_time, max_ts) = if cfg.log_append_time {
             batch::set_log_append_time(&mut stored, now);
             (now, now)
@@ -328,8 +1100,10 @@ impl Partition {
             Box::new(move |res| {
                 let out = match res {
                     Ok(()) => {
-                        this.high_watermark.fetch_max(last + 1, Ordering::AcqRel);
+                        this.log_end.fetch_max(last + 1, Ordering::AcqRel);
+                        // Wakes followers waiting for data even before the HW moves.
                         this.notify.notify_waiters();
+                        this.advance_high_watermark();
                         Ok(info)
                     }
                     Err(e) => Err(LogError::Storage(e)),
@@ -530,6 +1304,26 @@ impl Partition {
                 key: meta_key(b's', self.uid),
             },
         ]
+    }
+}
+
+/// Segment size on followers (they do not know the topic config; retention on a
+/// follower deletes whole segments as on the leader, so keep them comparable).
+const SEGMENT_BYTES_FOLLOWER: u64 = 256 << 20;
+
+/// Kafka's end-offset-for-epoch over an epoch history.
+fn end_offset_for(st: &State, epoch: i32, log_end: i64) -> (i32, i64) {
+    match st.epochs.range(..=epoch).next_back() {
+        None => (-1, -1),
+        Some((&e, _)) => {
+            let end = st
+                .epochs
+                .range(e + 1..)
+                .next()
+                .map(|(_, &s)| s)
+                .unwrap_or(log_end);
+            (e, end)
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use crate::config::Config;
 /// Kafka's config value types, as DescribeConfigs v3+ reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigType {
+    /// true or false.
+    Boolean = 1,
     /// Free text from a fixed set.
     String = 2,
     /// 32-bit integer.
@@ -96,12 +98,26 @@ fn v_compression(v: &str) -> Result<(), String> {
         )
     }
 }
+fn v_bool(v: &str) -> Result<(), String> {
+    match v {
+        "true" | "false" => Ok(()),
+        _ => Err("must be true or false".into()),
+    }
+}
 fn v_timestamp_diff(v: &str) -> Result<(), String> {
     long_at_least(0)(v)
 }
 
 /// Every topic config key Riffle accepts.
 pub static DEFS: &[ConfigDef] = &[
+    ConfigDef {
+        name: "unclean.leader.election.enable",
+        kind: ConfigType::Boolean,
+        broker_synonym: "unclean.leader.election.enable",
+        doc: "Elect an out-of-sync replica when no in-sync replica is left (may lose acknowledged records)",
+        default: |_| "false".into(),
+        validate: v_bool,
+    },
     ConfigDef {
         name: "cleanup.policy",
         kind: ConfigType::List,

@@ -1,12 +1,13 @@
 //! The topic catalog.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::cluster::image::Image;
 use crate::config::Config;
 use crate::log::{Partition, TopicConfig};
 use crate::storage::{Mutation, StorageError, Store, CF_META};
@@ -121,9 +122,6 @@ const NEXT_UID_KEY: &[u8] = b"c/next_uid";
 const NEXT_PID_KEY: &[u8] = b"c/next_producer_id";
 const CLUSTER_ID_KEY: &[u8] = b"c/cluster_id";
 
-/// Producer ids are handed out in blocks so that allocating one rarely writes.
-const PID_BLOCK: i64 = 1000;
-
 /// All topics of the broker.
 pub struct Catalog {
     store: Arc<Store>,
@@ -132,8 +130,8 @@ pub struct Catalog {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Serialises catalog changes (create/delete/alter) so uids and records stay consistent.
     change: tokio::sync::Mutex<u64>,
-    /// (next producer id, end of the persisted block).
-    pids: Mutex<(i64, i64)>,
+    /// Producer ids handed out before this data directory joined a quorum.
+    legacy_next_pid: i64,
     /// Cluster id, generated once and persisted.
     pub cluster_id: String,
 }
@@ -206,7 +204,7 @@ impl Catalog {
             notify,
             topics: RwLock::new(topics),
             change: tokio::sync::Mutex::new(next_uid),
-            pids: Mutex::new((next_pid, next_pid)),
+            legacy_next_pid: next_pid,
             cluster_id,
         })
     }
@@ -256,34 +254,18 @@ impl Catalog {
         Ok(())
     }
 
-    /// Checks whether a topic could be created, without creating it.
-    pub fn check_create(
+    /// Creates a topic's local partitions (the quorum decided it exists).
+    async fn create(
         &self,
         name: &str,
-        partitions: i32,
-        configs: &BTreeMap<String, String>,
-    ) -> Result<(), CatalogError> {
-        super::names::validate_topic_name(name).map_err(CatalogError::InvalidTopic)?;
-        if self.get(name).is_some() {
-            return Err(CatalogError::TopicExists(name.to_string()));
-        }
-        if !(1..=100_000).contains(&partitions) {
-            return Err(CatalogError::InvalidPartitions(format!(
-                "number of partitions must be between 1 and 100000, got {partitions}"
-            )));
-        }
-        Self::validate_configs(configs)
-    }
-
-    /// Creates a topic.
-    pub async fn create(
-        &self,
-        name: &str,
+        id: Uuid,
         partitions: i32,
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, CatalogError> {
         let mut next_uid = self.change.lock().await;
-        self.check_create(name, partitions, &configs)?;
+        if self.get(name).is_some() {
+            return Err(CatalogError::TopicExists(name.to_string()));
+        }
         let name_arc: Arc<str> = Arc::from(name);
         let first = *next_uid;
         let parts = (0..partitions)
@@ -300,7 +282,7 @@ impl Catalog {
             .collect::<Result<Vec<_>, _>>()?;
         let topic = Topic {
             name: name_arc,
-            id: Uuid::new_v4(),
+            id,
             partitions: RwLock::new(parts),
             config: RwLock::new(TopicConfig::resolve(&configs, &self.broker)),
             overrides: RwLock::new(configs),
@@ -336,8 +318,8 @@ impl Catalog {
         Ok(())
     }
 
-    /// Deletes a topic and all its data.
-    pub async fn delete(&self, name: &str) -> Result<(), CatalogError> {
+    /// Deletes a topic and all its local data.
+    async fn delete(&self, name: &str) -> Result<(), CatalogError> {
         let _guard = self.change.lock().await;
         let topic = self
             .get(name)
@@ -359,12 +341,7 @@ impl Catalog {
     }
 
     /// Grows a topic to `count` partitions.
-    pub async fn add_partitions(
-        &self,
-        name: &str,
-        count: i32,
-        validate_only: bool,
-    ) -> Result<(), CatalogError> {
+    async fn add_partitions(&self, name: &str, count: i32) -> Result<(), CatalogError> {
         let mut next_uid = self.change.lock().await;
         let topic = self
             .get(name)
@@ -374,14 +351,6 @@ impl Catalog {
             return Err(CatalogError::InvalidPartitions(format!(
                 "topic currently has {current} partitions, which is higher than or equal to the requested {count}"
             )));
-        }
-        if count > 100_000 {
-            return Err(CatalogError::InvalidPartitions(
-                "at most 100000 partitions".into(),
-            ));
-        }
-        if validate_only {
-            return Ok(());
         }
         let first = *next_uid;
         let mut added = Vec::new();
@@ -415,7 +384,7 @@ impl Catalog {
     }
 
     /// Replaces a topic's config overrides (already validated).
-    pub async fn set_configs(
+    async fn set_configs(
         &self,
         name: &str,
         configs: BTreeMap<String, String>,
@@ -438,44 +407,54 @@ impl Catalog {
         Ok(())
     }
 
-    /// Allocates a fresh producer id (ids are reserved in persisted blocks, never reused).
-    pub async fn allocate_producer_id(&self) -> Result<i64, CatalogError> {
-        loop {
-            let need_block = {
-                let mut g = self.pids.lock().unwrap_or_else(|p| p.into_inner());
-                if g.0 < g.1 {
-                    let id = g.0;
-                    g.0 += 1;
-                    return Ok(id);
-                }
-                g.1
-            };
-            let _guard = self.change.lock().await;
-            let end = need_block + PID_BLOCK;
-            {
-                let g = self.pids.lock().unwrap_or_else(|p| p.into_inner());
-                if g.1 != need_block {
-                    continue;
-                }
-            }
-            self.store
-                .write(
-                    vec![Mutation::Put {
-                        cf: CF_META,
-                        key: NEXT_PID_KEY.to_vec(),
-                        value: end.to_be_bytes().to_vec(),
-                    }],
-                    true,
-                )
-                .await?;
-            let mut g = self.pids.lock().unwrap_or_else(|p| p.into_inner());
-            g.1 = end;
-        }
+    /// First producer id not handed out by this data directory before it joined a quorum.
+    pub fn legacy_next_producer_id(&self) -> i64 {
+        self.legacy_next_pid
     }
 
-    /// Whether `id` was ever handed out.
-    pub fn producer_id_known(&self, id: i64) -> bool {
-        let g = self.pids.lock().unwrap_or_else(|p| p.into_inner());
-        id >= 0 && id < g.0
+    /// Brings the local topics and partitions in line with the metadata image: creates,
+    /// grows, reconfigures and deletes topics, and applies each partition's replica state
+    /// for broker `me`. Returns the names of deleted topics.
+    pub async fn reconcile(&self, image: &Image, me: i32) -> Result<Vec<String>, CatalogError> {
+        let mut deleted = Vec::new();
+        // Until the quorum has been set up, the image is empty: keep what is here.
+        if image.cluster_id.is_some() {
+            let stale: Vec<String> = self
+                .all()
+                .iter()
+                .filter(|t| image.topics.get(&*t.name).is_none_or(|i| i.id != t.id))
+                .map(|t| t.name.to_string())
+                .collect();
+            for name in stale {
+                self.delete(&name).await?;
+                deleted.push(name);
+            }
+        }
+        for (name, t) in &image.topics {
+            let count = t.partitions.len() as i32;
+            let local = match self.get(name) {
+                Some(local) => local,
+                None => self.create(name, t.id, count, t.configs.clone()).await?,
+            };
+            if local.partition_count() < count {
+                self.add_partitions(name, count).await?;
+            }
+            if local.overrides() != t.configs {
+                self.set_configs(name, t.configs.clone()).await?;
+            }
+            for (i, p) in t.partitions.iter().enumerate() {
+                if let Some(part) = local.partition(i as i32) {
+                    part.apply_state(
+                        me,
+                        p.leader,
+                        p.leader_epoch,
+                        p.partition_epoch,
+                        &p.replicas,
+                        &p.isr,
+                    );
+                }
+            }
+        }
+        Ok(deleted)
     }
 }

@@ -28,6 +28,8 @@ pub const CF_LOG: &str = "log";
 pub const CF_INDEX: &str = "index";
 /// Column family holding metadata.
 pub const CF_META: &str = "meta";
+/// Column family holding the metadata quorum's Raft log, vote and state machine.
+pub const CF_RAFT: &str = "raft";
 
 /// Storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,7 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_LOG, log_opts),
             ColumnFamilyDescriptor::new(CF_INDEX, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
         ];
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
         let offline = Arc::new(AtomicBool::new(false));
@@ -135,6 +138,51 @@ impl Store {
     /// Reads one metadata value.
     pub fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.db.get_cf(self.cf(CF_META), key)?)
+    }
+
+    /// Reads one value of a column family.
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    /// All `(key, value)` pairs of a column family with `from <= key < to`.
+    pub fn scan_range(
+        &self,
+        cf: &str,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(to.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        it.seek(from);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// The last `(key, value)` of a column family with `from <= key < to`.
+    pub fn last_in_range(
+        &self,
+        cf: &str,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Option<KeyValue>, StorageError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(from.to_vec());
+        ro.set_iterate_upper_bound(to.to_vec());
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        it.seek_to_last();
+        let out = match (it.key(), it.value()) {
+            (Some(k), Some(v)) => Some((k.to_vec(), v.to_vec())),
+            _ => None,
+        };
+        it.status()?;
+        Ok(out)
     }
 
     /// All `(key, value)` pairs of a column family whose key starts with `prefix`.
@@ -210,7 +258,7 @@ impl Store {
 
     /// Estimated bytes of live data per column family (for metrics).
     pub fn live_bytes(&self) -> Vec<(&'static str, u64)> {
-        [CF_LOG, CF_INDEX, CF_META]
+        [CF_LOG, CF_INDEX, CF_META, CF_RAFT]
             .into_iter()
             .map(|cf| {
                 let sst = self
@@ -235,7 +283,7 @@ impl Store {
     pub fn flush(&self) -> Result<(), StorageError> {
         self.writer.drain();
         self.db.flush_wal(true)?;
-        for cf in [CF_LOG, CF_INDEX, CF_META] {
+        for cf in [CF_LOG, CF_INDEX, CF_META, CF_RAFT] {
             self.db.flush_cf(self.cf(cf))?;
         }
         self.db.cancel_all_background_work(true);

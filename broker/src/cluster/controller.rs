@@ -1,0 +1,829 @@
+//! The active controller: runs on the quorum leader. It turns requests (topic changes,
+//! ISR changes, heartbeats) into commands decided by [`super::decide`], commits them,
+//! fences brokers whose heartbeats stop, and moves leadership back to preferred replicas.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError as E;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::decide;
+use super::image::{
+    BrokerId, BrokerInfo, BrokerState, Command, CommandReply, Image, PartitionState,
+};
+use super::{Import, Raft};
+use crate::config::Config;
+use crate::metadata::{names::validate_topic_name, Catalog};
+
+/// A request for the active controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Broker liveness (and registration on first contact or a new incarnation).
+    Heartbeat {
+        /// The broker as it runs now.
+        broker: BrokerInfo,
+        /// Asks for a controlled shutdown: move its leaderships away.
+        shutting_down: bool,
+    },
+    /// Join the quorum as a non-voting member.
+    AddLearner {
+        /// Broker id.
+        id: BrokerId,
+        /// RPC address.
+        rpc: String,
+    },
+    /// CreateTopics.
+    CreateTopic {
+        /// Name.
+        name: String,
+        /// Partition count (-1: broker default, or the assignment's length).
+        partitions: i32,
+        /// Replication factor (-1: broker default).
+        replication_factor: i16,
+        /// Explicit replica assignment per partition (empty: place automatically).
+        assignment: Vec<Vec<BrokerId>>,
+        /// Config overrides.
+        configs: BTreeMap<String, String>,
+        /// Check only.
+        validate_only: bool,
+    },
+    /// DeleteTopics.
+    DeleteTopic {
+        /// Name.
+        name: String,
+    },
+    /// CreatePartitions.
+    AddPartitions {
+        /// Topic.
+        name: String,
+        /// New total count.
+        count: i32,
+        /// Explicit assignment of the new partitions (empty: automatic).
+        assignment: Vec<Vec<BrokerId>>,
+        /// Check only.
+        validate_only: bool,
+    },
+    /// Replace a topic's config overrides.
+    SetTopicConfigs {
+        /// Topic.
+        name: String,
+        /// New overrides.
+        configs: BTreeMap<String, String>,
+    },
+    /// A partition leader asks to change its ISR (Kafka's AlterPartition).
+    AlterIsr {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Requesting leader.
+        leader: BrokerId,
+        /// Its leader epoch.
+        leader_epoch: i32,
+        /// The partition epoch it knows.
+        partition_epoch: i32,
+        /// Proposed ISR.
+        isr: Vec<BrokerId>,
+    },
+    /// Reserve a block of producer ids.
+    AllocateProducerIds,
+    /// Elect leaders: preferred replicas, or (unclean) any live replica of offline partitions.
+    ElectLeaders {
+        /// Unclean instead of preferred.
+        unclean: bool,
+        /// Partitions (none: all).
+        partitions: Option<Vec<(String, i32)>>,
+    },
+}
+
+/// The controller's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ControlReply {
+    /// Committed at this log index.
+    Done {
+        /// Raft log index.
+        log_index: u64,
+    },
+    /// Topic created (or would be, when validating only).
+    Created {
+        /// Raft log index (0 when validating only).
+        log_index: u64,
+        /// Topic id.
+        id: Uuid,
+        /// Partitions.
+        partitions: i32,
+        /// Replication factor.
+        replication_factor: i16,
+    },
+    /// Heartbeat answer.
+    Heartbeat {
+        /// The broker's state now.
+        state: BrokerState,
+        /// Partitions it leads.
+        leaders: usize,
+    },
+    /// Producer ids `[first, first + count)`.
+    ProducerIds {
+        /// First id.
+        first: i64,
+        /// How many.
+        count: i64,
+    },
+    /// Per-partition results of an election (Kafka error codes).
+    Elected(Vec<(String, i32, i16)>),
+    /// Refused with a Kafka error code.
+    Error {
+        /// Kafka error code.
+        code: i16,
+        /// Message.
+        message: String,
+    },
+    /// This broker is not the active controller.
+    NotController,
+}
+
+fn refuse(code: i16, message: impl Into<String>) -> ControlReply {
+    ControlReply::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Producer ids reserved per request.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Timings the controller works with.
+#[derive(Debug, Clone)]
+struct Timings {
+    session_timeout: Duration,
+    tick: Duration,
+    rebalance: Option<(Duration, u32)>,
+}
+
+/// The controller logic of one broker; acts only while its Raft node leads.
+pub struct Controller {
+    node_id: BrokerId,
+    raft: Raft,
+    image: watch::Receiver<Arc<Image>>,
+    timings: Timings,
+    default_partitions: i32,
+    default_rf: i16,
+    last_seen: Mutex<HashMap<BrokerId, Instant>>,
+    /// Serialises decide-and-commit so decisions see every earlier commit.
+    lock: tokio::sync::Mutex<()>,
+    import: Mutex<Option<Import>>,
+}
+
+impl Controller {
+    pub(super) fn new(
+        config: &Config,
+        raft: Raft,
+        image: watch::Receiver<Arc<Image>>,
+        import: Import,
+    ) -> Controller {
+        Controller {
+            node_id: config.node_id,
+            raft,
+            image,
+            timings: Timings {
+                session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
+                tick: Duration::from_millis(config.broker_heartbeat_interval_ms / 2)
+                    .max(Duration::from_millis(20)),
+                rebalance: config.auto_leader_rebalance_enable.then(|| {
+                    (
+                        Duration::from_secs(config.leader_imbalance_check_interval_seconds),
+                        config.leader_imbalance_per_broker_percentage,
+                    )
+                }),
+            },
+            default_partitions: config.num_partitions,
+            default_rf: config.default_replication_factor,
+            last_seen: Mutex::default(),
+            lock: tokio::sync::Mutex::new(()),
+            import: Mutex::new(Some(import)),
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id as u64)
+    }
+
+    fn image(&self) -> Arc<Image> {
+        self.image.borrow().clone()
+    }
+
+    /// Commits a command; the caller holds `lock` when the command was decided from the image.
+    async fn commit(&self, cmd: Command) -> Result<(u64, CommandReply), ControlReply> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok((r.log_id.index, r.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(ControlReply::NotController)
+            }
+            Err(e) => Err(refuse(E::UnknownServerError.code(), e.to_string())),
+        }
+    }
+
+    async fn commit_done(&self, cmd: Command) -> ControlReply {
+        match self.commit(cmd).await {
+            Ok((log_index, CommandReply::Done)) => ControlReply::Done { log_index },
+            Ok((_, CommandReply::Rejected(why))) => refuse(E::InvalidRequest.code(), why),
+            Ok((log_index, _)) => ControlReply::Done { log_index },
+            Err(r) => r,
+        }
+    }
+
+    /// Handles a request on the leader (anything else answers NotController).
+    pub async fn handle(&self, req: ControlRequest) -> ControlReply {
+        if !self.is_leader() {
+            return ControlReply::NotController;
+        }
+        let _g = self.lock.lock().await;
+        let img = self.image();
+        match req {
+            ControlRequest::Heartbeat {
+                broker,
+                shutting_down,
+            } => self.heartbeat(&img, broker, shutting_down).await,
+            ControlRequest::AddLearner { id, rpc } => {
+                match self
+                    .raft
+                    .add_learner(id as u64, BasicNode { addr: rpc }, false)
+                    .await
+                {
+                    Ok(r) => ControlReply::Done {
+                        log_index: r.log_id.index,
+                    },
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        ControlReply::NotController
+                    }
+                    Err(e) => refuse(E::UnknownServerError.code(), e.to_string()),
+                }
+            }
+            ControlRequest::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                assignment,
+                configs,
+                validate_only,
+            } => {
+                self.create_topic(
+                    &img,
+                    name,
+                    partitions,
+                    replication_factor,
+                    assignment,
+                    configs,
+                    validate_only,
+                )
+                .await
+            }
+            ControlRequest::DeleteTopic { name } => {
+                if !img.topics.contains_key(&name) {
+                    return refuse(
+                        E::UnknownTopicOrPartition.code(),
+                        format!("topic '{name}' does not exist"),
+                    );
+                }
+                self.commit_done(Command::DeleteTopic { name }).await
+            }
+            ControlRequest::AddPartitions {
+                name,
+                count,
+                assignment,
+                validate_only,
+            } => {
+                self.add_partitions(&img, name, count, assignment, validate_only)
+                    .await
+            }
+            ControlRequest::SetTopicConfigs { name, configs } => {
+                if !img.topics.contains_key(&name) {
+                    return refuse(
+                        E::UnknownTopicOrPartition.code(),
+                        format!("topic '{name}' does not exist"),
+                    );
+                }
+                if let Err(e) = Catalog::validate_configs(&configs) {
+                    return refuse(E::InvalidConfig.code(), e.to_string());
+                }
+                self.commit_done(Command::SetTopicConfigs { name, configs })
+                    .await
+            }
+            ControlRequest::AlterIsr {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => match decide::check_isr_change(
+                &img,
+                &topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                &isr,
+            ) {
+                Ok(cmd) => self.commit_done(cmd).await,
+                Err((code, message)) => refuse(code, message),
+            },
+            ControlRequest::AllocateProducerIds => match self
+                .commit(Command::AllocateProducerIds {
+                    count: PRODUCER_ID_BLOCK,
+                })
+                .await
+            {
+                Ok((_, CommandReply::ProducerIds { first })) => ControlReply::ProducerIds {
+                    first,
+                    count: PRODUCER_ID_BLOCK,
+                },
+                Ok((_, other)) => refuse(E::UnknownServerError.code(), format!("{other:?}")),
+                Err(r) => r,
+            },
+            ControlRequest::ElectLeaders {
+                unclean,
+                partitions,
+            } => self.elect_leaders(&img, unclean, partitions).await,
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        img: &Image,
+        broker: BrokerInfo,
+        shutting_down: bool,
+    ) -> ControlReply {
+        let id = broker.id;
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+        let mut next = img.clone();
+        let mut cmds = Vec::new();
+        let mut push = |next: &mut Image, c: Command| {
+            next.apply(&c);
+            cmds.push(c);
+        };
+        let known = img.brokers.get(&id);
+        let same = known.is_some_and(|k| {
+            k.kafka == broker.kafka
+                && k.rpc == broker.rpc
+                && k.rack == broker.rack
+                && k.incarnation == broker.incarnation
+        });
+        if !same {
+            // New broker or a new incarnation: whatever it led or was in sync for before
+            // it restarted is re-decided, then it is active again.
+            let fenced = BrokerInfo {
+                state: BrokerState::Fenced,
+                ..broker.clone()
+            };
+            push(&mut next, Command::RegisterBroker(fenced));
+            for c in decide::on_fenced(&next.clone(), id, |t| unclean_enabled(&next, t)) {
+                push(&mut next, c);
+            }
+        }
+        let state = next
+            .brokers
+            .get(&id)
+            .map(|b| b.state)
+            .unwrap_or(BrokerState::Fenced);
+        if shutting_down {
+            if state != BrokerState::ShuttingDown {
+                push(
+                    &mut next,
+                    Command::SetBrokerState {
+                        id,
+                        state: BrokerState::ShuttingDown,
+                    },
+                );
+            }
+            for c in decide::on_shutdown(&next.clone(), id) {
+                push(&mut next, c);
+            }
+        } else if state != BrokerState::Active {
+            push(
+                &mut next,
+                Command::SetBrokerState {
+                    id,
+                    state: BrokerState::Active,
+                },
+            );
+            for c in decide::on_unfenced(&next.clone(), id) {
+                push(&mut next, c);
+            }
+        }
+        if !cmds.is_empty() {
+            if let Err(r) = self.commit(Command::Batch(cmds)).await {
+                return r;
+            }
+        }
+        let img = self.image();
+        ControlReply::Heartbeat {
+            state: img
+                .brokers
+                .get(&id)
+                .map(|b| b.state)
+                .unwrap_or(BrokerState::Fenced),
+            leaders: decide::leader_count(&img, id),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_topic(
+        &self,
+        img: &Image,
+        name: String,
+        partitions: i32,
+        rf: i16,
+        assignment: Vec<Vec<BrokerId>>,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> ControlReply {
+        if let Err(e) = validate_topic_name(&name) {
+            return refuse(E::InvalidTopicException.code(), e);
+        }
+        if img.topics.contains_key(&name) {
+            return refuse(
+                E::TopicAlreadyExists.code(),
+                format!("Topic '{name}' already exists."),
+            );
+        }
+        if let Err(e) = Catalog::validate_configs(&configs) {
+            return refuse(E::InvalidConfig.code(), e.to_string());
+        }
+        let assignment = if assignment.is_empty() {
+            let count = if partitions == -1 {
+                self.default_partitions
+            } else {
+                partitions
+            };
+            if !(1..=100_000).contains(&count) {
+                return refuse(
+                    E::InvalidPartitions.code(),
+                    format!("number of partitions must be between 1 and 100000, got {count}"),
+                );
+            }
+            let rf = if rf == -1 { self.default_rf } else { rf };
+            let start = img.partitions().count();
+            match decide::place(img, count, rf, start) {
+                Ok(a) => a,
+                Err(e) => return refuse(E::InvalidReplicationFactor.code(), e.to_string()),
+            }
+        } else {
+            if partitions != -1 || rf != -1 {
+                return refuse(
+                    E::InvalidRequest.code(),
+                    "partitions and replication factor must be -1 with an explicit assignment",
+                );
+            }
+            if let Err(msg) = check_assignment(img, &assignment, None) {
+                return refuse(E::InvalidReplicaAssignment.code(), msg);
+            }
+            assignment
+        };
+        let count = assignment.len() as i32;
+        let rf = assignment.first().map(|r| r.len()).unwrap_or(0) as i16;
+        let id = Uuid::new_v4();
+        if validate_only {
+            return ControlReply::Created {
+                log_index: 0,
+                id,
+                partitions: count,
+                replication_factor: rf,
+            };
+        }
+        let parts = assignment
+            .into_iter()
+            .map(|r| PartitionState::new(r, |b| img.is_active(b)))
+            .collect();
+        match self
+            .commit(Command::CreateTopic {
+                name,
+                id,
+                configs,
+                partitions: parts,
+            })
+            .await
+        {
+            Ok((log_index, CommandReply::Done)) => ControlReply::Created {
+                log_index,
+                id,
+                partitions: count,
+                replication_factor: rf,
+            },
+            Ok((_, CommandReply::Rejected(why))) => refuse(E::TopicAlreadyExists.code(), why),
+            Ok((_, other)) => refuse(E::UnknownServerError.code(), format!("{other:?}")),
+            Err(r) => r,
+        }
+    }
+
+    async fn add_partitions(
+        &self,
+        img: &Image,
+        name: String,
+        count: i32,
+        assignment: Vec<Vec<BrokerId>>,
+        validate_only: bool,
+    ) -> ControlReply {
+        let Some(topic) = img.topics.get(&name) else {
+            return refuse(
+                E::UnknownTopicOrPartition.code(),
+                format!("topic '{name}' does not exist"),
+            );
+        };
+        let current = topic.partitions.len() as i32;
+        if count <= current {
+            return refuse(
+                E::InvalidPartitions.code(),
+                format!("Topic currently has {current} partitions, which is higher than the requested {count}."),
+            );
+        }
+        if count > 100_000 {
+            return refuse(E::InvalidPartitions.code(), "at most 100000 partitions");
+        }
+        let rf = topic
+            .partitions
+            .first()
+            .map(|p| p.replicas.len())
+            .unwrap_or(1);
+        let new = if assignment.is_empty() {
+            match decide::place(img, count - current, rf as i16, img.partitions().count()) {
+                Ok(a) => a,
+                Err(e) => return refuse(E::InvalidReplicationFactor.code(), e.to_string()),
+            }
+        } else {
+            if assignment.len() as i32 != count - current {
+                return refuse(
+                    E::InvalidReplicaAssignment.code(),
+                    format!(
+                        "{} assignments given for {} new partitions",
+                        assignment.len(),
+                        count - current
+                    ),
+                );
+            }
+            if let Err(msg) = check_assignment(img, &assignment, Some(rf)) {
+                return refuse(E::InvalidReplicaAssignment.code(), msg);
+            }
+            assignment
+        };
+        if validate_only {
+            return ControlReply::Done { log_index: 0 };
+        }
+        let partitions = new
+            .into_iter()
+            .map(|r| PartitionState::new(r, |b| img.is_active(b)))
+            .collect();
+        self.commit_done(Command::AddPartitions { name, partitions })
+            .await
+    }
+
+    async fn elect_leaders(
+        &self,
+        img: &Image,
+        unclean: bool,
+        wanted: Option<Vec<(String, i32)>>,
+    ) -> ControlReply {
+        let cmds: Vec<Command> = if unclean {
+            img.partitions()
+                .filter(|(_, _, p)| p.leader == -1)
+                .filter_map(|(t, i, p)| {
+                    let leader = decide::elect(img, p, -1, true);
+                    (leader != -1).then(|| Command::ChangePartition {
+                        topic: t.to_string(),
+                        partition: i,
+                        expected_epoch: p.partition_epoch,
+                        state: PartitionState {
+                            leader,
+                            leader_epoch: p.leader_epoch + 1,
+                            isr: if p.isr.contains(&leader) {
+                                p.isr.clone()
+                            } else {
+                                vec![leader]
+                            },
+                            ..p.clone()
+                        },
+                    })
+                })
+                .collect()
+        } else {
+            decide::preferred_elections(img, None)
+        };
+        let targets = |c: &Command| match c {
+            Command::ChangePartition {
+                topic, partition, ..
+            } => Some((topic.clone(), *partition)),
+            _ => None,
+        };
+        let chosen: Vec<Command> = cmds
+            .into_iter()
+            .filter(|c| match (&wanted, targets(c)) {
+                (None, _) => true,
+                (Some(w), Some(tp)) => w.contains(&tp),
+                _ => false,
+            })
+            .collect();
+        let elected: Vec<(String, i32)> = chosen.iter().filter_map(targets).collect();
+        if !chosen.is_empty() {
+            if let Err(r) = self.commit(Command::Batch(chosen)).await {
+                return r;
+            }
+        }
+        let img = self.image();
+        let results = match wanted {
+            None => elected.into_iter().map(|(t, p)| (t, p, 0)).collect(),
+            Some(w) => w
+                .into_iter()
+                .map(|(t, p)| {
+                    let code = match img.partition(&t, p) {
+                        None => E::UnknownTopicOrPartition.code(),
+                        Some(_) if elected.contains(&(t.clone(), p)) => 0,
+                        Some(s) if !unclean && s.replicas.first() == Some(&s.leader) => {
+                            E::ElectionNotNeeded.code()
+                        }
+                        Some(s) if unclean && s.leader != -1 => E::ElectionNotNeeded.code(),
+                        Some(_) if unclean => E::EligibleLeadersNotAvailable.code(),
+                        Some(_) => E::PreferredLeaderNotAvailable.code(),
+                    };
+                    (t, p, code)
+                })
+                .collect(),
+        };
+        ControlReply::Elected(results)
+    }
+
+    /// Timers of the active controller: fence brokers whose heartbeats stopped, set up a
+    /// new quorum, balance leaders. Runs until `stop`.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut was_leader = false;
+        let mut next_rebalance = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.timings.tick) => {}
+                _ = stop.changed() => return,
+            }
+            let leader = self.is_leader();
+            if leader && !was_leader {
+                self.on_elected().await;
+                if let Some((every, _)) = self.timings.rebalance {
+                    next_rebalance = Instant::now() + every;
+                }
+            }
+            was_leader = leader;
+            if !leader {
+                continue;
+            }
+            self.fence_silent_brokers().await;
+            if let Some((every, pct)) = self.timings.rebalance {
+                if Instant::now() >= next_rebalance {
+                    next_rebalance = Instant::now() + every;
+                    let _g = self.lock.lock().await;
+                    let cmds = decide::preferred_elections(&self.image(), Some(pct));
+                    if !cmds.is_empty() {
+                        tracing::info!(
+                            moves = cmds.len(),
+                            "moving leadership back to preferred replicas"
+                        );
+                        let _ = self.commit(Command::Batch(cmds)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A newly elected controller gives every broker a full session before fencing it,
+    /// and sets up a new quorum (cluster id, topics of an older single-node data dir).
+    async fn on_elected(&self) {
+        let _g = self.lock.lock().await;
+        let img = self.image();
+        tracing::info!(
+            node = self.node_id,
+            "this broker is now the active controller"
+        );
+        let now = Instant::now();
+        {
+            let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            for id in img.brokers.keys() {
+                seen.insert(*id, now);
+            }
+        }
+        if img.cluster_id.is_some() {
+            return;
+        }
+        let import = self
+            .import
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        let mut cmds = vec![Command::InitCluster {
+            cluster_id: import.cluster_id.clone(),
+        }];
+        let me = self.node_id;
+        for (name, id, count, configs) in import.topics {
+            let partitions = (0..count)
+                .map(|_| PartitionState {
+                    replicas: vec![me],
+                    isr: vec![me],
+                    leader: me,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                })
+                .collect();
+            tracing::info!(
+                topic = name,
+                "importing topic of this data directory into the quorum"
+            );
+            cmds.push(Command::CreateTopic {
+                name,
+                id,
+                configs,
+                partitions,
+            });
+        }
+        if import.next_producer_id > 0 {
+            cmds.push(Command::AllocateProducerIds {
+                count: import.next_producer_id,
+            });
+        }
+        if let Err(e) = self.commit(Command::Batch(cmds)).await {
+            tracing::warn!(reply = ?e, "could not initialise the cluster metadata");
+        }
+    }
+
+    async fn fence_silent_brokers(&self) {
+        let _g = self.lock.lock().await;
+        let img = self.image();
+        let now = Instant::now();
+        let silent: Vec<BrokerId> = {
+            let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            img.brokers
+                .values()
+                .filter(|b| b.state != BrokerState::Fenced)
+                .filter(|b| {
+                    let last = *seen.entry(b.id).or_insert(now);
+                    now.duration_since(last) > self.timings.session_timeout
+                })
+                .map(|b| b.id)
+                .collect()
+        };
+        for id in silent {
+            let mut next = (*self.image()).clone();
+            let fence = Command::SetBrokerState {
+                id,
+                state: BrokerState::Fenced,
+            };
+            next.apply(&fence);
+            let mut cmds = vec![fence];
+            cmds.extend(decide::on_fenced(&next, id, |t| unclean_enabled(&next, t)));
+            tracing::warn!(
+                broker = id,
+                changes = cmds.len() - 1,
+                "fencing broker: heartbeats stopped"
+            );
+            if let Err(e) = self.commit(Command::Batch(cmds)).await {
+                tracing::warn!(broker = id, reply = ?e, "fencing failed");
+            }
+        }
+    }
+}
+
+fn unclean_enabled(img: &Image, topic: &str) -> bool {
+    img.topics
+        .get(topic)
+        .and_then(|t| t.configs.get("unclean.leader.election.enable"))
+        .is_some_and(|v| v == "true")
+}
+
+/// Checks an explicit replica assignment: registered brokers, no duplicates, one
+/// replication factor (`rf` when given).
+fn check_assignment(img: &Image, a: &[Vec<BrokerId>], rf: Option<usize>) -> Result<(), String> {
+    let rf = rf.or_else(|| a.first().map(Vec::len)).unwrap_or(0);
+    for (i, r) in a.iter().enumerate() {
+        if r.is_empty() || r.len() != rf {
+            return Err(format!(
+                "partition {i}: {} replicas, expected {rf}",
+                r.len()
+            ));
+        }
+        let mut seen = r.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != r.len() {
+            return Err(format!("partition {i}: duplicate broker in {r:?}"));
+        }
+        if let Some(b) = r.iter().find(|b| !img.brokers.contains_key(b)) {
+            return Err(format!("partition {i}: broker {b} is not registered"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,379 @@
+//! The metadata image: everything the quorum agrees on, and the pure function that
+//! applies a committed command to it.
+//!
+//! Every broker holds the same image once it has applied the same log prefix; the
+//! controller's decisions (placement, elections, ISR changes) are computed from it and
+//! committed as explicit commands, so applying stays deterministic.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A broker id (Kafka's `node.id`).
+pub type BrokerId = i32;
+
+/// Liveness of a registered broker as the controller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerState {
+    /// Heartbeating: may lead and be in ISRs.
+    Active,
+    /// Missed heartbeats (or never caught up): leads nothing, in no ISR.
+    Fenced,
+    /// Controlled shutdown in progress: leaderships are being moved away.
+    ShuttingDown,
+}
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    /// Broker id.
+    pub id: BrokerId,
+    /// `host:port` Kafka clients connect to.
+    pub kafka: String,
+    /// `host:port` of the broker's gRPC endpoint.
+    pub rpc: String,
+    /// Rack, for rack-aware placement.
+    pub rack: Option<String>,
+    /// Incarnation: changes each time the process registers anew.
+    pub incarnation: u64,
+    /// Liveness.
+    pub state: BrokerState,
+}
+
+/// Replicas, leader and ISR of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Assigned replicas; the first is the preferred leader.
+    pub replicas: Vec<BrokerId>,
+    /// In-sync replicas (always includes the leader while there is one).
+    pub isr: Vec<BrokerId>,
+    /// Current leader, or -1 when the partition is offline.
+    pub leader: BrokerId,
+    /// Bumped on every leader change.
+    pub leader_epoch: i32,
+    /// Bumped on every change of this state (ISR, leader, replicas).
+    pub partition_epoch: i32,
+}
+
+impl PartitionState {
+    /// A new partition led by its first live replica (in `live`), with those live replicas in sync.
+    pub fn new(replicas: Vec<BrokerId>, live: impl Fn(BrokerId) -> bool) -> PartitionState {
+        let isr: Vec<BrokerId> = replicas.iter().copied().filter(|&b| live(b)).collect();
+        PartitionState {
+            leader: isr.first().copied().unwrap_or(-1),
+            isr,
+            replicas,
+            leader_epoch: 0,
+            partition_epoch: 0,
+        }
+    }
+}
+
+/// A topic in the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicImage {
+    /// Topic id.
+    pub id: Uuid,
+    /// Config overrides.
+    pub configs: BTreeMap<String, String>,
+    /// Partitions by index.
+    pub partitions: Vec<PartitionState>,
+}
+
+/// The replicated cluster metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// Cluster id, set once by the first controller.
+    pub cluster_id: Option<String>,
+    /// Registered brokers.
+    pub brokers: BTreeMap<BrokerId, BrokerInfo>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicImage>,
+    /// First producer id not yet handed out.
+    pub next_producer_id: i64,
+}
+
+/// A change to the image, committed through the quorum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the cluster id (ignored once set).
+    InitCluster {
+        /// Cluster id.
+        cluster_id: String,
+    },
+    /// Adds or updates a broker registration.
+    RegisterBroker(BrokerInfo),
+    /// Changes a broker's liveness.
+    SetBrokerState {
+        /// Broker.
+        id: BrokerId,
+        /// New state.
+        state: BrokerState,
+    },
+    /// Creates a topic with explicit partition states.
+    CreateTopic {
+        /// Name.
+        name: String,
+        /// Id.
+        id: Uuid,
+        /// Config overrides.
+        configs: BTreeMap<String, String>,
+        /// Partition states by index.
+        partitions: Vec<PartitionState>,
+    },
+    /// Deletes a topic.
+    DeleteTopic {
+        /// Name.
+        name: String,
+    },
+    /// Appends partitions to a topic.
+    AddPartitions {
+        /// Topic name.
+        name: String,
+        /// New partitions, in index order after the existing ones.
+        partitions: Vec<PartitionState>,
+    },
+    /// Replaces a topic's config overrides.
+    SetTopicConfigs {
+        /// Topic name.
+        name: String,
+        /// New overrides.
+        configs: BTreeMap<String, String>,
+    },
+    /// Replaces a partition's state if its partition epoch is still `expected_epoch`.
+    ChangePartition {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// Partition epoch the change was computed from.
+        expected_epoch: i32,
+        /// New state (its partition epoch is set by apply).
+        state: PartitionState,
+    },
+    /// Reserves `count` producer ids; the reply carries the first.
+    AllocateProducerIds {
+        /// How many.
+        count: i64,
+    },
+    /// Several commands applied in order, as one log entry.
+    Batch(Vec<Command>),
+}
+
+/// Outcome of applying a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandReply {
+    /// Applied.
+    Done,
+    /// Producer ids `[first, first + count)` reserved.
+    ProducerIds {
+        /// First id.
+        first: i64,
+    },
+    /// Not applied (the image changed since the command was computed, or it was invalid).
+    Rejected(String),
+}
+
+impl Image {
+    /// Applies a committed command. Invalid commands change nothing and say why.
+    pub fn apply(&mut self, cmd: &Command) -> CommandReply {
+        match cmd {
+            Command::InitCluster { cluster_id } => {
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(cluster_id.clone());
+                }
+            }
+            Command::RegisterBroker(info) => {
+                self.brokers.insert(info.id, info.clone());
+            }
+            Command::SetBrokerState { id, state } => match self.brokers.get_mut(id) {
+                Some(b) => b.state = *state,
+                None => return CommandReply::Rejected(format!("broker {id} is not registered")),
+            },
+            Command::CreateTopic {
+                name,
+                id,
+                configs,
+                partitions,
+            } => {
+                if self.topics.contains_key(name) {
+                    return CommandReply::Rejected(format!("topic '{name}' already exists"));
+                }
+                self.topics.insert(
+                    name.clone(),
+                    TopicImage {
+                        id: *id,
+                        configs: configs.clone(),
+                        partitions: partitions.clone(),
+                    },
+                );
+            }
+            Command::DeleteTopic { name } => {
+                if self.topics.remove(name).is_none() {
+                    return CommandReply::Rejected(format!("topic '{name}' does not exist"));
+                }
+            }
+            Command::AddPartitions { name, partitions } => match self.topics.get_mut(name) {
+                Some(t) => t.partitions.extend(partitions.iter().cloned()),
+                None => return CommandReply::Rejected(format!("topic '{name}' does not exist")),
+            },
+            Command::SetTopicConfigs { name, configs } => match self.topics.get_mut(name) {
+                Some(t) => t.configs = configs.clone(),
+                None => return CommandReply::Rejected(format!("topic '{name}' does not exist")),
+            },
+            Command::ChangePartition {
+                topic,
+                partition,
+                expected_epoch,
+                state,
+            } => {
+                let Some(p) = self
+                    .topics
+                    .get_mut(topic)
+                    .and_then(|t| t.partitions.get_mut(*partition as usize))
+                else {
+                    return CommandReply::Rejected(format!("{topic}-{partition} does not exist"));
+                };
+                if p.partition_epoch != *expected_epoch {
+                    return CommandReply::Rejected(format!(
+                        "{topic}-{partition}: partition epoch is {}, not {expected_epoch}",
+                        p.partition_epoch
+                    ));
+                }
+                let mut next = state.clone();
+                next.partition_epoch = p.partition_epoch + 1;
+                *p = next;
+            }
+            Command::AllocateProducerIds { count } => {
+                let first = self.next_producer_id;
+                self.next_producer_id = first.saturating_add((*count).max(1));
+                return CommandReply::ProducerIds { first };
+            }
+            Command::Batch(cmds) => {
+                // All or nothing: a rejected part leaves the image as it was.
+                let mut next = self.clone();
+                let mut last = CommandReply::Done;
+                for c in cmds {
+                    last = next.apply(c);
+                    if let CommandReply::Rejected(_) = last {
+                        return last;
+                    }
+                }
+                *self = next;
+                return last;
+            }
+        }
+        CommandReply::Done
+    }
+
+    /// Whether a broker may lead and count in ISRs.
+    pub fn is_active(&self, id: BrokerId) -> bool {
+        self.brokers
+            .get(&id)
+            .is_some_and(|b| b.state == BrokerState::Active)
+    }
+
+    /// A partition's state.
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionState> {
+        self.topics.get(topic).and_then(|t| {
+            usize::try_from(partition)
+                .ok()
+                .and_then(|i| t.partitions.get(i))
+        })
+    }
+
+    /// Every partition as `(topic, index, state)`.
+    pub fn partitions(&self) -> impl Iterator<Item = (&str, i32, &PartitionState)> {
+        self.topics.iter().flat_map(|(name, t)| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .map(move |(i, p)| (name.as_str(), i as i32, p))
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn broker(id: BrokerId, rack: Option<&str>) -> BrokerInfo {
+        BrokerInfo {
+            id,
+            kafka: format!("127.0.0.1:{}", 9000 + id),
+            rpc: format!("127.0.0.1:{}", 9100 + id),
+            rack: rack.map(str::to_string),
+            incarnation: 1,
+            state: BrokerState::Active,
+        }
+    }
+
+    pub(crate) fn image_with(brokers: &[BrokerId]) -> Image {
+        let mut img = Image::default();
+        for &b in brokers {
+            img.apply(&Command::RegisterBroker(broker(b, None)));
+        }
+        img
+    }
+
+    #[test]
+    fn change_partition_needs_the_current_epoch() {
+        let mut img = image_with(&[1, 2, 3]);
+        let p = PartitionState::new(vec![1, 2, 3], |_| true);
+        img.apply(&Command::CreateTopic {
+            name: "t".into(),
+            id: Uuid::nil(),
+            configs: BTreeMap::new(),
+            partitions: vec![p.clone()],
+        });
+        let shrunk = PartitionState {
+            isr: vec![1, 2],
+            ..p.clone()
+        };
+        let change = Command::ChangePartition {
+            topic: "t".into(),
+            partition: 0,
+            expected_epoch: 0,
+            state: shrunk.clone(),
+        };
+        assert_eq!(img.apply(&change), CommandReply::Done);
+        assert_eq!(img.partition("t", 0).unwrap().isr, vec![1, 2]);
+        assert_eq!(img.partition("t", 0).unwrap().partition_epoch, 1);
+        // The same change computed from the old epoch is stale now.
+        assert!(matches!(img.apply(&change), CommandReply::Rejected(_)));
+    }
+
+    #[test]
+    fn batch_is_all_or_nothing() {
+        let mut img = image_with(&[1]);
+        let before = img.clone();
+        let reply = img.apply(&Command::Batch(vec![
+            Command::SetBrokerState {
+                id: 1,
+                state: BrokerState::Fenced,
+            },
+            Command::DeleteTopic {
+                name: "nope".into(),
+            },
+        ]));
+        assert!(matches!(reply, CommandReply::Rejected(_)));
+        assert_eq!(img, before);
+    }
+
+    #[test]
+    fn producer_ids_are_never_handed_out_twice() {
+        let mut img = Image::default();
+        let a = img.apply(&Command::AllocateProducerIds { count: 1000 });
+        let b = img.apply(&Command::AllocateProducerIds { count: 1000 });
+        assert_eq!(a, CommandReply::ProducerIds { first: 0 });
+        assert_eq!(b, CommandReply::ProducerIds { first: 1000 });
+    }
+
+    #[test]
+    fn new_partition_skips_dead_replicas_for_leader_and_isr() {
+        let p = PartitionState::new(vec![3, 1, 2], |b| b != 3);
+        assert_eq!(p.leader, 1);
+        assert_eq!(p.isr, vec![1, 2]);
+    }
+}

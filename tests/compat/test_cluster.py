@@ -1,0 +1,635 @@
+"""Multi-broker clusters: formation, replicated topics, failover.
+
+Every test runs a private cluster of real ``riffle`` processes on 127.0.0.1
+(``make_cluster``; see ``helpers.Cluster``).  Partition leaders, replicas and
+ISRs are read from Kafka Metadata; ``/v1/cluster`` gives the controller and
+broker fencing; ``/v1/partitions/{topic}/{p}`` lets
+``Cluster.assert_replicas_consistent`` compare the replicas' stored batches.
+
+Failure detection is shortened with the broker's session, heartbeat and
+replica-lag flags so that failovers take seconds.  Background producers write
+numbered values (``000000042``) and record the (partition, offset) of every
+acknowledged one; the verification reads the partitions back from the start.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import threading
+import time
+
+import pytest
+from confluent_kafka import (
+    OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+import kafka_wire
+from helpers import assert_same_records, sample_records, unique_topic, wait_until
+
+OP_TIMEOUT = 30.0
+# Failure detection within seconds, set explicitly (a dead broker is fenced
+# after 3 s, a stuck follower leaves the ISR after 3 s).
+FAST = ("--broker-heartbeat-interval-ms", 250, "--broker-session-timeout-ms", 3000,
+        "--replica-lag-time-max-ms", 3000)
+# For the ISR tests: a frozen follower leaves the ISR after ~2 s.
+LAG_MS = 2000
+ISR_FAST = ("--broker-heartbeat-interval-ms", 250, "--broker-session-timeout-ms", 3000,
+            "--replica-lag-time-max-ms", LAG_MS)
+# Upper bound for a kill -9 of a leader until writes are acknowledged again.
+FAILOVER_BOUND_S = 30.0
+# Delivery reports of responses that arrived just before a kill may be served
+# a few milliseconds after it; they do not count as "after the kill".
+PRE_KILL_GRACE_S = 0.05
+
+
+# -- clients -----------------------------------------------------------------
+
+def ck_conf(cluster, **extra):
+    """confluent-kafka config bootstrapping from the live (running, unfrozen) brokers."""
+    conf = {"bootstrap.servers": cluster.live_bootstrap, "client.id": "riffle-compat-cluster",
+            "broker.address.family": "v4"}
+    conf.update(extra)
+    return conf
+
+
+def ck_admin(cluster):
+    return AdminClient(ck_conf(cluster))
+
+
+def list_metadata(cluster, timeout=10.0):
+    """ClusterMetadata from confluent-kafka's AdminClient.list_topics."""
+    return ck_admin(cluster).list_topics(timeout=timeout)
+
+
+def create_topic(cluster, partitions=1, rf=3, config=None, prefix="rep"):
+    """Create a topic with confluent-kafka's AdminClient; wait until every
+    partition has a leader that knows it leads."""
+    name = unique_topic(prefix)
+    fs = ck_admin(cluster).create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=rf,
+                  config={k: str(v) for k, v in (config or {}).items()})],
+        operation_timeout=OP_TIMEOUT, request_timeout=OP_TIMEOUT)
+    fs[name].result(timeout=OP_TIMEOUT)
+    for p in range(partitions):
+        cluster.wait_leader(name, p, timeout=OP_TIMEOUT)
+    return name
+
+
+def create_topic_error(cluster, partitions, rf) -> KafkaError:
+    """Create a topic that must be refused; assert it is absent afterwards."""
+    name = unique_topic("bad")
+    fs = ck_admin(cluster).create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=rf)],
+        operation_timeout=OP_TIMEOUT, request_timeout=OP_TIMEOUT)
+    with pytest.raises(KafkaException) as info:
+        fs[name].result(timeout=OP_TIMEOUT)
+    assert name not in list_metadata(cluster).topics, f"refused topic {name} exists anyway"
+    return info.value.args[0]
+
+
+def produce_records(cluster, topic, records, partition=0):
+    """Idempotent acks=all produce of ``records`` (dicts as from sample_records
+    or plain values); every delivery must succeed.  Returns [(offset, value)]."""
+    prod = Producer(ck_conf(cluster, **{"acks": "all", "enable.idempotence": True,
+                                        "linger.ms": 5, "message.timeout.ms": 60000}))
+    reports = []
+    for r in records:
+        r = r if isinstance(r, dict) else {"key": None, "value": r}
+        kwargs = {"key": r["key"], "value": r["value"], "partition": partition,
+                  "on_delivery": lambda err, msg: reports.append((err, msg))}
+        if r.get("headers"):
+            kwargs["headers"] = r["headers"]
+        prod.produce(topic, **kwargs)
+    assert prod.flush(90) == 0, "deliveries still pending after 90 s"
+    errors = [(err, msg.value()) for err, msg in reports if err is not None]
+    assert not errors, f"{len(errors)} deliveries failed, e.g. {errors[:3]}"
+    out = [(msg.offset(), msg.value()) for _err, msg in reports]
+    assert [o for o, _ in out] == sorted(o for o, _ in out), f"offsets out of order: {out}"
+    return out
+
+
+def produce_once(cluster, topic, partition, value):
+    """One acks=all record, no retries, no idempotence: the delivery report
+    carries the broker's error code.  Returns (KafkaError|None, Message)."""
+    prod = Producer(ck_conf(cluster, **{"acks": "all", "enable.idempotence": False,
+                                        "retries": 0, "message.timeout.ms": 20000}))
+    reports = []
+    prod.produce(topic, value=value, partition=partition,
+                 on_delivery=lambda err, msg: reports.append((err, msg)))
+    prod.flush(30)
+    assert reports, "no delivery report within 30 s"
+    return reports[0]
+
+
+def read_partitions(cluster, topic, partitions, timeout=60.0):
+    """Every message of the partitions from offset 0 up to the high
+    watermark, with a manually assigned consumer.  {partition: [Message]}."""
+    c = Consumer(ck_conf(cluster, **{"group.id": "riffle-compat-unused",
+                                     "enable.auto.commit": False,
+                                     "enable.auto.offset.store": False}))
+    try:
+        high = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1]
+                for p in partitions}
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        got = {p: [] for p in partitions}
+        last_error = None
+
+        def done():
+            return all((got[p][-1].offset() + 1 if got[p] else 0) >= high[p] for p in partitions)
+
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            for m in c.consume(num_messages=5000, timeout=0.5):
+                if m.error():
+                    last_error = m.error()
+                else:
+                    got[m.partition()].append(m)
+        assert done(), (f"could not read {topic} up to the high watermarks {high} within "
+                        f"{timeout}s (last error {last_error})")
+        return got
+    finally:
+        c.close()
+
+
+# -- background load -------------------------------------------------------------
+
+class AckLog:
+    """Outcome of every record a background producer sent."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.acked = {}      # value -> (partition, offset)
+        self.ack_times = []  # monotonic time of each success, in callback order
+        self.errors = []     # (value, error)
+
+    def ok(self, value, partition, offset):
+        with self.lock:
+            self.acked[value] = (partition, offset)
+            self.ack_times.append(time.monotonic())
+
+    def failed(self, value, error):
+        with self.lock:
+            self.errors.append((value, error))
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.acked)
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return dict(self.acked)
+
+    def wait_acks(self, n, timeout=30.0):
+        try:
+            wait_until(lambda: self.count() >= n, timeout=timeout, interval=0.05,
+                       message=f"{n} acknowledged records")
+        except AssertionError as exc:
+            with self.lock:
+                detail = f"have {len(self.acked)}; {len(self.errors)} failed, e.g. {self.errors[:3]}"
+            raise AssertionError(f"{exc}: {detail}") from None
+
+    def first_ack_after(self, t):
+        """Time of the first success reported after monotonic time ``t``."""
+        with self.lock:
+            i = bisect.bisect_right(self.ack_times, t)
+            return self.ack_times[i] if i < len(self.ack_times) else None
+
+
+class BackgroundProducer:
+    """Produces numbered values round-robin over ``partitions`` from a thread
+    (about 400 records/s) until ``stop()``, which flushes and closes."""
+
+    interval = 0.0025
+
+    def __init__(self, cluster, topic, partitions=(0,)):
+        self.cluster = cluster
+        self.topic = topic
+        self.partitions = list(partitions)
+        self.log = AckLog()
+        self.sent = 0
+        self.unresolved = 0   # records without any delivery report after the final flush
+        self.fatal = []       # fatal client errors (broken idempotence state)
+        self.flush_timeout = 90.0
+        self._stop = threading.Event()
+        self._exc = None
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"load-{type(self).__name__}")
+
+    def start(self):
+        self._open()
+        self._thread.start()
+        return self
+
+    def _run(self):
+        try:
+            i = 0
+            while not self._stop.is_set():
+                self._send(f"{i:09d}".encode(), self.partitions[i % len(self.partitions)])
+                i += 1
+                self.sent = i
+                self._poll()
+                time.sleep(self.interval)
+            self._finish()
+        except Exception as exc:  # noqa: BLE001 - re-raised by stop()
+            self._exc = exc
+
+    def stop(self, flush_timeout=90.0, check=True):
+        self.flush_timeout = flush_timeout
+        self._stop.set()
+        self._thread.join(flush_timeout + 30)
+        if check:
+            assert not self._thread.is_alive(), "producer thread did not finish"
+            if self._exc:
+                raise self._exc
+
+    def abort(self):
+        """Stop quickly on a failing test path; never raises."""
+        try:
+            self.stop(flush_timeout=1.0, check=False)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class ConfluentLoad(BackgroundProducer):
+    """confluent-kafka idempotent acks=all producer."""
+
+    def _open(self):
+        self.prod = Producer(ck_conf(
+            self.cluster, **{"bootstrap.servers": self.cluster.bootstrap,
+                             "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                             "message.timeout.ms": 120000, "error_cb": self._on_error}))
+
+    def _on_error(self, err):
+        if err.fatal():
+            self.fatal.append(err)
+
+    def _report(self, err, msg):
+        if err is None:
+            self.log.ok(msg.value(), msg.partition(), msg.offset())
+        else:
+            self.log.failed(msg.value(), err)
+
+    def _send(self, value, partition):
+        while not self._stop.is_set():
+            try:
+                self.prod.produce(self.topic, value=value, partition=partition,
+                                  on_delivery=self._report)
+                return
+            except BufferError:
+                self.prod.poll(0.05)
+
+    def _poll(self):
+        self.prod.poll(0)
+
+    def _finish(self):
+        self.unresolved = self.prod.flush(self.flush_timeout)
+
+
+class KafkaPythonLoad(BackgroundProducer):
+    """kafka-python acks='all' producer, idempotent when the installed version supports it."""
+
+    def _open(self):
+        from kafka import KafkaProducer
+        defaults = KafkaProducer.DEFAULT_CONFIG
+        cfg = {"bootstrap_servers": self.cluster.bootstrap.split(","), "acks": "all",
+               "linger_ms": 5, "retries": 2147483647, "retry_backoff_ms": 100,
+               "request_timeout_ms": 10000, "max_block_ms": 10000,
+               "client_id": "riffle-compat-cluster-kp"}
+        self.idempotent = "enable_idempotence" in defaults
+        if self.idempotent:
+            cfg["enable_idempotence"] = True
+        if "delivery_timeout_ms" in defaults:
+            cfg["delivery_timeout_ms"] = 120000
+        self.prod = KafkaProducer(**cfg)
+
+    def _ok(self, value, md):
+        self.log.ok(value, md.partition, md.offset)
+
+    def _err(self, value, exc):
+        self.log.failed(value, exc)
+
+    def _send(self, value, partition):
+        from kafka.errors import KafkaTimeoutError
+        try:
+            fut = self.prod.send(self.topic, value=value, partition=partition)
+        except KafkaTimeoutError as exc:  # could not even be queued
+            self.log.failed(value, exc)
+            return
+        fut.add_callback(self._ok, value)
+        fut.add_errback(self._err, value)
+
+    def _poll(self):
+        pass
+
+    def _finish(self):
+        from kafka.errors import KafkaTimeoutError
+        try:
+            self.prod.flush(timeout=self.flush_timeout)
+        except KafkaTimeoutError:
+            pass
+        with self.log.lock:
+            resolved = len(self.log.acked) + len(self.log.errors)
+        self.unresolved = self.sent - resolved
+        self.prod.close(timeout=10)
+
+
+def verify_acked(cluster, topic, partitions, load, check_order=True, check_dups=True):
+    """Read the partitions back: offsets start at 0 without gaps, every
+    acknowledged value sits at its acknowledged (partition, offset), no value
+    is stored twice and (``check_order``) values increase within a partition."""
+    got = read_partitions(cluster, topic, partitions)
+    stored = {}
+    counts = collections.Counter()
+    for p, msgs in got.items():
+        offsets = [m.offset() for m in msgs]
+        assert offsets == list(range(len(offsets))), (
+            f"partition {p}: offsets not contiguous from 0: first {offsets[:3]}, "
+            f"{len(offsets)} records, last {offsets[-3:]}")
+        for m in msgs:
+            stored[(p, m.offset())] = m.value()
+            counts[m.value()] += 1
+        if check_order:
+            values = [int(m.value()) for m in msgs]
+            bad = next((k for k in range(1, len(values)) if values[k] <= values[k - 1]), None)
+            assert bad is None, (f"partition {p}: values out of order at offsets "
+                                 f"{bad - 1},{bad}: {values[bad - 1]}, {values[bad]}")
+    if check_dups:
+        dups = sorted(v for v, c in counts.items() if c > 1)
+        assert not dups, f"{len(dups)} values stored more than once, e.g. {dups[:5]}"
+    acked = load.log.snapshot()
+    missing = sorted((po, v) for v, po in acked.items() if po not in stored)
+    assert not missing, (f"{len(missing)} of {len(acked)} acknowledged records missing, e.g. "
+                         f"{missing[:5]} ((partition, offset), value)")
+    wrong = sorted((po, v, stored[po]) for v, po in acked.items() if stored[po] != v)
+    assert not wrong, (f"{len(wrong)} acknowledged offsets hold other values, e.g. {wrong[:5]} "
+                       f"((partition, offset), acknowledged, stored)")
+    return stored
+
+
+def finish_load(load, check_errors):
+    load.stop()
+    assert not load.fatal, f"fatal producer errors: {load.fatal}"
+    assert load.unresolved == 0, f"{load.unresolved} records never got a delivery report"
+    if load.log.errors:
+        print(f"{len(load.log.errors)} deliveries failed, e.g. {load.log.errors[:3]}")
+    if check_errors:
+        assert not load.log.errors, (f"{len(load.log.errors)} deliveries failed, e.g. "
+                                     f"{load.log.errors[:5]}")
+
+
+def failover_under_load(cluster, load_cls, kills):
+    """kill -9 the leader of a one-partition RF3 topic ``kills`` times under
+    an acks=all load; after each kill wait for a new leader and the first
+    acknowledgement, then restart the killed broker and wait for a full ISR."""
+    topic = create_topic(cluster, partitions=1, rf=3, config={"min.insync.replicas": 2})
+    cluster.wait_isr(topic, [0], cluster.ids)
+    load = load_cls(cluster, topic).start()
+    try:
+        load.log.wait_acks(200)
+        for k in range(kills):
+            leader = cluster.wait_leader(topic, 0)
+            load.log.wait_acks(load.log.count() + 100)
+            t_kill = time.monotonic()
+            cluster.kill9(leader)
+            new = cluster.wait_leader(topic, 0, exclude={leader}, timeout=FAILOVER_BOUND_S)
+            t_leader = time.monotonic()
+            t_ack = wait_until(lambda: load.log.first_ack_after(t_kill + PRE_KILL_GRACE_S),
+                               timeout=FAILOVER_BOUND_S, interval=0.02,
+                               message=f"an acknowledgement after killing leader {leader}")
+            print(f"{load_cls.__name__} kill #{k + 1}: leader {leader} -> {new}; new leader "
+                  f"seen after {t_leader - t_kill:.2f}s, first acknowledgement after "
+                  f"{t_ack - t_kill:.2f}s")
+            cluster.restart(leader)
+            cluster.wait_isr(topic, [0], cluster.ids, timeout=60)
+        load.log.wait_acks(load.log.count() + 100)
+    except BaseException:
+        load.abort()
+        raise
+    finish_load(load, check_errors=False)
+    idempotent = getattr(load, "idempotent", True)
+    verify_acked(cluster, topic, [0], load, check_order=isinstance(load, ConfluentLoad),
+                 check_dups=idempotent)
+    cluster.wait_isr(topic, [0], cluster.ids, timeout=60)
+    cluster.assert_replicas_consistent(topic, [0])
+
+
+# -- tests ---------------------------------------------------------------------------
+
+def test_cluster_forms_and_non_voter_joins(make_cluster):
+    c = make_cluster(n=3)
+    md = list_metadata(c)
+    assert sorted(md.brokers) == [1, 2, 3], md.brokers
+    for bid, b in md.brokers.items():
+        assert (b.host, b.port) == ("127.0.0.1", c.broker(bid).port), b
+    # Every broker, asked directly, knows all the others.
+    for bid in c.ids:
+        assert sorted(c.metadata(via=bid)["brokers"]) == [1, 2, 3], f"Metadata via broker {bid}"
+    assert c.wait_controller() in c.voter_ids
+
+    b4 = c.add_broker()
+    assert b4.node_id == 4
+    wait_until(lambda: sorted(list_metadata(c).brokers) == [1, 2, 3, 4], timeout=OP_TIMEOUT,
+               message="broker 4 in Metadata")
+    assert sorted(c.metadata(via=4)["brokers"]) == [1, 2, 3, 4]
+    # A non-voter never becomes the controller.
+    assert c.wait_controller() in c.voter_ids
+    # The new broker takes replicas: an RF4 topic now fits.
+    topic = create_topic(c, partitions=1, rf=4)
+    assert sorted(c.replicas_of(topic, 0)) == [1, 2, 3, 4]
+
+
+def test_rf3_topic_replicates(make_cluster):
+    c = make_cluster(n=3)
+    partitions = range(3)
+    topic = create_topic(c, partitions=3, rf=3, config={"min.insync.replicas": 2})
+    c.wait_isr(topic, partitions, c.ids)
+    md = list_metadata(c).topics[topic]
+    assert sorted(md.partitions) == [0, 1, 2]
+    for p, pm in md.partitions.items():
+        assert sorted(pm.replicas) == [1, 2, 3], f"partition {p} replicas {pm.replicas}"
+        assert sorted(pm.isrs) == [1, 2, 3], f"partition {p} ISR {pm.isrs}"
+    leaders = {p: pm.leader for p, pm in md.partitions.items()}
+    assert sorted(leaders.values()) == [1, 2, 3], f"leaders not spread over the brokers: {leaders}"
+
+    from confluent_kafka.admin import ConfigResource, ResourceType
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    configs = ck_admin(c).describe_configs([res])[res].result(timeout=OP_TIMEOUT)
+    assert configs["min.insync.replicas"].value == "2"
+
+    expected = {p: sample_records(40, prefix=f"p{p}") for p in partitions}
+    for p in partitions:
+        offsets = [o for o, _ in produce_records(c, topic, expected[p], partition=p)]
+        assert offsets == list(range(40)), f"partition {p} offsets {offsets}"
+    got = read_partitions(c, topic, partitions)
+    for p in partitions:
+        assert_same_records(expected[p], [{"key": m.key(), "value": m.value(),
+                                           "headers": m.headers() or []} for m in got[p]],
+                            what=f"partition {p}")
+    states = c.assert_replicas_consistent(topic, partitions)
+    for p in partitions:
+        for bid, st in states[p].items():
+            assert st["log_end"] == 40 and st["high_watermark"] == 40, (p, bid, st)
+            assert sorted(st["isr"]) == [1, 2, 3] or st["role"] != "leader", (p, bid, st)
+        assert {st["role"] for st in states[p].values()} == {"leader", "follower"}
+
+
+def test_replication_factor_above_live_brokers_is_refused(make_cluster):
+    c = make_cluster(n=3, extra_args=FAST)
+    err = create_topic_error(c, partitions=1, rf=4)
+    assert err.code() == KafkaError.INVALID_REPLICATION_FACTOR, err
+
+    # Brokers that are registered but dead (fenced) do not count.
+    victim = next(i for i in c.ids if i != c.wait_controller())
+    c.kill9(victim)
+    c.wait_fenced(victim, timeout=30)
+    err = create_topic_error(c, partitions=1, rf=3)
+    assert err.code() == KafkaError.INVALID_REPLICATION_FACTOR, err
+    topic = create_topic(c, partitions=2, rf=2)
+    for p in range(2):
+        assert sorted(c.replicas_of(topic, p)) == sorted(set(c.ids) - {victim}), p
+
+
+@pytest.mark.timeout(300)
+def test_leader_kill9_under_idempotent_load_confluent(make_cluster):
+    failover_under_load(make_cluster(n=3, extra_args=FAST), ConfluentLoad, kills=3)
+
+
+@pytest.mark.timeout(300)
+def test_leader_kill9_under_load_kafka_python(make_cluster):
+    failover_under_load(make_cluster(n=3, extra_args=FAST), KafkaPythonLoad, kills=1)
+
+
+@pytest.mark.timeout(300)
+def test_frozen_followers_shrink_isr_and_min_insync_is_enforced(make_cluster):
+    """A single voter (broker 1) keeps the metadata quorum alive while both
+    followers are frozen, so the ISR shrinks can be committed: the test is
+    about ISR handling, not about losing the quorum."""
+    c = make_cluster(n=3, voters=1, extra_args=ISR_FAST)
+    topic = create_topic(c, partitions=3, rf=3, config={"min.insync.replicas": 2})
+    c.wait_isr(topic, range(3), c.ids)
+    leaders = {p: c.wait_leader(topic, p) for p in range(3)}
+    p = next((p for p, leader in leaders.items() if leader == 1), None)
+    assert p is not None, f"no partition led by broker 1 (leaders not spread): {leaders}"
+    f1, f2 = 2, 3
+    acked = produce_records(c, topic, [b"before"], partition=p)
+
+    c.sigstop(f1)
+    t0 = time.monotonic()
+    c.wait_isr(topic, [p], {1, f2}, timeout=LAG_MS / 1000 + 15)
+    print(f"ISR shrank to [1, {f2}] {time.monotonic() - t0:.2f}s after freezing broker {f1}")
+    acked += produce_records(c, topic, [b"one-follower-frozen"], partition=p)
+
+    c.sigstop(f2)
+    c.wait_isr(topic, [p], {1}, timeout=LAG_MS / 1000 + 15)
+    log_end = c.partition_state(1, topic, p)["log_end"]
+    err, _msg = produce_once(c, topic, p, b"refused")
+    assert err is not None and err.code() == KafkaError.NOT_ENOUGH_REPLICAS, (
+        f"acks=all with ISR [1] < min.insync.replicas 2: got {err}")
+    assert c.partition_state(1, topic, p)["log_end"] == log_end, "refused record was appended"
+
+    c.sigcont(f1)
+    c.sigcont(f2)
+    c.wait_isr(topic, [p], c.ids, timeout=60)
+    acked += produce_records(c, topic, [b"after"], partition=p)
+    c.assert_replicas_consistent(topic, [p])
+    got = read_partitions(c, topic, [p])[p]
+    assert [(m.offset(), m.value()) for m in got] == acked
+
+
+@pytest.mark.timeout(300)
+def test_isolated_leader_unreplicated_tail_is_truncated(make_cluster):
+    """The leader keeps appending (acks=1) while its followers are frozen;
+    cut off from the quorum it must not commit that tail.  Then the leader
+    freezes, the followers resume and elect a new leader which writes other
+    records at the same offsets; the old leader, resumed, must truncate its
+    tail and end up with exactly the new leader's log."""
+    c = make_cluster(n=3, extra_args=ISR_FAST)
+    topic = create_topic(c, partitions=1, rf=3, config={"min.insync.replicas": 2})
+    c.wait_isr(topic, [0], c.ids)
+    before = produce_records(c, topic, [f"before-{i}".encode() for i in range(20)])
+    c.assert_replicas_consistent(topic, [0])
+    old = c.wait_leader(topic, 0)
+    followers = [i for i in c.ids if i != old]
+
+    for f in followers:
+        c.sigstop(f)
+    tail = [f"tail-{i}".encode() for i in range(6)]
+    with kafka_wire.Conn(c.broker(old).port) as conn:
+        for chunk in (tail[:3], tail[3:]):
+            res = kafka_wire.produce_v3(conn, topic, 0,
+                                        kafka_wire.record_batch([(None, v) for v in chunk]),
+                                        acks=1)
+            assert res[topic][0]["error_code"] == 0, res
+    # Longer than replica.lag.time.max: a leader without a quorum cannot
+    # commit a smaller ISR, so the tail stays above the high watermark.
+    time.sleep(2 * LAG_MS / 1000)
+    st = c.partition_state(old, topic, 0)
+    assert (st["log_end"], st["high_watermark"]) == (26, 20), st
+
+    c.sigstop(old)
+    for f in followers:
+        c.sigcont(f)
+    new = c.wait_leader(topic, 0, exclude={old}, timeout=30)
+    after = produce_records(c, topic, [f"after-{i}".encode() for i in range(20)])
+    assert after[0][0] == 20, f"new leader {new} did not continue at offset 20: {after[:3]}"
+
+    c.sigcont(old)
+    wait_until(lambda: c.partition_state(old, topic, 0)["role"] == "follower", timeout=30,
+               message=f"old leader {old} to become a follower")
+    c.wait_isr(topic, [0], c.ids, timeout=60)
+    states = c.assert_replicas_consistent(topic, [0])[0]
+    assert states[old]["log_end"] == 40, states[old]
+    got = read_partitions(c, topic, [0])[0]
+    assert [(m.offset(), m.value()) for m in got] == before + after
+    assert not set(tail) & {m.value() for m in got}, "uncommitted tail survived"
+
+
+def test_controller_failover(make_cluster):
+    c = make_cluster(n=3, extra_args=FAST)
+    old = c.wait_controller()
+    t0 = time.monotonic()
+    c.kill9(old)
+    new = c.wait_controller(exclude={old}, timeout=10)
+    print(f"controller {old} -> {new} in {time.monotonic() - t0:.2f}s")
+    assert new in c.voter_ids and new != old
+    # The new controller fences the dead broker and keeps serving metadata writes.
+    c.wait_fenced(old, timeout=30)
+    topic = create_topic(c, partitions=2, rf=2)
+    for p in range(2):
+        assert old not in c.replicas_of(topic, p), p
+    acked = produce_records(c, topic, [b"a", b"b", b"c"], partition=0)
+    got = read_partitions(c, topic, [0])[0]
+    assert [(m.offset(), m.value()) for m in got] == acked
+
+    c.restart(old)
+    c.wait_unfenced(c.ids)
+    assert c.wait_controller() in c.voter_ids
+    topic3 = create_topic(c, partitions=1, rf=3)
+    assert sorted(c.replicas_of(topic3, 0)) == [1, 2, 3]
+
+
+@pytest.mark.timeout(300)
+def test_rolling_restart_under_idempotent_load(make_cluster):
+    c = make_cluster(n=3, extra_args=FAST)
+    partitions = range(3)
+    topic = create_topic(c, partitions=3, rf=3, config={"min.insync.replicas": 2})
+    c.wait_isr(topic, partitions, c.ids)
+    load = ConfluentLoad(c, topic, partitions).start()
+    try:
+        load.log.wait_acks(300)
+        for bid in c.ids:
+            c.stop_broker(bid)  # SIGTERM; exit code 0 asserted
+            # Writes keep flowing while the broker is down...
+            load.log.wait_acks(load.log.count() + 150)
+            c.restart(bid)
+            # ...and it catches up before the next one goes.
+            c.wait_isr(topic, partitions, c.ids, timeout=60)
+            load.log.wait_acks(load.log.count() + 150)
+    except BaseException:
+        load.abort()
+        raise
+    finish_load(load, check_errors=True)
+    verify_acked(c, topic, partitions, load)
+    c.assert_replicas_consistent(topic, partitions)
