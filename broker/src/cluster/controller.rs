@@ -245,6 +245,10 @@ impl Controller {
             return ControlReply::NotController;
         }
         let _g = self.lock.lock().await;
+        if self.image().cluster_id.is_none() {
+            // A new quorum: set it up before the first change is decided.
+            self.initialize().await;
+        }
         let img = self.image();
         match req {
             ControlRequest::Heartbeat {
@@ -701,7 +705,7 @@ impl Controller {
     }
 
     /// A newly elected controller gives every broker a full session before fencing it,
-    /// and sets up a new quorum (cluster id, topics of an older single-node data dir).
+    /// and sets up a new quorum.
     async fn on_elected(&self) {
         let _g = self.lock.lock().await;
         let img = self.image();
@@ -716,9 +720,14 @@ impl Controller {
                 seen.insert(*id, now);
             }
         }
-        if img.cluster_id.is_some() {
-            return;
+        if img.cluster_id.is_none() {
+            self.initialize().await;
         }
+    }
+
+    /// Sets up a new quorum: cluster id, and the topics of a data directory that served as
+    /// a single node before it had a quorum. The caller holds `lock`.
+    async fn initialize(&self) {
         let import = self
             .import
             .lock()
