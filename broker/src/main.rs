@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RIFFLE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -110,7 +110,10 @@ async fn main() -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let moved = broker
         .cluster
-        .wait_leaderships_moved(Duration::from_millis(config.controlled_shutdown_timeout_ms))
+        .wait_leaderships_moved(
+            Duration::from_millis(config.controlled_shutdown_timeout_ms),
+            Duration::from_millis(config.broker_session_timeout_ms),
+        )
         .await;
     if !moved {
         tracing::warn!("leaderships could not all be moved away in time; shutting down anyway");
@@ -126,7 +129,14 @@ async fn main() -> anyhow::Result<()> {
     group_task.await.context("group timer task")?;
     let _ = http_task.await;
     for t in [heartbeat_task, controller_task, fetcher_task, isr_task] {
-        let _ = t.await;
+        // Bounded: a metadata write without a quorum would otherwise hold shutdown.
+        let abort = t.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), t)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
     let _ = rpc_task.await;
     if let Err(e) = broker.cluster.raft.shutdown().await {

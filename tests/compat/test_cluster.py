@@ -67,7 +67,8 @@ def create_topic(cluster, partitions=1, rf=3, config=None, prefix="rep"):
     """Create a topic with confluent-kafka's AdminClient; wait until every
     partition has a leader that knows it leads."""
     name = unique_topic(prefix)
-    fs = ck_admin(cluster).create_topics(
+    admin = ck_admin(cluster)  # must outlive the futures it returns
+    fs = admin.create_topics(
         [NewTopic(name, num_partitions=partitions, replication_factor=rf,
                   config={k: str(v) for k, v in (config or {}).items()})],
         operation_timeout=OP_TIMEOUT, request_timeout=OP_TIMEOUT)
@@ -80,7 +81,8 @@ def create_topic(cluster, partitions=1, rf=3, config=None, prefix="rep"):
 def create_topic_error(cluster, partitions, rf) -> KafkaError:
     """Create a topic that must be refused; assert it is absent afterwards."""
     name = unique_topic("bad")
-    fs = ck_admin(cluster).create_topics(
+    admin = ck_admin(cluster)  # must outlive the futures it returns
+    fs = admin.create_topics(
         [NewTopic(name, num_partitions=partitions, replication_factor=rf)],
         operation_timeout=OP_TIMEOUT, request_timeout=OP_TIMEOUT)
     with pytest.raises(KafkaException) as info:
@@ -455,7 +457,8 @@ def test_rf3_topic_replicates(make_cluster):
 
     from confluent_kafka.admin import ConfigResource, ResourceType
     res = ConfigResource(ResourceType.TOPIC, topic)
-    configs = ck_admin(c).describe_configs([res])[res].result(timeout=OP_TIMEOUT)
+    admin = ck_admin(c)  # must outlive the future
+    configs = admin.describe_configs([res])[res].result(timeout=OP_TIMEOUT)
     assert configs["min.insync.replicas"].value == "2"
 
     expected = {p: sample_records(40, prefix=f"p{p}") for p in partitions}
@@ -543,8 +546,12 @@ def test_isolated_leader_unreplicated_tail_is_truncated(make_cluster):
     """The leader keeps appending (acks=1) while its followers are frozen;
     cut off from the quorum it must not commit that tail.  Then the leader
     freezes, the followers resume and elect a new leader which writes other
-    records at the same offsets; the old leader, resumed, must truncate its
-    tail and end up with exactly the new leader's log."""
+    records after what it has; the old leader, resumed, must truncate its
+    tail and end up with exactly the new leader's log.
+
+    A follower may already hold a prefix of the tail (a fetch answered just
+    before it froze is read when it resumes): acks=1 records are neither
+    guaranteed lost nor kept, only never diverging between replicas."""
     c = make_cluster(n=3, extra_args=ISR_FAST)
     topic = create_topic(c, partitions=1, rf=3, config={"min.insync.replicas": 2})
     c.wait_isr(topic, [0], c.ids)
@@ -573,17 +580,19 @@ def test_isolated_leader_unreplicated_tail_is_truncated(make_cluster):
         c.sigcont(f)
     new = c.wait_leader(topic, 0, exclude={old}, timeout=30)
     after = produce_records(c, topic, [f"after-{i}".encode() for i in range(20)])
-    assert after[0][0] == 20, f"new leader {new} did not continue at offset 20: {after[:3]}"
+    kept = after[0][0] - 20
+    assert 0 <= kept <= len(tail), f"new leader {new} continued at {after[0][0]}"
 
     c.sigcont(old)
     wait_until(lambda: c.partition_state(old, topic, 0)["role"] == "follower", timeout=30,
                message=f"old leader {old} to become a follower")
     c.wait_isr(topic, [0], c.ids, timeout=60)
     states = c.assert_replicas_consistent(topic, [0])[0]
-    assert states[old]["log_end"] == 40, states[old]
+    assert states[old]["log_end"] == 40 + kept, states[old]
     got = read_partitions(c, topic, [0])[0]
-    assert [(m.offset(), m.value()) for m in got] == before + after
-    assert not set(tail) & {m.value() for m in got}, "uncommitted tail survived"
+    kept_tail = [(20 + i, v) for i, v in enumerate(tail[:kept])]
+    assert [(m.offset(), m.value()) for m in got] == before + kept_tail + after
+    assert not set(tail[kept:]) & {m.value() for m in got}, "diverging tail survived"
 
 
 def test_controller_failover(make_cluster):

@@ -163,6 +163,7 @@ const PRODUCER_ID_BLOCK: i64 = 1000;
 #[derive(Debug, Clone)]
 struct Timings {
     session_timeout: Duration,
+    commit_timeout: Duration,
     tick: Duration,
     rebalance: Option<(Duration, u32)>,
 }
@@ -194,6 +195,8 @@ impl Controller {
             image,
             timings: Timings {
                 session_timeout: Duration::from_millis(config.broker_session_timeout_ms),
+                commit_timeout: Duration::from_millis(config.raft_election_timeout_ms * 4)
+                    .max(Duration::from_secs(2)),
                 tick: Duration::from_millis(config.broker_heartbeat_interval_ms / 2)
                     .max(Duration::from_millis(20)),
                 rebalance: config.auto_leader_rebalance_enable.then(|| {
@@ -221,12 +224,17 @@ impl Controller {
 
     /// Commits a command; the caller holds `lock` when the command was decided from the image.
     async fn commit(&self, cmd: Command) -> Result<(u64, CommandReply), ControlReply> {
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok((r.log_id.index, r.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+        // Without a quorum a write never commits: give up so callers can answer.
+        match tokio::time::timeout(self.timings.commit_timeout, self.raft.client_write(cmd)).await {
+            Ok(Ok(r)) => Ok((r.log_id.index, r.data)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(ControlReply::NotController)
             }
-            Err(e) => Err(refuse(E::UnknownServerError.code(), e.to_string())),
+            Ok(Err(e)) => Err(refuse(E::UnknownServerError.code(), e.to_string())),
+            Err(_) => Err(refuse(
+                E::RequestTimedOut.code(),
+                "metadata change not committed in time (is a majority of the voters up?)",
+            )),
         }
     }
 
@@ -670,13 +678,18 @@ impl Controller {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut was_leader = false;
         let mut next_rebalance = Instant::now();
+        let mut last_tick = Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.timings.tick) => {}
                 _ = stop.changed() => return,
             }
             let leader = self.is_leader();
-            if leader && !was_leader {
+            // After this process was paused (SIGSTOP, a stalled machine) every heartbeat
+            // looks old: give brokers a fresh session instead of fencing them all.
+            let paused = last_tick.elapsed() > self.timings.session_timeout / 2;
+            last_tick = Instant::now();
+            if leader && (!was_leader || paused) {
                 self.on_elected().await;
                 if let Some((every, _)) = self.timings.rebalance {
                     next_rebalance = Instant::now() + every;
@@ -704,8 +717,8 @@ impl Controller {
         }
     }
 
-    /// A newly elected controller gives every broker a full session before fencing it,
-    /// and sets up a new quorum.
+    /// A newly elected (or resumed) controller gives every broker a full session before
+    /// fencing it, and sets up a new quorum.
     async fn on_elected(&self) {
         let _g = self.lock.lock().await;
         let img = self.image();

@@ -147,6 +147,8 @@ pub struct Cluster {
     pub controller: Arc<Controller>,
     /// This broker's state as the controller last answered it.
     pub state: watch::Sender<BrokerState>,
+    /// When the controller last answered a heartbeat.
+    last_heartbeat: std::sync::Mutex<std::time::Instant>,
     voters: Vec<Voter>,
 }
 
@@ -256,6 +258,7 @@ impl Cluster {
             me,
             controller,
             state: watch::Sender::new(BrokerState::Fenced),
+            last_heartbeat: std::sync::Mutex::new(std::time::Instant::now()),
             voters,
         }))
     }
@@ -382,17 +385,30 @@ impl Cluster {
 
     /// During a controlled shutdown: waits until no partition this broker leads has
     /// another active in-sync replica to move to (bounded by `timeout`).
-    pub async fn wait_leaderships_moved(&self, timeout: Duration) -> bool {
+    pub async fn wait_leaderships_moved(&self, timeout: Duration, session: Duration) -> bool {
         let me = self.node_id;
         let movable = |img: &Image| {
             img.partitions()
                 .filter(|(_, _, p)| p.leader == me)
                 .any(|(_, _, p)| p.isr.iter().any(|&b| b != me && img.is_active(b)))
         };
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.image.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|img| !movable(img)))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        loop {
+            if !movable(&rx.borrow_and_update()) {
+                return true;
+            }
+            // No controller answers (the quorum is going down too): nothing will move.
+            let silent = self
+                .last_heartbeat
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed();
+            if silent > session || tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+        }
     }
 
     /// Registers with the controller and heartbeats until `stop`; a non-voter first asks
@@ -432,6 +448,10 @@ impl Cluster {
             };
             match self.control(req, interval * 4).await {
                 ControlReply::Heartbeat { state, .. } => {
+                    *self
+                        .last_heartbeat
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
                     self.state.send_if_modified(|s| {
                         let changed = *s != state;
                         *s = state;

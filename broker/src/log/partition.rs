@@ -785,13 +785,26 @@ impl Partition {
     /// Follower side: removes everything at and above `offset` (rounded down to a batch
     /// boundary), with the epochs and producer state that pointed there.
     pub async fn truncate_to(&self, offset: i64) -> Result<i64, LogError> {
-        let start = {
-            let st = self.lock();
-            if offset >= st.next_offset {
-                return Ok(st.next_offset);
-            }
-            st.log_start
+        let (start, end, gone) = {
+            let mut st = self.lock();
+            let gone = if offset >= st.next_offset {
+                // Nothing stored to cut, but epochs that start here (a leadership that
+                // wrote nothing) must go, or the follower keeps diverging.
+                self.trim_epochs(&mut st, offset)
+            } else {
+                Vec::new()
+            };
+            (st.log_start, st.next_offset, gone)
         };
+        if offset >= end {
+            if !gone.is_empty() {
+                self.store
+                    .write(gone, true)
+                    .await
+                    .map_err(LogError::Storage)?;
+            }
+            return Ok(end);
+        }
         // Never cut a batch in half: start at the base of the batch holding `offset`.
         let cut = match self
             .store
@@ -839,19 +852,7 @@ impl Partition {
                     });
                 }
             }
-            let gone: Vec<i32> = st
-                .epochs
-                .range(..)
-                .filter(|(_, &s)| s >= cut)
-                .map(|(e, _)| *e)
-                .collect();
-            for e in gone {
-                st.epochs.remove(&e);
-                m.push(Mutation::Delete {
-                    cf: CF_META,
-                    key: epoch_key(self.uid, e),
-                });
-            }
+            m.extend(self.trim_epochs(&mut st, cut));
             let pids: Vec<i64> = st.producers.keys().copied().collect();
             for pid in pids {
                 let Some(ps) = st.producers.get_mut(&pid) else {
@@ -890,6 +891,25 @@ impl Partition {
         self.high_watermark.fetch_min(cut, Ordering::AcqRel);
         tracing::info!(topic = %self.topic, partition = self.index, offset = cut, "truncated diverging log");
         Ok(cut)
+    }
+
+    /// Removes epochs starting at or after `offset`; returns the deletions to persist.
+    fn trim_epochs(&self, st: &mut State, offset: i64) -> Vec<Mutation> {
+        let gone: Vec<i32> = st
+            .epochs
+            .iter()
+            .filter(|(_, &s)| s >= offset)
+            .map(|(e, _)| *e)
+            .collect();
+        gone.into_iter()
+            .map(|e| {
+                st.epochs.remove(&e);
+                Mutation::Delete {
+                    cf: CF_META,
+                    key: epoch_key(self.uid, e),
+                }
+            })
+            .collect()
     }
 
     /// Follower side: drops the whole local log and restarts it at the leader's log start.
