@@ -354,7 +354,7 @@ mod tests {
         assert!(leaders.values().all(|&c| c == 10), "{leaders:?}");
         assert!(replicas.values().all(|&c| c == 30), "{replicas:?}");
         // Follower pairs vary across rounds (not always the same two neighbours).
-        let pairs: BTreeSet<_> = a.iter().filter(|r| r[0] == 1).map(|r| r.clone()).collect();
+        let pairs: BTreeSet<_> = a.iter().filter(|r| r[0] == 1).cloned().collect();
         assert!(pairs.len() > 1);
     }
 

@@ -5,6 +5,9 @@
 //! The applied state is written without a sync: after a crash, openraft re-applies the
 //! committed entries after it, and applying is idempotent locally.
 
+// openraft's storage traits fix the (large) error type.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::future::Future;
 use std::io::Cursor;
