@@ -9,15 +9,25 @@ drives it with confluent-kafka (librdkafka).  Prints:
 * produce latency p50/p99/p99.9 at a fixed rate
 * broker RSS (VmRSS / VmHWM) and bytes on disk per record
 
-Run: .venv/bin/python bench/bench.py [--quick]
+With --cluster it instead runs a single-node baseline and then a 3-broker
+cluster (RF3, min.insync.replicas=2), one after the other, and compares them:
+produce throughput, produce latency at a fixed rate, failover time when the
+partition leader is killed with SIGKILL under load, and whether any
+acknowledged record was lost.
+
+Run: .venv/bin/python bench/bench.py [--quick] [--cluster]
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import collections
 import os
+import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "compat")
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
-from helpers import Broker, disk_usage_bytes, wait_until  # noqa: E402
+from helpers import Broker, Cluster, disk_usage_bytes, wait_until  # noqa: E402
 
 # Per-record overhead inside a v2 record batch (attributes, deltas, lengths,
 # header count) for a record with no key and no headers, and the 61-byte batch
@@ -34,13 +44,36 @@ from helpers import Broker, disk_usage_bytes, wait_until  # noqa: E402
 RECORD_OVERHEAD = 8
 BATCH_HEADER = 61
 
+# --cluster: brokers, topic settings and failure detection.  The flags are the
+# broker's defaults, spelled out because the failover times depend on them
+# (a dead leader is fenced, and its partitions moved, after the session timeout).
+CLUSTER_SIZE = 3
+CLUSTER_RF = 3
+CLUSTER_TOPIC_CONFIG = {"min.insync.replicas": "2"}
+CLUSTER_FLAGS = ("--broker-heartbeat-interval-ms", 250, "--broker-session-timeout-ms", 1500,
+                 "--replica-lag-time-max-ms", 10000)
+CLUSTER_PARTITIONS = (1, 6)
+RATIO_TARGET = 0.5     # RF3 / single-node produce throughput, acks=all
+P99_TARGET_MS = 10.0   # RF3 produce latency p99 at --latency-rate-mb
+# A value's first bytes carry its sequence number (paced_produce).
+SEQ_DIGITS = 12
 
-def create_topic(admin, name, partitions):
-    fs = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
+
+def create_topic(admin, name, partitions, replication_factor=1, config=None):
+    """Create a topic and wait until Metadata shows a leader for every partition.
+    ``admin`` must stay alive until then (it owns the futures)."""
+    fs = admin.create_topics([NewTopic(name, num_partitions=partitions,
+                                       replication_factor=replication_factor,
+                                       config=dict(config or {}))],
                              operation_timeout=30, request_timeout=30)
     fs[name].result(timeout=30)
-    wait_until(lambda: name in admin.list_topics(timeout=5).topics, timeout=30,
-               message=f"topic {name}")
+
+    def ready():
+        t = admin.list_topics(timeout=5).topics.get(name)
+        return (t is not None and t.error is None and len(t.partitions) == partitions
+                and all(p.leader >= 0 for p in t.partitions.values()))
+
+    wait_until(ready, timeout=30, message=f"topic {name} with a leader for each partition")
 
 
 def produce_run(bootstrap, topic, partitions, size, count, acks, max_seconds):
@@ -75,7 +108,9 @@ def produce_run(bootstrap, topic, partitions, size, count, acks, max_seconds):
             "errors": errors[0] + left}
 
 
-def consume_run(bootstrap, topic, partitions, expected, max_seconds):
+def consume_run(bootstrap, topic, partitions, expected, max_seconds, on_message=None):
+    """Read ``expected`` records from the start of the partitions (manual
+    assignment); ``on_message(msg)`` sees each one."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "riffle-bench-unused",
                   "enable.auto.commit": False, "enable.auto.offset.store": False,
                   "fetch.max.bytes": 64 * 1024 * 1024,
@@ -100,40 +135,53 @@ def consume_run(bootstrap, topic, partitions, expected, max_seconds):
                     first = time.perf_counter()
                 got += 1
                 nbytes += len(m.value() or b"")
+                if on_message is not None:
+                    on_message(m)
     elapsed = time.perf_counter() - first if first is not None else float("inf")
     c.close()
     return {"records": got, "bytes": nbytes, "seconds": elapsed}
 
 
-def latency_run(bootstrap, topic, size, rate_mb, seconds):
-    payload = os.urandom(size)
-    prod = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 1,
-                     "broker.address.family": "v4", "message.timeout.ms": 60000})
-    lat = []
+def paced_produce(prod, topic, size, rate_mb, stop, on_delivery):
+    """Produce ``size``-byte records at ``rate_mb`` MB/s until ``stop()`` is true.
 
-    def on_delivery(err, t0):
-        if err is None:
-            lat.append(time.perf_counter() - t0)
-
-    per_sec = rate_mb * 1024 * 1024 / size
-    interval = 1.0 / per_sec
+    Record n starts with n as SEQ_DIGITS ASCII digits (the rest is random);
+    ``on_delivery(err, msg, t_produced)`` gets the perf_counter() time the
+    record was handed to the producer.  Returns the number of records produced.
+    """
+    filler = os.urandom(size)
+    interval = size / (rate_mb * 1024 * 1024)
     start = time.perf_counter()
     n = 0
-    while True:
-        now = time.perf_counter()
-        if now - start >= seconds:
-            break
-        due = int((now - start) / interval)
+    while not stop():
+        due = int((time.perf_counter() - start) / interval)
         while n < due:
             t0 = time.perf_counter()
+            value = b"%0*d" % (SEQ_DIGITS, n) + filler[SEQ_DIGITS:]
             try:
-                prod.produce(topic, value=payload, on_delivery=lambda e, m, t0=t0: on_delivery(e, t0))
+                prod.produce(topic, value=value,
+                             on_delivery=lambda e, m, t0=t0: on_delivery(e, m, t0))
                 n += 1
             except BufferError:
                 prod.poll(0.001)
                 break
         prod.poll(0)
         time.sleep(min(0.001, interval))
+    return n
+
+
+def latency_run(bootstrap, topic, size, rate_mb, seconds):
+    prod = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 1,
+                     "broker.address.family": "v4", "message.timeout.ms": 60000})
+    lat = []
+
+    def on_delivery(err, _msg, t0):
+        if err is None:
+            lat.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    n = paced_produce(prod, topic, size, rate_mb,
+                      lambda: time.perf_counter() - start >= seconds, on_delivery)
     prod.flush(60)
     lat.sort()
 
@@ -143,7 +191,8 @@ def latency_run(bootstrap, topic, size, rate_mb, seconds):
         return lat[min(len(lat) - 1, int(p / 100.0 * len(lat)))] * 1000
 
     achieved = n * size / (1024 * 1024) / max(seconds, 1e-9)
-    return {"p50": pct(50), "p99": pct(99), "p999": pct(99.9), "count": len(lat),
+    return {"p50": pct(50), "p99": pct(99), "p999": pct(99.9),
+            "max": lat[-1] * 1000 if lat else float("nan"), "count": len(lat),
             "rate_mb": achieved}
 
 
@@ -212,7 +261,8 @@ def main():
     print()
     print(f"latency (acks=all, 1 KiB, target {args.latency_rate_mb} MB/s, achieved "
           f"{lat['rate_mb']:.1f} MB/s, {lat['count']} records): "
-          f"p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  p99.9 {lat['p999']:.2f} ms")
+          f"p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  p99.9 {lat['p999']:.2f} ms  "
+          f"max {lat['max']:.2f} ms")
     print(f"broker memory: VmRSS {rss.get('VmRSS', 0) / 1024:.1f} MiB, "
           f"VmHWM {rss.get('VmHWM', 0) / 1024:.1f} MiB")
     total_records += lat["count"]

@@ -423,3 +423,146 @@ async fn non_voter_joins_and_hosts_replicas() {
         38
     );
 }
+
+/// Two of three voters killed: metadata changes fail with a clear error in bounded
+/// time, while the surviving broker keeps serving the partition it leads alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_keep_serving_without_a_metadata_majority() {
+    let mut cl = Cluster::start(3, 3, &[]);
+    assert_eq!(
+        create_topic(&cl.nodes[0], "solo", -1, -1, Some(vec![1]), &[]).await,
+        0
+    );
+    assert_eq!(cl.wait_leader("solo", 0, -1, 1).await, 1);
+    cl.node(2).kill9();
+    cl.node(3).kill9();
+    let started = Instant::now();
+    let code = create_topic(&cl.nodes[0], "later", 1, 1, None, &[]).await;
+    assert!(
+        code == 7 || code == 41,
+        "expected REQUEST_TIMED_OUT or NOT_CONTROLLER, got {code}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    let addr = cl.node(1).kafka.clone();
+    for i in 0..3 {
+        let r = produce(&addr, "solo", &[format!("v{i}")], 1).await;
+        assert_eq!(r, Ok((0, i)), "leader stopped serving");
+    }
+    let got = fetch_all(&addr, "solo").await;
+    assert_eq!(got.len(), 3);
+}
+
+/// Broker-to-broker RPCs refuse a foreign cluster id, malformed payloads, unknown
+/// partitions and stale epochs with errors; the log is unchanged and the broker serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rpc_input_is_refused() {
+    use riffle_broker::rpc::{
+        Envelope, FetchPartition as RpcPartition, FetchRequest as RpcFetch, Peers,
+    };
+    let rpc_port = free_port();
+    let rpc = format!("127.0.0.1:{rpc_port}");
+    let b = TestBroker::start(broker_binary(), &["--rpc-listen", &rpc]);
+    assert_eq!(create_topic(&b, "guarded", 1, 1, None, &[]).await, 0);
+    assert_eq!(
+        produce(&b.kafka, "guarded", &["keep".into()], -1).await,
+        Ok((0, 0))
+    );
+    let before = b.http_get("/v1/partitions/guarded/0").expect("http").1;
+
+    let peers = Peers::new(Duration::from_secs(2));
+    let mut quorum = peers.quorum(&rpc).expect("client");
+    let foreign = quorum
+        .vote(Envelope {
+            cluster_id: "someone-else".into(),
+            payload: Bytes::from_static(b"{}"),
+        })
+        .await
+        .expect_err("foreign cluster accepted");
+    assert_eq!(foreign.code(), tonic::Code::PermissionDenied);
+    let garbage = quorum
+        .append_entries(Envelope {
+            cluster_id: String::new(),
+            payload: Bytes::from_static(b"\x00garbage"),
+        })
+        .await
+        .expect_err("garbage accepted");
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+    let control = quorum
+        .control(Envelope {
+            cluster_id: String::new(),
+            payload: Bytes::from_static(b"[1,2,3]"),
+        })
+        .await
+        .expect_err("garbage controller request accepted");
+    assert_eq!(control.code(), tonic::Code::InvalidArgument);
+
+    // Follower fetches: a stale leader epoch and an unknown topic id get Kafka error codes.
+    let (_, body) = b.http_get("/v1/partitions/guarded/0").expect("http");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let epoch = view["leader_epoch"].as_i64().expect("epoch") as i32;
+    let mut meta = Connection::connect(&b.kafka).await.expect("connect");
+    let md = meta
+        .call(
+            12,
+            &MetadataRequest::default().with_topics(Some(vec![
+                metadata_request::MetadataRequestTopic::default().with_name(Some(name("guarded"))),
+            ])),
+        )
+        .await
+        .expect("metadata");
+    let topic_id = md.topics[0].topic_id;
+    let mut repl = peers.replication(&rpc).expect("client");
+    let fetch = |leader_epoch: i32, id: uuid::Uuid| RpcFetch {
+        cluster_id: String::new(),
+        replica_id: 9,
+        max_wait_ms: 0,
+        max_bytes: 1 << 20,
+        partitions: vec![RpcPartition {
+            topic_id: Bytes::copy_from_slice(id.as_bytes()),
+            partition: 0,
+            leader_epoch,
+            fetch_offset: 0,
+            last_fetched_epoch: -1,
+        }],
+    };
+    let stale = repl
+        .fetch(fetch(epoch - 1, topic_id))
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert_eq!(stale.partitions[0].error_code, 74, "FENCED_LEADER_EPOCH");
+    let unknown = repl
+        .fetch(fetch(epoch, uuid::Uuid::new_v4()))
+        .await
+        .expect("fetch")
+        .into_inner();
+    assert_eq!(
+        unknown.partitions[0].error_code, 3,
+        "UNKNOWN_TOPIC_OR_PARTITION"
+    );
+    let mut wrong = fetch(epoch, topic_id);
+    wrong.cluster_id = "someone-else".into();
+    assert_eq!(
+        repl.fetch(wrong).await.expect_err("foreign fetch").code(),
+        tonic::Code::PermissionDenied
+    );
+
+    // Raw garbage on the RPC port only closes that connection.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&rpc).expect("connect");
+        let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\x01\x02garbage garbage");
+    }
+    assert_eq!(
+        produce(&b.kafka, "guarded", &["after".into()], -1).await,
+        Ok((0, 1))
+    );
+    let after = b.http_get("/v1/partitions/guarded/0").expect("http").1;
+    let batches =
+        |s: &str| serde_json::from_str::<serde_json::Value>(s).expect("json")["batches"][0].clone();
+    assert_eq!(batches(&before), batches(&after), "first batch changed");
+}
