@@ -200,6 +200,282 @@ def fmt_row(cols, widths):
     return "  ".join(str(c).rjust(w) for c, w in zip(cols, widths))
 
 
+# -- --cluster ------------------------------------------------------------------
+
+def produce_matrix(bootstrap, admin, args, name, rf=1, config=None, after_create=None):
+    """produce_run of 1 KiB records for acks in (all, 1) x CLUSTER_PARTITIONS on
+    fresh topics; ``after_create(topic, partitions)`` runs before each run.
+    Returns {(acks, partitions): produce_run result}."""
+    out = {}
+    for acks in ("all", "1"):
+        for parts in CLUSTER_PARTITIONS:
+            topic = f"bench-{name}-acks{acks}-p{parts}"
+            create_topic(admin, topic, parts, rf, config)
+            if after_create is not None:
+                after_create(topic, parts)
+            out[(acks, parts)] = pr = produce_run(bootstrap, topic, parts, 1024, args.records_1k,
+                                                  acks, args.max_seconds)
+            print(f"  done {topic}: {pr['records']} records, {pr['errors']} errors", flush=True)
+    return out
+
+
+class PacedLoad:
+    """paced_produce from a background thread with an idempotent acks=all
+    producer; keeps the time of every successful delivery report (in report
+    order, so ascending) and the offset acknowledged for each sequence number."""
+
+    def __init__(self, bootstrap, topic, size, rate_mb):
+        self.topic, self.size, self.rate_mb = topic, size, rate_mb
+        self.prod = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                              "enable.idempotence": True, "linger.ms": 5,
+                              "message.timeout.ms": 120000, "broker.address.family": "v4",
+                              "error_cb": self._on_error})
+        # Written only by the producer thread (delivery reports are served by
+        # its poll()); list.append is atomic, so the main thread may read them.
+        self.ack_times = []      # perf_counter() of each successful report
+        self.ack_produced = []   # ... and when that record was produced
+        self.acked = {}          # sequence number -> acknowledged offset
+        self.errors = []         # (sequence number, KafkaError) of failed reports
+        self.fatal = []
+        self.sent = 0
+        self.unresolved = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="paced-load")
+
+    def _on_error(self, err):
+        if err.fatal():
+            self.fatal.append(err)
+
+    def _on_delivery(self, err, msg, t_produced):
+        now = time.perf_counter()
+        seq = int(msg.value()[:SEQ_DIGITS])
+        if err is None:
+            self.acked[seq] = msg.offset()
+            self.ack_produced.append(t_produced)
+            self.ack_times.append(now)
+        else:
+            self.errors.append((seq, err))
+
+    def _run(self):
+        self.sent = paced_produce(self.prod, self.topic, self.size, self.rate_mb,
+                                  self._stop.is_set, self._on_delivery)
+        self.unresolved = self.prod.flush(120)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(150)
+        assert not self._thread.is_alive(), "producer thread did not finish"
+
+    def first_ack_produced_after(self, t):
+        """Time of the first successful report for a record produced after ``t``."""
+        n = len(self.ack_times)
+        for i in range(bisect.bisect_right(self.ack_times, t, hi=n), n):
+            if self.ack_produced[i] > t:
+                return self.ack_times[i]
+        return None
+
+    def longest_gap(self, t0, t1):
+        """(gap, start) of the longest interval between consecutive successful
+        reports that overlaps [t0, t1]."""
+        times = self.ack_times[max(0, bisect.bisect_left(self.ack_times, t0) - 1):
+                               bisect.bisect_right(self.ack_times, t1) + 1]
+        return max(((b - a, a) for a, b in zip(times, times[1:])), default=(float("nan"), t0))
+
+
+def failover_rounds(cluster, admin, args):
+    """kill -9 the leader of a 1-partition RF3 topic under a PacedLoad,
+    ``args.failover_rounds`` times, restarting it and waiting for a full ISR
+    after each; then read the partition back and check every acknowledged
+    record.  Returns (rounds, verification)."""
+    topic = "bench-failover"
+    create_topic(admin, topic, 1, CLUSTER_RF, CLUSTER_TOPIC_CONFIG)
+    cluster.wait_isr(topic, [0], cluster.ids, timeout=60)
+    load = PacedLoad(cluster.bootstrap, topic, 1024, args.failover_rate_mb).start()
+    rounds = []
+    try:
+        for k in range(args.failover_rounds):
+            leader = cluster.wait_leader(topic, 0)
+            controller = cluster.controller()
+            t_start = time.perf_counter()
+            time.sleep(args.failover_settle)  # steady state before the kill
+            wait_until(lambda: load.first_ack_produced_after(t_start), timeout=60,
+                       message="acknowledgements before the kill")
+            t_kill = time.perf_counter()
+            cluster.kill9(leader)
+            t_ack = wait_until(lambda: load.first_ack_produced_after(t_kill), timeout=120,
+                               interval=0.01,
+                               message=f"an acknowledgement after killing leader {leader}")
+            new = cluster.wait_leader(topic, 0, exclude={leader}, timeout=60)
+            cluster.restart(leader)
+            cluster.wait_isr(topic, [0], cluster.ids, timeout=120)
+            time.sleep(args.failover_settle)  # the rejoined replica's effect, if any
+            gap, gap_at = load.longest_gap(t_start, time.perf_counter())
+            rounds.append({"killed": leader, "was_controller": leader == controller, "new": new, "recovery": t_ack - t_kill,
+                           "gap": gap, "gap_at": gap_at - t_kill})
+            print(f"  failover round {k + 1}: killed leader {leader}, new leader {new}, first ack "
+                  f"after {t_ack - t_kill:.3f} s, longest gap {gap:.3f} s", flush=True)
+    finally:
+        load.stop()
+    return rounds, verify_acked(cluster, topic, load, args)
+
+
+def verify_acked(cluster, topic, load, args):
+    """Read partition 0 of ``topic`` up to its high watermark: is every
+    acknowledged sequence number stored exactly once, at its offset?"""
+    leader = cluster.wait_leader(topic, 0)
+    hw = cluster.partition_state(leader, topic, 0)["high_watermark"]
+    stored = collections.defaultdict(list)  # sequence number -> offsets
+
+    def on_message(m):
+        stored[int(m.value()[:SEQ_DIGITS])].append(m.offset())
+
+    cr = consume_run(cluster.bootstrap, topic, 1, hw, args.max_seconds * 4, on_message)
+    missing = [s for s in load.acked if s not in stored]
+    duplicated = [s for s, offs in stored.items() if len(offs) > 1]
+    misplaced = [s for s, off in load.acked.items() if s in stored and off not in stored[s]]
+    try:
+        cluster.assert_replicas_consistent(topic, [0], timeout=60)
+        replicas = "identical"
+    except AssertionError as exc:
+        replicas = f"DIFFER: {str(exc).splitlines()[0]}"
+    return {"sent": load.sent, "acked": len(load.acked), "failed": len(load.errors),
+            "failed_examples": load.errors[:3], "unresolved": load.unresolved,
+            "fatal": load.fatal, "high_watermark": hw, "read": cr["records"],
+            "missing": missing, "duplicated": duplicated, "misplaced": misplaced,
+            "replicas": replicas,
+            "ok": not (missing or duplicated or misplaced or cr["records"] < hw)}
+
+
+def run_single(args, workdir, extra):
+    """The single-node baseline: produce_matrix and latency_run on one broker."""
+    broker = Broker(workdir / "single", extra_args=extra)
+    broker.start()
+    print(f"single node: broker pid {broker.pid} on {broker.bootstrap}, log {broker.log_path}")
+    try:
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+        tput = produce_matrix(broker.bootstrap, admin, args, "single")
+        create_topic(admin, "bench-latency", 1)
+        lat = latency_run(broker.bootstrap, "bench-latency", 1024, args.latency_rate_mb,
+                          args.latency_seconds)
+    finally:
+        rc = broker.stop(check=False)
+    if rc != 0:
+        print(f"  note: single broker exited with code {rc} after SIGTERM (log {broker.log_path})")
+    return tput, lat
+
+
+def run_cluster(args, workdir, extra):
+    """The same on a CLUSTER_SIZE-broker cluster with RF3 topics, then the failover rounds."""
+    cluster = Cluster(workdir / "cluster", n=CLUSTER_SIZE, extra_args=[*CLUSTER_FLAGS, *extra])
+    try:
+        cluster.start()
+        print(f"cluster: brokers {cluster.bootstrap}, logs under {cluster.workdir}/broker<id>")
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap,
+                             "broker.address.family": "v4"})
+
+        def full_isr(topic, parts):
+            cluster.wait_isr(topic, range(parts), cluster.ids, timeout=60)
+
+        tput = produce_matrix(cluster.bootstrap, admin, args, "rf3", CLUSTER_RF,
+                              CLUSTER_TOPIC_CONFIG, full_isr)
+        create_topic(admin, "bench-latency", 1, CLUSTER_RF, CLUSTER_TOPIC_CONFIG)
+        full_isr("bench-latency", 1)
+        lat = latency_run(cluster.bootstrap, "bench-latency", 1024, args.latency_rate_mb,
+                          args.latency_seconds)
+        rounds, verdict = failover_rounds(cluster, admin, args)
+    finally:
+        codes = cluster.stop(check=False)
+        cluster.cleanup()
+    bad = {i: rc for i, rc in codes.items() if rc != 0}
+    if bad:
+        print(f"  note: brokers exited with codes {bad} after SIGTERM (None: killed after "
+              f"the stop timeout); logs under {cluster.workdir}")
+    return tput, lat, rounds, verdict
+
+
+def print_cluster_report(args, single, cluster):
+    (s_tput, s_lat), (c_tput, c_lat, rounds, v) = single, cluster
+    mib = 1024 * 1024
+    print()
+    print(f"== produce throughput, 1 KiB records: single node vs {CLUSTER_SIZE} brokers "
+          f"RF{CLUSTER_RF} min.insync.replicas={CLUSTER_TOPIC_CONFIG['min.insync.replicas']} ==")
+    w = (4, 5, 11, 12, 9, 10, 8, 10, 6)
+    print(fmt_row(["acks", "parts", "single MB/s", "single rec/s", "RF3 MB/s", "RF3 rec/s",
+                   "RF3/single", "target", "errors"], w))
+    for key in s_tput:
+        s, c = s_tput[key], c_tput[key]
+        s_mb, c_mb = s["bytes"] / mib / s["seconds"], c["bytes"] / mib / c["seconds"]
+        ratio = c_mb / s_mb if s_mb else float("nan")
+        target = (f">={RATIO_TARGET} " + ("ok" if ratio >= RATIO_TARGET else "MISS")
+                  if key[0] == "all" else "")
+        print(fmt_row([key[0], key[1], f"{s_mb:.1f}", f"{s['records'] / s['seconds']:.0f}",
+                       f"{c_mb:.1f}", f"{c['records'] / c['seconds']:.0f}", f"{ratio:.2f}",
+                       target, f"{s['errors']}/{c['errors']}"], w))
+    print()
+    print(f"== produce latency, acks=all, 1 KiB records at {args.latency_rate_mb:g} MB/s for "
+          f"{args.latency_seconds:g} s (delivery report - produce call) ==")
+    w = (7, 8, 8, 7, 7, 8, 8, 12)
+    print(fmt_row(["", "MB/s", "records", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "p99 target"], w))
+    for name, lat, target in (("single", s_lat, ""), ("RF3", c_lat, True)):
+        if target:
+            target = f"<={P99_TARGET_MS:g} " + ("ok" if lat["p99"] <= P99_TARGET_MS else "MISS")
+        print(fmt_row([name, f"{lat['rate_mb']:.1f}", lat["count"], f"{lat['p50']:.2f}",
+                       f"{lat['p99']:.2f}", f"{lat['p999']:.2f}", f"{lat['max']:.2f}", target], w))
+    print()
+    print(f"== failover: kill -9 of the partition leader under {args.failover_rate_mb:g} MB/s "
+          f"idempotent acks=all, 1 KiB records, 1 partition RF{CLUSTER_RF} "
+          f"({' '.join(map(str, CLUSTER_FLAGS))}) ==")
+    w = (5, 8, 10, 22, 17, 16)
+    print(fmt_row(["round", "killed", "new leader", "first ack after kill s", "longest ack gap s",
+                   "gap starts at s"], w))
+    for k, r in enumerate(rounds, 1):
+        killed = f"{r['killed']}{' (ctrl)' if r['was_controller'] else ''}"
+        print(fmt_row([k, killed, r["new"], f"{r['recovery']:.3f}", f"{r['gap']:.3f}",
+                       f"{r['gap_at']:+.3f}"], w))
+    if rounds:
+        print(fmt_row(["max", "", "", f"{max(r['recovery'] for r in rounds):.3f}",
+                       f"{max(r['gap'] for r in rounds):.3f}", ""], w))
+    print("(gap start relative to the kill; the round spans the steady state before the kill "
+          "to the steady state after the restarted broker rejoined the ISR; (ctrl): the killed "
+          "leader was also the controller)")
+    print()
+    print(f"== acknowledged records after {len(rounds)} failovers ==")
+    print(f"sent {v['sent']}, acknowledged {v['acked']}, failed reports {v['failed']}"
+          + (f" (e.g. {v['failed_examples']})" if v["failed"] else "")
+          + f", never reported {v['unresolved']}, fatal producer errors {len(v['fatal'])}")
+    print(f"read {v['read']} records up to the high watermark {v['high_watermark']}; replicas "
+          f"{v['replicas']}")
+    print(f"missing {len(v['missing'])}, stored more than once {len(v['duplicated'])}, "
+          f"at another offset than acknowledged {len(v['misplaced'])}"
+          + "".join(f"; {k} e.g. {v[k][:5]}" for k in ("missing", "duplicated", "misplaced")
+                    if v[k]))
+    print("verdict: " + ("PASS, every acknowledged record is stored exactly once" if v["ok"]
+                         else "FAIL, acknowledged records lost or duplicated"))
+
+
+def cluster_main(args):
+    workdir = Path(tempfile.mkdtemp(prefix="riffle-bench-cluster-"))
+    extra = ["--fsync-policy", args.fsync_policy] if args.fsync_policy else []
+    print(f"work dir {workdir}")
+    try:
+        print("-- single-node baseline", flush=True)
+        single = run_single(args, workdir, extra)
+        print(f"-- {CLUSTER_SIZE}-broker cluster", flush=True)
+        cluster = run_cluster(args, workdir, extra)
+    except BaseException:
+        print(f"failed; broker logs kept under {workdir}", file=sys.stderr)
+        raise
+    print_cluster_report(args, single, cluster)
+    if args.keep or not cluster[3]["ok"]:
+        print(f"kept {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short smoke run")
@@ -210,10 +486,22 @@ def main():
     ap.add_argument("--latency-seconds", type=float, default=10.0)
     ap.add_argument("--fsync-policy", default=None, help="broker --fsync-policy (default: broker's)")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
+    ap.add_argument("--cluster", action="store_true",
+                    help=f"single node vs a {CLUSTER_SIZE}-broker RF{CLUSTER_RF} cluster: "
+                         "1 KiB produce throughput and latency, leader failover, acked-record check")
+    ap.add_argument("--failover-rounds", type=int, default=3, help="--cluster: leader kills")
+    ap.add_argument("--failover-rate-mb", type=float, default=2.0,
+                    help="--cluster: produce rate during the failover rounds")
+    ap.add_argument("--failover-settle", type=float, default=3.0,
+                    help="--cluster: seconds of steady load before each kill and after each rejoin")
     args = ap.parse_args()
     if args.quick:
         args.records_1k, args.records_100b = 20_000, 100_000
         args.max_seconds, args.latency_seconds = 15.0, 3.0
+        args.failover_settle = 1.5
+    if args.cluster:
+        cluster_main(args)
+        return
 
     workdir = Path(tempfile.mkdtemp(prefix="riffle-bench-"))
     extra = ["--fsync-policy", args.fsync_policy] if args.fsync_policy else []
@@ -274,7 +562,6 @@ def main():
               f"~{total_raw_bytes / total_records:.1f} B/record "
               f"(ratio {disk / max(total_raw_bytes, 1):.2f})")
     if not args.keep:
-        import shutil
         shutil.rmtree(workdir, ignore_errors=True)
     else:
         print(f"kept {workdir}")

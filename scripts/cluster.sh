@@ -118,8 +118,10 @@ log_tail() {
 start() {
     local n="$1"
     shift
-    local bin voters="" id dir pid deadline failed=0
+    local bin voters="" id dir pid deadline failed=0 rf
     bin="$(riffle_bin)"
+    # Topics created without a replication factor get min(N, 3) replicas here.
+    rf=$((n < 3 ? n : 3))
     mkdir -p "$CLUSTER_DIR"
     echo "$n" >"${CLUSTER_DIR}/cluster.size"
     for ((id = 1; id <= n && id <= 3; id++)); do
@@ -146,6 +148,7 @@ start() {
             --rpc-listen "$(rpc_addr "$id")" \
             --advertised-rpc "$(rpc_addr "$id")" \
             --voters "$voters" \
+            --default-replication-factor "$rf" \
             "$@" >>"${dir}/broker.log" 2>&1 </dev/null &
         echo "$!" >"$(pid_file "$id")"
         echo "broker ${id}: started (pid $!), kafka $(kafka_addr "$id"), rpc $(rpc_addr "$id"), http $(http_addr "$id")"
