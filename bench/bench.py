@@ -260,6 +260,10 @@ class PacedLoad:
         self.sent = paced_produce(self.prod, self.topic, self.size, self.rate_mb,
                                   self._stop.is_set, self._on_delivery)
         self.unresolved = self.prod.flush(120)
+        # error_cb makes the producer and self a reference cycle: drop the
+        # producer now, not at some later garbage collection while the
+        # brokers shut down (which it would log as connection failures).
+        self.prod = None
 
     def start(self):
         self._thread.start()
@@ -361,6 +365,7 @@ def run_single(args, workdir, extra):
         create_topic(admin, "bench-latency", 1)
         lat = latency_run(broker.bootstrap, "bench-latency", 1024, args.latency_rate_mb,
                           args.latency_seconds)
+        admin = None  # destroy the client before its broker goes away (no reconnect noise)
     finally:
         rc = broker.stop(check=False)
     if rc != 0:
@@ -387,6 +392,7 @@ def run_cluster(args, workdir, extra):
         lat = latency_run(cluster.bootstrap, "bench-latency", 1024, args.latency_rate_mb,
                           args.latency_seconds)
         rounds, verdict = failover_rounds(cluster, admin, args)
+        admin = None  # destroy the client before its brokers go away (no reconnect noise)
     finally:
         codes = cluster.stop(check=False)
         cluster.cleanup()

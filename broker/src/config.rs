@@ -428,10 +428,15 @@ impl Config {
 
     /// Host and port split out of `advertised_listener`.
     pub fn advertised_host_port(&self) -> Option<(String, i32)> {
-        let (host, port) = self.advertised_listener.rsplit_once(':')?;
-        let port: u16 = port.parse().ok()?;
-        Some((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
+        split_host_port(&self.advertised_listener)
     }
+}
+
+/// Splits `host:port` (IPv6 hosts may be bracketed) into host and port.
+pub fn split_host_port(addr: &str) -> Option<(String, i32)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    Some((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
 }
 
 #[cfg(test)]

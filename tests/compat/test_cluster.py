@@ -21,7 +21,7 @@ import time
 
 import pytest
 from confluent_kafka import (
-    OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition,
+    OFFSET_BEGINNING, Consumer, ElectionType, KafkaError, KafkaException, Producer, TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -642,3 +642,13 @@ def test_rolling_restart_under_idempotent_load(make_cluster):
     finish_load(load, check_errors=True)
     verify_acked(c, topic, partitions, load)
     c.assert_replicas_consistent(topic, partitions)
+    # The roll moved leaderships around; a preferred election (Kafka's ElectLeaders)
+    # gives each partition back to its first replica.
+    admin = ck_admin(c)
+    tps = [TopicPartition(topic, p) for p in partitions]
+    result = admin.elect_leaders(ElectionType.PREFERRED, tps).result(timeout=OP_TIMEOUT)
+    for tp, err in result.items():
+        assert err is None or err.code() == KafkaError.ELECTION_NOT_NEEDED, (tp, err)
+    for p in partitions:
+        wait_until(lambda p=p: c.leader_of(topic, p) == c.replicas_of(topic, p)[0],
+                   timeout=OP_TIMEOUT, message=f"preferred leader of partition {p}")

@@ -78,18 +78,11 @@ impl Broker {
             .filter(|b| image.is_active(b.id))
             .collect();
         let p = crate::group::offsets::offsets_partition(group) as usize;
-        if let Some(b) = active.get(p % active.len().max(1)) {
-            if let Some((h, port)) = b
-                .kafka
-                .rsplit_once(':')
-                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-            {
-                return (
-                    BrokerId(b.id),
-                    StrBytes::from_string(h.to_string()),
-                    i32::from(port),
-                );
-            }
+        let chosen = active.get(p % active.len().max(1));
+        if let Some((b, (host, port))) =
+            chosen.and_then(|b| Some((b, crate::config::split_host_port(&b.kafka)?)))
+        {
+            return (BrokerId(b.id), StrBytes::from_string(host), port);
         }
         let (host, port) = self.advertised();
         (BrokerId(self.config.node_id), host, port)

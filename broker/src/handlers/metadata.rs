@@ -15,6 +15,7 @@ use kafka_protocol::protocol::StrBytes;
 use super::{str_bytes, Broker};
 use crate::cluster::image::BrokerState;
 use crate::cluster::{ControlReply, ControlRequest};
+use crate::config::split_host_port;
 use crate::metadata::{names::validate_topic_name, Topic};
 
 impl Broker {
@@ -26,12 +27,11 @@ impl Broker {
             .values()
             .filter(|b| b.state != BrokerState::Fenced || b.id == self.config.node_id)
             .filter_map(|b| {
-                let (host, port) = b.kafka.rsplit_once(':')?;
-                let port: u16 = port.parse().ok()?;
+                let (host, port) = split_host_port(&b.kafka)?;
                 Some((
                     b.id,
-                    str_bytes(host.trim_matches(['[', ']'])),
-                    i32::from(port),
+                    str_bytes(&host),
+                    port,
                     b.rack.as_deref().map(str_bytes),
                 ))
             })

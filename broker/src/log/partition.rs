@@ -452,21 +452,20 @@ impl Partition {
             let mut r = self.replica_lock();
             let now = Instant::now();
             if became_leader || role != Role::Leader {
-                r.followers = replicas
-                    .iter()
-                    .filter(|&&b| b != me && role == Role::Leader)
-                    .map(|&b| {
-                        (
-                            b,
-                            Follower {
-                                log_end: -1,
-                                caught_up_at: now,
-                                last_fetch_at: now,
-                                leader_end_at_last_fetch: -1,
-                            },
-                        )
-                    })
-                    .collect();
+                r.followers.clear();
+            }
+            if role == Role::Leader {
+                // Followers' positions are unknown until they fetch (also for replicas
+                // added while leading).
+                r.followers.retain(|b, _| replicas.contains(b));
+                for &b in replicas.iter().filter(|&&b| b != me) {
+                    r.followers.entry(b).or_insert(Follower {
+                        log_end: -1,
+                        caught_up_at: now,
+                        last_fetch_at: now,
+                        leader_end_at_last_fetch: -1,
+                    });
+                }
             }
             r.leader = leader;
             r.replicas = replicas.to_vec();
@@ -739,25 +738,7 @@ impl Partition {
                     value: seg.encode().to_vec(),
                 });
                 st.segments.insert(seg_base, seg);
-                if header.is_idempotent() {
-                    let prev = st.producers.remove(&header.producer_id);
-                    let ps = ProducerState::record(
-                        prev,
-                        header.producer_epoch,
-                        BatchSeq {
-                            first_seq: header.base_sequence,
-                            last_seq: header.last_sequence(),
-                            base_offset: base,
-                        },
-                        now,
-                    );
-                    mutations.push(Mutation::Put {
-                        cf: CF_META,
-                        key: producer_key(self.uid, header.producer_id),
-                        value: ps.encode(),
-                    });
-                    st.producers.insert(header.producer_id, ps);
-                }
+                mutations.extend(self.record_producer(&mut st, &header, base, now));
                 st.next_offset = last + 1;
                 count += 1;
             }
@@ -826,8 +807,7 @@ impl Partition {
         };
         let rx = {
             let mut st = self.lock();
-            let (lo, hi) = partition_bounds(self.uid);
-            let _ = lo;
+            let (_, hi) = partition_bounds(self.uid);
             let mut m = vec![Mutation::DeleteRange {
                 cf: CF_LOG,
                 from: log_key(self.uid, cut).to_vec(),
@@ -891,6 +871,38 @@ impl Partition {
         self.high_watermark.fetch_min(cut, Ordering::AcqRel);
         tracing::info!(topic = %self.topic, partition = self.index, offset = cut, "truncated diverging log");
         Ok(cut)
+    }
+
+    /// Records an idempotent producer's batch at `base` (leader and follower alike, so a
+    /// follower that takes over recognises retries); returns the write to persist.
+    fn record_producer(
+        &self,
+        st: &mut State,
+        header: &BatchHeader,
+        base: i64,
+        now: i64,
+    ) -> Option<Mutation> {
+        if !header.is_idempotent() {
+            return None;
+        }
+        let prev = st.producers.remove(&header.producer_id);
+        let ps = ProducerState::record(
+            prev,
+            header.producer_epoch,
+            BatchSeq {
+                first_seq: header.base_sequence,
+                last_seq: header.last_sequence(),
+                base_offset: base,
+            },
+            now,
+        );
+        let m = Mutation::Put {
+            cf: CF_META,
+            key: producer_key(self.uid, header.producer_id),
+            value: ps.encode(),
+        };
+        st.producers.insert(header.producer_id, ps);
+        Some(m)
     }
 
     /// Removes epochs starting at or after `offset`; returns the deletions to persist.
@@ -1085,25 +1097,7 @@ impl Partition {
                 value: seg.encode().to_vec(),
             },
         ];
-        if header.is_idempotent() {
-            let prev = st.producers.remove(&header.producer_id);
-            let ps = ProducerState::record(
-                prev,
-                header.producer_epoch,
-                BatchSeq {
-                    first_seq: header.base_sequence,
-                    last_seq: header.last_sequence(),
-                    base_offset: base,
-                },
-                now,
-            );
-            mutations.push(Mutation::Put {
-                cf: CF_META,
-                key: producer_key(self.uid, header.producer_id),
-                value: ps.encode(),
-            });
-            st.producers.insert(header.producer_id, ps);
-        }
+        mutations.extend(self.record_producer(&mut st, header, base, now));
         st.segments.insert(seg_base, seg);
         st.next_offset = last + 1;
         let info = Appended {

@@ -23,7 +23,6 @@ pub use pb::{Envelope, FetchPartition, FetchRequest, FetchResponse, FetchedParti
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Lazily connected channels to other brokers, one per address.
-#[derive(Default)]
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     connect_timeout: Duration,
