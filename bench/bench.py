@@ -537,6 +537,7 @@ def main():
         rss = broker.rss_kib()
         time.sleep(1.0)
         disk_live = disk_usage_bytes(broker.data_dir)
+        admin = None  # destroy the client before its broker goes away (no reconnect noise)
     finally:
         broker.stop(check=False)
     # After a clean shutdown memtables are flushed and the write-ahead log is released:

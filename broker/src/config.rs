@@ -137,7 +137,7 @@ impl Default for Config {
             broker_heartbeat_interval_ms: 250,
             broker_session_timeout_ms: 1500,
             raft_heartbeat_interval_ms: 100,
-            raft_election_timeout_ms: 750,
+            raft_election_timeout_ms: 400,
             replica_lag_time_max_ms: 10_000,
             replica_fetch_wait_max_ms: 500,
             replica_fetch_max_bytes: 8 << 20,
@@ -281,7 +281,7 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_RAFT_HEARTBEAT_INTERVAL_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raft_heartbeat_interval_ms: Option<u64>,
-    /// Raft election timeout [default: 750].
+    /// Raft election timeout [default: 400].
     #[arg(long, env = "RIFFLE_RAFT_ELECTION_TIMEOUT_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raft_election_timeout_ms: Option<u64>,

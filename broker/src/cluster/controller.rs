@@ -726,11 +726,16 @@ impl Controller {
             node = self.node_id,
             "this broker is now the active controller"
         );
-        let now = Instant::now();
+        // Live brokers find the new controller within a Raft heartbeat and then heartbeat
+        // every broker_heartbeat_interval: half a session is ample and makes a dead
+        // broker (often the old controller itself) fenced sooner.
+        let grace = Instant::now()
+            .checked_sub(self.timings.session_timeout / 2)
+            .unwrap_or_else(Instant::now);
         {
             let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
             for id in img.brokers.keys() {
-                seen.insert(*id, now);
+                seen.insert(*id, grace);
             }
         }
         if img.cluster_id.is_none() {

@@ -17,6 +17,9 @@ use crate::handlers::Broker;
 use crate::log::{LogError, Partition};
 use crate::rpc::{FetchPartition, FetchRequest, FetchedPartition};
 
+/// Pause before retrying a failed fetch (also woken by a metadata change).
+const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
 /// A partition to follow.
 #[derive(Clone)]
 struct Target {
@@ -107,7 +110,9 @@ async fn fetch_loop(
 ) {
     let cfg = &broker.config;
     let sync = cfg.fsync_policy != FsyncPolicy::Never;
-    let backoff = Duration::from_millis(cfg.replica_fetch_wait_max_ms.clamp(50, 500));
+    // Short: a leader that has not applied its leadership yet answers NOT_LEADER for a
+    // few milliseconds, and every millisecond here delays acks=all.
+    let backoff = RETRY_BACKOFF;
     tracing::debug!(leader, addr, "starting follower fetch loop");
     loop {
         let current = targets.borrow_and_update().clone();
