@@ -148,6 +148,10 @@ impl Broker {
                     .with_low_watermark(-1);
                 let resp = match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
                     None => resp.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+                    // Followers move their log start after the leader's.
+                    Some(part) if leader_check(&part, -1) != 0 => {
+                        resp.with_error_code(leader_check(&part, -1))
+                    }
                     Some(part) => match part.delete_records(p.offset).await {
                         Ok(lw) => resp.with_low_watermark(lw),
                         Err(e) => resp.with_error_code(log_error_code(&e)),
