@@ -94,6 +94,11 @@ pub enum ControlRequest {
     },
     /// Reserve a block of producer ids.
     AllocateProducerIds,
+    /// A broker could not connect to another one (its RPC port refused the connection).
+    ReportUnreachable {
+        /// The broker that could not be reached.
+        broker: BrokerId,
+    },
     /// Elect leaders: preferred replicas, or (unclean) any live replica of offline partitions.
     ElectLeaders {
         /// Unclean instead of preferred.
@@ -347,6 +352,7 @@ impl Controller {
                 Ok(cmd) => self.commit_done(cmd).await,
                 Err((code, message)) => refuse(code, message),
             },
+            ControlRequest::ReportUnreachable { broker } => self.unreachable(&img, broker).await,
             ControlRequest::AllocateProducerIds => match self
                 .commit(Command::AllocateProducerIds {
                     count: PRODUCER_ID_BLOCK,
@@ -741,6 +747,11 @@ impl Controller {
         if img.cluster_id.is_none() {
             self.initialize().await;
         }
+        // The previous controller often died with a partition leader on it: fence brokers
+        // whose process is gone right away.
+        for id in img.brokers.keys().copied().filter(|&b| b != self.node_id) {
+            self.unreachable(&img, id).await;
+        }
     }
 
     /// Sets up a new quorum: cluster id, and the topics of a data directory that served as
@@ -804,25 +815,55 @@ impl Controller {
                 .collect()
         };
         for id in silent {
-            let mut next = (*self.image()).clone();
-            let fence = Command::SetBrokerState {
-                id,
-                state: BrokerState::Fenced,
-            };
-            next.apply(&fence);
-            let mut cmds = vec![fence];
-            cmds.extend(decide::on_fenced(&next, id, |t| unclean_enabled(&next, t)));
-            tracing::warn!(
-                broker = id,
-                changes = cmds.len() - 1,
-                "fencing broker: heartbeats stopped"
-            );
-            if let Err(e) = self.commit(Command::Batch(cmds)).await {
-                tracing::warn!(broker = id, reply = ?e, "fencing failed");
+            self.fence(id, "heartbeats stopped").await;
+        }
+    }
+
+    /// Fences a broker and moves its leaderships (the caller holds `lock`).
+    async fn fence(&self, id: BrokerId, why: &str) -> ControlReply {
+        let mut next = (*self.image()).clone();
+        let fence = Command::SetBrokerState {
+            id,
+            state: BrokerState::Fenced,
+        };
+        next.apply(&fence);
+        let mut cmds = vec![fence];
+        cmds.extend(decide::on_fenced(&next, id, |t| unclean_enabled(&next, t)));
+        tracing::warn!(broker = id, changes = cmds.len() - 1, why, "fencing broker");
+        let reply = self.commit_done(Command::Batch(cmds)).await;
+        if let ControlReply::Error { .. } | ControlReply::NotController = &reply {
+            tracing::warn!(broker = id, ?reply, "fencing failed");
+        }
+        reply
+    }
+
+    /// A broker found another broker's RPC port closed. A closed port means the process
+    /// is gone (a paused or partitioned one still accepts connections), so the controller
+    /// checks for itself and fences at once instead of waiting out the session.
+    async fn unreachable(&self, img: &Image, id: BrokerId) -> ControlReply {
+        let Some(b) = img
+            .brokers
+            .get(&id)
+            .filter(|b| b.state != BrokerState::Fenced)
+        else {
+            return ControlReply::Done { log_index: 0 };
+        };
+        let probe = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            tokio::net::TcpStream::connect(b.rpc.as_str()),
+        )
+        .await;
+        match probe {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                self.fence(id, "its RPC port is closed").await
             }
+            _ => ControlReply::Done { log_index: 0 },
         }
     }
 }
+
+/// How long the controller tries to reach a broker reported unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 fn unclean_enabled(img: &Image, topic: &str) -> bool {
     img.topics

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::cluster::image::{BrokerId, Image};
+use crate::cluster::ControlRequest;
 use crate::config::FsyncPolicy;
 use crate::handlers::Broker;
 use crate::log::{LogError, Partition};
@@ -19,6 +20,9 @@ use crate::rpc::{FetchPartition, FetchRequest, FetchedPartition};
 
 /// Pause before retrying a failed fetch (also woken by a metadata change).
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Reports of an unreachable leader go to the controller at most this often.
+const REPORT_EVERY: Duration = Duration::from_millis(500);
 
 /// A partition to follow.
 #[derive(Clone)]
@@ -114,6 +118,7 @@ async fn fetch_loop(
     // few milliseconds, and every millisecond here delays acks=all.
     let backoff = RETRY_BACKOFF;
     tracing::debug!(leader, addr, "starting follower fetch loop");
+    let mut last_report = std::time::Instant::now() - REPORT_EVERY;
     loop {
         let current = targets.borrow_and_update().clone();
         if current.is_empty() {
@@ -163,6 +168,17 @@ async fn fetch_loop(
             Ok(r) => r.into_inner(),
             Err(status) => {
                 tracing::debug!(leader, addr, %status, "follower fetch failed");
+                if status.code() == tonic::Code::Unavailable && last_report.elapsed() > REPORT_EVERY
+                {
+                    // The leader may be dead: let the controller check now rather than
+                    // after a whole session of missed heartbeats.
+                    last_report = std::time::Instant::now();
+                    let b = broker.clone();
+                    tokio::spawn(async move {
+                        let req = ControlRequest::ReportUnreachable { broker: leader };
+                        b.cluster.control(req, Duration::from_secs(2)).await;
+                    });
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     r = targets.changed() => if r.is_err() { return },
