@@ -425,16 +425,19 @@ def test_cluster_forms_and_non_voter_joins(make_cluster):
     assert sorted(md.brokers) == [1, 2, 3], md.brokers
     for bid, b in md.brokers.items():
         assert (b.host, b.port) == ("127.0.0.1", c.broker(bid).port), b
-    # Every broker, asked directly, knows all the others.
+    # Every broker, asked directly, knows all the others (once it has applied the
+    # registrations: metadata reaches each broker a Raft round trip after the controller).
     for bid in c.ids:
-        assert sorted(c.metadata(via=bid)["brokers"]) == [1, 2, 3], f"Metadata via broker {bid}"
+        wait_until(lambda bid=bid: sorted(c.metadata(via=bid)["brokers"]) == [1, 2, 3],
+                   timeout=OP_TIMEOUT, message=f"all brokers in Metadata via broker {bid}")
     assert c.wait_controller() in c.voter_ids
 
     b4 = c.add_broker()
     assert b4.node_id == 4
     wait_until(lambda: sorted(list_metadata(c).brokers) == [1, 2, 3, 4], timeout=OP_TIMEOUT,
                message="broker 4 in Metadata")
-    assert sorted(c.metadata(via=4)["brokers"]) == [1, 2, 3, 4]
+    wait_until(lambda: sorted(c.metadata(via=4)["brokers"]) == [1, 2, 3, 4],
+               timeout=OP_TIMEOUT, message="all brokers in Metadata via broker 4")
     # A non-voter never becomes the controller.
     assert c.wait_controller() in c.voter_ids
     # The new broker takes replicas: an RF4 topic now fits.
