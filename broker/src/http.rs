@@ -111,6 +111,9 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let me = b.config.node_id;
     let image = b.cluster.image();
     let (mut led, mut under, mut under_min) = (0, 0, 0);
+    // Rebuilt on each scrape so replicas that moved or stopped being followed disappear.
+    b.metrics.replica_lag_records.reset();
+    b.metrics.replica_lag_seconds.reset();
     for t in b.catalog.all() {
         for p in t.partitions() {
             let labels = [&*t.name, &p.index.to_string()];
@@ -132,11 +135,18 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
                 led += 1;
                 under += i64::from(isr.len() < replicas.len());
                 under_min += i64::from((isr.len() as i32) < t.config().min_insync_replicas);
-            } else if replicas.contains(&me) {
-                b.metrics
-                    .follower_lag
-                    .with_label_values(&labels)
-                    .set((o.high_watermark - p.log_end()).max(0));
+                for (replica, records, behind) in p.follower_lags() {
+                    let r = replica.to_string();
+                    let l = [labels[0], labels[1], r.as_str()];
+                    b.metrics
+                        .replica_lag_records
+                        .with_label_values(&l)
+                        .set(records);
+                    b.metrics
+                        .replica_lag_seconds
+                        .with_label_values(&l)
+                        .set(behind.as_secs_f64());
+                }
             }
         }
     }

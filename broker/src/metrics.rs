@@ -2,8 +2,8 @@
 //! topic names and partition indexes only.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All broker metrics, registered in their own registry.
@@ -54,8 +54,10 @@ pub struct Metrics {
     /// Partition counts this broker leads, by condition: under-replicated, under-min-isr,
     /// offline (cluster-wide, reported by the controller), leaders.
     pub partitions: IntGaugeVec,
-    /// Follower lag behind the leader's log end, in records, per partition this broker follows.
-    pub follower_lag: IntGaugeVec,
+    /// On the leader: records each follower is behind the leader's log end.
+    pub replica_lag_records: IntGaugeVec,
+    /// On the leader: seconds since each follower was last caught up.
+    pub replica_lag_seconds: GaugeVec,
     /// Metadata quorum: is-controller, term, commit index, applied index.
     pub quorum: IntGaugeVec,
     /// Leaderships of this broker's preferred partitions held by other brokers.
@@ -195,10 +197,21 @@ impl Metrics {
                 "Partitions by condition: leader (led here), under_replicated and under_min_isr (led here), offline (cluster-wide)",
                 &["condition"],
             ),
-            follower_lag: gauge(
-                "riffle_follower_lag_records",
-                "Records this follower is behind its leader's high watermark",
-                &["topic", "partition"],
+            replica_lag_records: gauge(
+                "riffle_replica_lag_records",
+                "On the partition leader: records a follower is behind the leader's log end",
+                &["topic", "partition", "replica"],
+            ),
+            replica_lag_seconds: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "riffle_replica_lag_seconds",
+                        "On the partition leader: seconds since a follower was last caught up",
+                    ),
+                    &["topic", "partition", "replica"],
+                )
+                .expect("valid metric"),
             ),
             quorum: gauge(
                 "riffle_metadata_quorum",

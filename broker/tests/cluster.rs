@@ -380,6 +380,22 @@ async fn isr_follows_stopped_followers() {
             .map(|r| r.0),
         Ok(0)
     );
+    // The leader reports how long the stopped follower has been behind.
+    let metrics = cl.node(1).http_get("/metrics").expect("metrics").1;
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+    };
+    let lag = "riffle_replica_lag_seconds{partition=\"0\",replica=\"3\",topic=\"isr\"}";
+    assert!(
+        value(lag) > 0.5,
+        "lag of the stopped follower: {}",
+        value(lag)
+    );
 
     cl.node(2).signal(libc::SIGSTOP);
     let deadline = Instant::now() + Duration::from_secs(15);

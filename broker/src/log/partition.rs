@@ -610,6 +610,22 @@ impl Partition {
         })
     }
 
+    /// On the leader: each follower's `(id, records behind the log end, time since it was
+    /// last caught up)`; a follower that has not fetched yet counts as the whole log behind.
+    pub fn follower_lags(&self) -> Vec<(i32, i64, std::time::Duration)> {
+        let end = self.log_end();
+        let start = self.lock().log_start;
+        let r = self.replica_lock();
+        let now = Instant::now();
+        r.followers
+            .iter()
+            .map(|(&id, f)| {
+                let at = if f.log_end < 0 { start } else { f.log_end };
+                (id, (end - at).max(0), now.duration_since(f.caught_up_at))
+            })
+            .collect()
+    }
+
     /// An ISR change was not committed: allow the next attempt.
     pub fn isr_change_failed(&self) {
         self.replica_lock().isr_change_pending = false;
