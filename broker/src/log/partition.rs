@@ -696,7 +696,7 @@ impl Partition {
     ) -> Result<usize, LogError> {
         let mut mutations = Vec::new();
         let mut count = 0;
-        let (end, info_tx) = {
+        let (end, written) = {
             let mut st = self.lock();
             if st.role == Role::Leader {
                 return Err(LogError::NotLeader);
@@ -761,20 +761,9 @@ impl Partition {
             if mutations.is_empty() {
                 return Ok(0);
             }
-            let (tx, rx) = oneshot::channel();
-            self.store.submit(
-                std::mem::take(&mut mutations),
-                sync,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            (st.next_offset, rx)
+            (st.next_offset, self.store.queue(mutations, sync))
         };
-        info_tx
-            .await
-            .unwrap_or_else(|_| Err(Arc::new(StorageError::Offline)))
-            .map_err(LogError::Storage)?;
+        written.await.map_err(LogError::Storage)?;
         self.log_end.fetch_max(end, Ordering::AcqRel);
         Ok(count)
     }
@@ -821,7 +810,7 @@ impl Partition {
                 None => Vec::new(),
             }
         };
-        let rx = {
+        let written = {
             let mut st = self.lock();
             let (_, hi) = partition_bounds(self.uid);
             let mut m = vec![Mutation::DeleteRange {
@@ -870,19 +859,9 @@ impl Partition {
                 }
             }
             st.next_offset = cut;
-            let (tx, rx) = oneshot::channel();
-            self.store.submit(
-                m,
-                true,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            rx
+            self.store.queue(m, true)
         };
-        rx.await
-            .unwrap_or_else(|_| Err(Arc::new(StorageError::Offline)))
-            .map_err(LogError::Storage)?;
+        written.await.map_err(LogError::Storage)?;
         self.log_end.store(cut, Ordering::Release);
         self.high_watermark.fetch_min(cut, Ordering::AcqRel);
         tracing::info!(topic = %self.topic, partition = self.index, offset = cut, "truncated diverging log");
@@ -942,7 +921,7 @@ impl Partition {
 
     /// Follower side: drops the whole local log and restarts it at the leader's log start.
     pub async fn reset_to(&self, log_start: i64) -> Result<(), LogError> {
-        let rx = {
+        let written = {
             let mut st = self.lock();
             let mut m = self.erase_mutations();
             st.segments.clear();
@@ -955,19 +934,9 @@ impl Partition {
                 key: meta_key(b's', self.uid),
                 value: log_start.to_be_bytes().to_vec(),
             });
-            let (tx, rx) = oneshot::channel();
-            self.store.submit(
-                m,
-                true,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            rx
+            self.store.queue(m, true)
         };
-        rx.await
-            .unwrap_or_else(|_| Err(Arc::new(StorageError::Offline)))
-            .map_err(LogError::Storage)?;
+        written.await.map_err(LogError::Storage)?;
         self.log_end.store(log_start, Ordering::Release);
         self.high_watermark.store(log_start, Ordering::Release);
         Ok(())

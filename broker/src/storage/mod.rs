@@ -111,6 +111,16 @@ impl Store {
         mutations: Vec<Mutation>,
         sync: bool,
     ) -> Result<(), Arc<StorageError>> {
+        self.queue(mutations, sync).await
+    }
+
+    /// Queues mutations now (so callers holding a lock keep their write order) and
+    /// returns a future that resolves once they are durable.
+    pub fn queue(
+        &self,
+        mutations: Vec<Mutation>,
+        sync: bool,
+    ) -> impl std::future::Future<Output = Result<(), Arc<StorageError>>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         self.submit(
             mutations,
@@ -119,8 +129,10 @@ impl Store {
                 let _ = tx.send(r);
             }),
         );
-        rx.await
-            .unwrap_or_else(|_| Err(Arc::new(StorageError::Offline)))
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Arc::new(StorageError::Offline)))
+        }
     }
 
     /// Whether an earlier write failed.
