@@ -150,6 +150,10 @@ impl Broker {
         ) {
             // Created now, or concurrently by another request: describe what is there.
             (_, Some(t)) => self.describe_topic(&t),
+            // Created by someone else but not applied here yet: retriable, like Kafka.
+            (Some((code, _)), None) if code == ResponseError::TopicAlreadyExists.code() => {
+                unknown(ResponseError::LeaderNotAvailable.code())
+            }
             (Some((code, _)), None) => unknown(code),
             (None, None) => unknown(ResponseError::LeaderNotAvailable.code()),
         }
