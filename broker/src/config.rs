@@ -71,6 +71,9 @@ pub struct Config {
     pub group_max_session_timeout_ms: i32,
     /// Committed offsets of groups left empty this long expire (-1: never).
     pub offsets_retention_minutes: i64,
+    /// Replication factor of the internal offsets topic (capped at the number of voters);
+    /// the controller creates the topic once this many brokers are up.
+    pub offsets_topic_replication_factor: i16,
     /// gRPC listener for the metadata quorum and replication. When `voters` is unset and
     /// this port is taken, a single node falls back to an ephemeral loopback port.
     pub rpc_listen: SocketAddr,
@@ -130,6 +133,7 @@ impl Default for Config {
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             offsets_retention_minutes: 7 * 24 * 60,
+            offsets_topic_replication_factor: 3,
             rpc_listen: ([0, 0, 0, 0], 9093).into(),
             advertised_rpc: None,
             voters: None,
@@ -253,6 +257,10 @@ pub struct Cli {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offsets_retention_minutes: Option<i64>,
+    /// Replication factor of the offsets topic, at most the voters [default: 3].
+    #[arg(long, env = "RIFFLE_OFFSETS_TOPIC_REPLICATION_FACTOR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offsets_topic_replication_factor: Option<i16>,
     /// RPC listener for the quorum and replication [default: 0.0.0.0:9093].
     #[arg(long, env = "RIFFLE_RPC_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -359,6 +367,9 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.node_id < 0 {
             return bad("node_id must be >= 0");
+        }
+        if self.offsets_topic_replication_factor < 1 {
+            return bad("offsets_topic_replication_factor must be >= 1");
         }
         if self.num_partitions < 1 {
             return bad("num_partitions must be >= 1");

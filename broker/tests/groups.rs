@@ -168,3 +168,87 @@ async fn offsets_of_empty_groups_expire_after_retention() {
     let mut c = broker.connect().await;
     assert_eq!(fetch_committed(&mut c, "idle", "orders", 0).await.0, -1);
 }
+
+/// A data directory from before the offsets topic kept commits in the `meta` column
+/// family: they move into `__consumer_offsets` when their partition is loaded, and the
+/// old keys are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_stored_before_the_offsets_topic_are_moved_into_it() {
+    use riffle_broker::group::offsets;
+    use riffle_broker::group::Committed;
+    use riffle_broker::storage::{Mutation, Store, CF_META};
+
+    let mut broker = TestBroker::start(env!("CARGO_BIN_EXE_riffle"), &[]);
+    broker.create_topic("orders", 2, &[]).await;
+    assert!(broker.terminate().success());
+    {
+        let store = Store::open(&broker.data_dir()).expect("open data dir");
+        let old = |offset, metadata: &str| Committed {
+            offset,
+            leader_epoch: -1,
+            metadata: metadata.into(),
+            commit_ms: riffle_broker::log::now_ms(),
+        };
+        store
+            .write(
+                vec![
+                    Mutation::Put {
+                        cf: CF_META,
+                        key: offsets::key("legacy", "orders", 0),
+                        value: old(17, "before").encode(),
+                    },
+                    Mutation::Put {
+                        cf: CF_META,
+                        key: offsets::key("legacy", "orders", 1),
+                        value: old(23, "").encode(),
+                    },
+                ],
+                true,
+            )
+            .await
+            .expect("write old commits");
+    }
+    broker.restart();
+    let mut c = broker.connect().await;
+    // The partition loads in the background: COORDINATOR_LOAD_IN_PROGRESS until then.
+    let mut got = (-1, String::new());
+    for _ in 0..100 {
+        got = fetch_committed(&mut c, "legacy", "orders", 0).await;
+        if got.0 != -1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, (17, "before".to_string()));
+    assert_eq!(fetch_committed(&mut c, "legacy", "orders", 1).await.0, 23);
+    // Newer commits win over the moved ones, also after another restart.
+    assert_eq!(
+        commit(&mut c, "legacy", (-1, ""), "orders", 1, 40, "new").await,
+        0
+    );
+    assert!(broker.terminate().success());
+    {
+        let store = Store::open(&broker.data_dir()).expect("open data dir");
+        let left = store.scan_prefix(CF_META, b"o/").expect("scan");
+        assert!(
+            left.is_empty(),
+            "old commit keys left behind: {}",
+            left.len()
+        );
+    }
+    broker.restart();
+    let mut c = broker.connect().await;
+    let mut got = (-1, String::new());
+    for _ in 0..100 {
+        got = fetch_committed(&mut c, "legacy", "orders", 1).await;
+        if got.0 != -1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, (40, "new".to_string()));
+    assert_eq!(
+        fetch_committed(&mut c, "legacy", "orders", 0).await,
+        (17, "before".to_string())
+    );
+}

@@ -117,7 +117,7 @@ impl TestBroker {
             .expect("log file");
         let child = Command::new(&self.binary)
             .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
+            .arg(self.data_dir())
             .args([
                 "--listen",
                 &self.kafka,
@@ -165,6 +165,11 @@ impl TestBroker {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// Starts the process again on the same data dir and ports.

@@ -655,3 +655,93 @@ def test_rolling_restart_under_idempotent_load(make_cluster):
     for p in partitions:
         wait_until(lambda p=p: c.leader_of(topic, p) == c.replicas_of(topic, p)[0],
                    timeout=OP_TIMEOUT, message=f"preferred leader of partition {p}")
+
+
+def group_coordinator(cluster, group) -> int:
+    """Node id of the group's coordinator (confluent-kafka's describe_consumer_groups)."""
+    admin = ck_admin(cluster)
+    desc = admin.describe_consumer_groups([group], request_timeout=OP_TIMEOUT)[group]
+    return desc.result(timeout=OP_TIMEOUT).coordinator.id
+
+
+@pytest.mark.timeout(300)
+def test_consumer_group_survives_coordinator_kill9(make_cluster):
+    """Committed offsets live in the replicated offsets topic: after kill -9 of
+    the group's coordinator the new one (the next leader of the group's offsets
+    partition) has every acknowledged commit, and the same consumer carries on
+    from them.  Membership is not replicated: the consumer rejoins the new
+    coordinator, so records read after its last acknowledged commit may be read
+    again (at-least-once) but none is skipped."""
+    c = make_cluster(n=3, extra_args=FAST)
+    partitions = range(3)
+    topic = create_topic(c, partitions=3, rf=3, config={"min.insync.replicas": 2})
+    values = {p: [f"{p}-{i:05d}".encode() for i in range(400)] for p in partitions}
+    for p in partitions:
+        produce_records(c, topic, values[p], partition=p)
+    group = unique_topic("group")
+    consumer = Consumer(ck_conf(c, **{"group.id": group, "enable.auto.commit": False,
+                                      "auto.offset.reset": "earliest",
+                                      "session.timeout.ms": 6000}))
+    seen = []
+    acked = {p: {0} for p in partitions}  # every offset the coordinator acknowledged
+    failed_commits = []
+
+    def consume_until(done, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            batch = [m for m in consumer.consume(num_messages=50, timeout=0.5) if not m.error()]
+            seen.extend((m.partition(), m.offset(), m.value()) for m in batch)
+            if not batch:
+                continue
+            try:
+                # Synchronous: returns once the coordinator acknowledged the commit.
+                for tp in consumer.commit(asynchronous=False):
+                    if tp.offset >= 0:
+                        acked[tp.partition].add(tp.offset)
+            except KafkaException as exc:
+                failed_commits.append(exc.args[0])
+        assert done(), f"consumed {len(seen)} records within {timeout}s"
+
+    def committed_now():
+        tps = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=OP_TIMEOUT)
+        return {tp.partition: tp.offset for tp in tps}
+
+    try:
+        consumer.subscribe([topic])
+        consume_until(lambda: len(seen) >= 600)
+        before = committed_now()
+        assert sum(max(o, 0) for o in before.values()) == len(seen), (before, len(seen))
+        coordinator = group_coordinator(c, group)
+        t0 = time.monotonic()
+        c.kill9(coordinator)
+        # Every acknowledged commit is back as soon as the new coordinator answers.
+        assert committed_now() == before
+        print(f"offsets readable again {time.monotonic() - t0:.2f}s after the kill")
+        assert group_coordinator(c, group) != coordinator
+        # The same consumer goes on to the end of every partition.
+        consume_until(lambda: {(p, o) for p, o, _ in seen} >= {
+            (p, o) for p in partitions for o in range(400)}, timeout=90)
+    finally:
+        consumer.close()
+    print(f"{len(seen) - 1200} records read twice; commits refused during the move: "
+          f"{failed_commits}")
+    for p in partitions:
+        got = [(o, v) for q, o, v in seen if q == p]
+        assert all(values[p][o] == v for o, v in got), f"partition {p}: wrong value at an offset"
+        # Reading restarts only at acknowledged commits, never past them.
+        prev = -1
+        for o, _ in got:
+            assert o == prev + 1 or (o in acked[p] and o <= prev + 1), \
+                f"partition {p}: read {o} after {prev} (acknowledged commits {sorted(acked[p])})"
+            prev = o
+    # A new member of the group starts where the group left off.
+    late = Consumer(ck_conf(c, **{"group.id": group, "enable.auto.commit": False}))
+    try:
+        committed = late.committed([TopicPartition(topic, p) for p in partitions],
+                                   timeout=OP_TIMEOUT)
+        assert {tp.partition: tp.offset for tp in committed} == {p: 400 for p in partitions}
+    finally:
+        late.close()
+    c.restart(coordinator)
+    c.wait_isr("__consumer_offsets", range(50), c.ids, timeout=60)
+    c.assert_replicas_consistent("__consumer_offsets", range(50))

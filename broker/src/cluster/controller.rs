@@ -20,6 +20,7 @@ use super::image::{
 };
 use super::{Import, Raft};
 use crate::config::Config;
+use crate::group::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::metadata::{names::validate_topic_name, Catalog};
 
 /// A request for the active controller.
@@ -108,6 +109,18 @@ pub enum ControlRequest {
     },
 }
 
+impl ControlRequest {
+    /// The topic a request creates, deletes or grows.
+    fn topic(&self) -> Option<&str> {
+        match self {
+            ControlRequest::CreateTopic { name, .. }
+            | ControlRequest::DeleteTopic { name }
+            | ControlRequest::AddPartitions { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
 /// The controller's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ControlReply {
@@ -181,6 +194,7 @@ pub struct Controller {
     timings: Timings,
     default_partitions: i32,
     default_rf: i16,
+    offsets_rf: i16,
     last_seen: Mutex<HashMap<BrokerId, Instant>>,
     /// Serialises decide-and-commit so decisions see every earlier commit.
     lock: tokio::sync::Mutex<()>,
@@ -213,6 +227,7 @@ impl Controller {
             },
             default_partitions: config.num_partitions,
             default_rf: config.default_replication_factor,
+            offsets_rf: config.offsets_topic_replication_factor,
             last_seen: Mutex::default(),
             lock: tokio::sync::Mutex::new(()),
             import: Mutex::new(Some(import)),
@@ -263,6 +278,12 @@ impl Controller {
             self.initialize().await;
         }
         let img = self.image();
+        if let Some(name) = req.topic().filter(|n| *n == OFFSETS_TOPIC) {
+            return refuse(
+                E::InvalidRequest.code(),
+                format!("{name} is internal: the cluster creates and manages it"),
+            );
+        }
         match req {
             ControlRequest::Heartbeat {
                 broker,
@@ -443,6 +464,8 @@ impl Controller {
             if let Err(r) = self.commit(Command::Batch(cmds)).await {
                 return r;
             }
+            // Before the broker serves clients, so their first group request finds it.
+            self.create_offsets_topic_locked().await;
         }
         let img = self.image();
         ControlReply::Heartbeat {
@@ -706,6 +729,7 @@ impl Controller {
                 continue;
             }
             self.fence_silent_brokers().await;
+            self.create_offsets_topic().await;
             if let Some((every, pct)) = self.timings.rebalance {
                 if Instant::now() >= next_rebalance {
                     next_rebalance = Instant::now() + every;
@@ -796,6 +820,58 @@ impl Controller {
         if let Err(e) = self.commit(Command::Batch(cmds)).await {
             tracing::warn!(reply = ?e, "could not initialise the cluster metadata");
         }
+    }
+
+    /// Creates the offsets topic once enough brokers are up for its replication factor
+    /// (`offsets_topic_replication_factor`, at most the number of voters).
+    async fn create_offsets_topic(&self) {
+        if self.image().topics.contains_key(OFFSETS_TOPIC) {
+            return;
+        }
+        let _g = self.lock.lock().await;
+        self.create_offsets_topic_locked().await;
+    }
+
+    /// [`Self::create_offsets_topic`] for a caller holding `lock`.
+    async fn create_offsets_topic_locked(&self) {
+        let img = self.image();
+        if img.cluster_id.is_none() || img.topics.contains_key(OFFSETS_TOPIC) {
+            return;
+        }
+        let voters = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        let active = img.brokers.keys().filter(|&&b| img.is_active(b)).count();
+        let rf = (self.offsets_rf.max(1) as usize).min(voters.max(1));
+        if active < rf {
+            return;
+        }
+        // Commits are kept until a group deletes them, not by age.
+        let configs = [
+            ("retention.ms", "-1"),
+            ("retention.bytes", "-1"),
+            ("cleanup.policy", "compact"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let reply = self
+            .create_topic(
+                &img,
+                OFFSETS_TOPIC.to_string(),
+                OFFSETS_PARTITIONS as i32,
+                rf as i16,
+                Vec::new(),
+                configs,
+                false,
+            )
+            .await;
+        tracing::info!(replication_factor = rf, ?reply, "created the offsets topic");
     }
 
     async fn fence_silent_brokers(&self) {

@@ -306,9 +306,12 @@ impl Cluster {
             let reply = match leader {
                 Some(l) if l == self.node_id as u64 => self.controller.handle(req.clone()).await,
                 Some(l) => match self.member_addr(l) {
-                    Some(addr) => self.remote_control(&addr, &req).await,
+                    Some(addr) => self.remote_control(&addr, &req, deadline).await,
                     None => ControlReply::NotController,
                 },
+                // A voter learns the leader from Raft within an election: wait for it
+                // rather than ask peers that may not answer (paused, partitioned).
+                None if self.is_voter() => ControlReply::NotController,
                 None => {
                     // No leader known (a learner that has not joined yet): ask the voters.
                     let next = self
@@ -318,7 +321,7 @@ impl Cluster {
                     match next {
                         Some(v) => {
                             tried.insert(v.id as u64);
-                            self.remote_control(&v.rpc, &req).await
+                            self.remote_control(&v.rpc, &req, deadline).await
                         }
                         None => {
                             tried.clear();
@@ -352,7 +355,15 @@ impl Cluster {
         }
     }
 
-    async fn remote_control(&self, addr: &str, req: &ControlRequest) -> ControlReply {
+    /// Sends a request to another broker's controller; a peer that accepts connections but
+    /// does not answer (paused, partitioned) counts as not the controller once `deadline`
+    /// passes, so callers move on instead of waiting for it.
+    async fn remote_control(
+        &self,
+        addr: &str,
+        req: &ControlRequest,
+        deadline: tokio::time::Instant,
+    ) -> ControlReply {
         let Ok(payload) = serde_json::to_vec(req) else {
             return ControlReply::NotController;
         };
@@ -363,11 +374,15 @@ impl Cluster {
             cluster_id: self.cluster_id.get(),
             payload: payload.into(),
         };
-        match client.control(env).await {
-            Ok(r) => serde_json::from_slice(&r.into_inner().payload)
+        match tokio::time::timeout_at(deadline, client.control(env)).await {
+            Ok(Ok(r)) => serde_json::from_slice(&r.into_inner().payload)
                 .unwrap_or(ControlReply::NotController),
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!(addr, error = %e, "controller request failed");
+                ControlReply::NotController
+            }
+            Err(_) => {
+                tracing::debug!(addr, "controller request timed out");
                 ControlReply::NotController
             }
         }

@@ -1,25 +1,38 @@
 //! Consumer group coordinator: classic group membership and committed offsets.
+//!
+//! Committed offsets are records of the internal offsets topic, replicated like any other
+//! partition. The leader of a group's offsets partition coordinates the group: on becoming
+//! leader it replays the partition into memory, and every commit is appended there and
+//! answered once the in-sync replicas have it, so offsets survive the loss of the
+//! coordinator's broker. Membership itself is not persisted: members rejoin the new
+//! coordinator, as with Kafka.
 
 pub mod offsets;
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
-use tokio::sync::oneshot;
 
-use crate::log::now_ms;
-use crate::storage::{Mutation, StorageError, Store, CF_META};
-pub use offsets::Committed;
+use crate::log::{now_ms, LogError, Partition, Role};
+use crate::metadata::{Catalog, Topic};
+use crate::protocol::batch;
+use crate::storage::{Mutation, Store, CF_META};
+use offsets::{offsets_partition, OffsetRecord};
+pub use offsets::{Committed, OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use state::Group;
 pub use state::{GroupState, GroupTimings, JoinParams, JoinReply, Outcome, SyncReply};
+
+/// A committed offset and the offset of the record that holds it (later records win, even
+/// when their appends complete out of order).
+type Stored = (i64, Committed);
 
 /// A group and its committed offsets.
 struct Entry {
     group: Group,
-    offsets: BTreeMap<(String, i32), Committed>,
+    offsets: BTreeMap<(String, i32), Stored>,
 }
 
 impl Entry {
@@ -31,8 +44,31 @@ impl Entry {
     }
 }
 
+/// Groups of the offsets partitions this broker leads.
+#[derive(Default)]
+struct State {
+    groups: HashMap<String, Entry>,
+    /// Offsets partitions in `groups`, with the leader epoch they were loaded at.
+    loaded: HashMap<u32, i32>,
+    /// Offsets partitions being replayed.
+    loading: HashSet<u32>,
+}
+
+impl State {
+    /// Forgets the groups of an offsets partition no longer led here; true if it was loaded.
+    fn unload(&mut self, partition: u32) -> bool {
+        let was = self.loaded.remove(&partition).is_some();
+        if was {
+            self.groups.retain(|g, _| offsets_partition(g) != partition);
+        }
+        was
+    }
+}
+
 /// Snapshot of a group for DescribeGroups.
 pub struct GroupDescription {
+    /// Error code (NOT_COORDINATOR and the like), 0 when described.
+    pub error: i16,
     /// State name.
     pub state: &'static str,
     /// Protocol type.
@@ -68,53 +104,311 @@ const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// Largest commit metadata accepted (Kafka's `offset.metadata.max.bytes`).
 pub const MAX_METADATA_BYTES: usize = 4096;
 
-/// The coordinator of every group on this broker.
+/// How long a commit waits for the in-sync replicas (Kafka's `offsets.commit.timeout.ms`).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes read per step when replaying an offsets partition.
+const REPLAY_CHUNK: usize = 1 << 20;
+
+/// The offsets partition leading a group here.
+struct Lead {
+    topic: Arc<Topic>,
+    part: Arc<Partition>,
+    epoch: i32,
+}
+
+/// The coordinator of the groups whose offsets partitions this broker leads.
 pub struct Coordinator {
-    entries: Mutex<HashMap<String, Entry>>,
+    state: Mutex<State>,
+    catalog: Arc<Catalog>,
     store: Arc<Store>,
     timings: GroupTimings,
     offsets_retention_ms: i64,
+    /// Whether commits wait for a WAL sync (per the broker's fsync policy).
+    sync: bool,
     /// When committed offsets were last checked for expiry.
     last_expiry: Mutex<Instant>,
 }
 
+/// Kafka's mapping of append errors to OffsetCommit errors.
+fn commit_error(e: &LogError) -> i16 {
+    match e {
+        LogError::NotLeader | LogError::FencedEpoch | LogError::Storage(_) => {
+            ResponseError::NotCoordinator.code()
+        }
+        _ => ResponseError::CoordinatorNotAvailable.code(),
+    }
+}
+
 impl Coordinator {
-    /// Loads committed offsets from storage.
-    pub fn load(
+    /// A coordinator that serves the offsets partitions `catalog` says this broker leads.
+    pub fn new(
+        catalog: Arc<Catalog>,
         store: Arc<Store>,
         timings: GroupTimings,
         offsets_retention_ms: i64,
-    ) -> Result<Coordinator, StorageError> {
-        let mut entries: HashMap<String, Entry> = HashMap::new();
-        for (k, v) in store.scan_prefix(CF_META, b"o/")? {
-            let (Some((group, topic, partition)), Some(c)) =
-                (offsets::parse_key(&k), Committed::decode(&v))
-            else {
-                return Err(StorageError::Corrupt("committed offset".into()));
-            };
-            entries
-                .entry(group.clone())
-                .or_insert_with(|| Entry::new(&group))
-                .offsets
-                .insert((topic, partition), c);
-        }
-        Ok(Coordinator {
-            entries: Mutex::new(entries),
+        sync: bool,
+    ) -> Coordinator {
+        Coordinator {
+            state: Mutex::default(),
+            catalog,
             store,
             timings,
             offsets_retention_ms,
+            sync,
             last_expiry: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The offsets partition of `group` if this broker leads it and has loaded it, else
+    /// the error that sends the client elsewhere (or makes it retry).
+    fn lead(&self, st: &State, group: &str) -> Result<Lead, i16> {
+        self.lead_partition(st, offsets_partition(group))
+    }
+
+    fn lead_partition(&self, st: &State, p: u32) -> Result<Lead, i16> {
+        let topic = self
+            .catalog
+            .get(OFFSETS_TOPIC)
+            .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
+        let part = topic
+            .partition(p as i32)
+            .ok_or(ResponseError::CoordinatorNotAvailable.code())?;
+        if part.role() != Role::Leader {
+            return Err(ResponseError::NotCoordinator.code());
+        }
+        let epoch = part.leader_epoch();
+        if st.loaded.get(&p) != Some(&epoch) {
+            return Err(ResponseError::CoordinatorLoadInProgress.code());
+        }
+        Ok(Lead { topic, part, epoch })
+    }
+
+    /// Loads the offsets partitions this broker now leads and drops those it no longer
+    /// leads. Called after every metadata change and on the timer.
+    pub fn sync_leadership(self: &Arc<Self>) {
+        let topic = self.catalog.get(OFFSETS_TOPIC);
+        let mut st = self.lock();
+        let mut unloaded = Vec::new();
+        for p in 0..OFFSETS_PARTITIONS {
+            let led = topic
+                .as_ref()
+                .and_then(|t| t.partition(p as i32))
+                .filter(|part| part.role() == Role::Leader);
+            match led {
+                Some(part) => {
+                    let epoch = part.leader_epoch();
+                    if st.loaded.get(&p) != Some(&epoch) && st.loading.insert(p) {
+                        tokio::spawn(self.clone().load(p, part, epoch));
+                    }
+                }
+                None => {
+                    if st.unload(p) {
+                        unloaded.push(p);
+                    }
+                }
+            }
+        }
+        if !unloaded.is_empty() {
+            tracing::info!(
+                partitions = ?unloaded,
+                "no longer coordinating the groups of these offsets partitions"
+            );
+        }
+    }
+
+    /// Replays offsets partition `p` (led at `epoch`) into memory.
+    async fn load(self: Arc<Self>, p: u32, part: Arc<Partition>, epoch: i32) {
+        let started = Instant::now();
+        let result = self.replay(p, &part, epoch).await;
+        let mut st = self.lock();
+        st.loading.remove(&p);
+        let groups = match result {
+            Ok(groups) => groups,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "loading offsets partition failed; will retry");
+                return;
+            }
+        };
+        if part.role() != Role::Leader || part.leader_epoch() != epoch {
+            return;
+        }
+        st.groups.retain(|g, _| offsets_partition(g) != p);
+        let count = groups.len();
+        for (id, offsets) in groups {
+            let mut e = Entry::new(&id);
+            e.offsets = offsets;
+            st.groups.insert(id, e);
+        }
+        st.loaded.insert(p, epoch);
+        tracing::debug!(
+            partition = p,
+            epoch,
+            groups = count,
+            ms = started.elapsed().as_millis() as u64,
+            "coordinating the groups of offsets partition"
+        );
+    }
+
+    /// Moves commits stored before the offsets topic existed into partition `p`, then
+    /// reads the whole partition (to its log end: on a new leader records above the high
+    /// watermark are still the partition's history).
+    async fn replay(
+        &self,
+        p: u32,
+        part: &Arc<Partition>,
+        epoch: i32,
+    ) -> Result<HashMap<String, BTreeMap<(String, i32), Stored>>, String> {
+        let mut prefix = b"o/".to_vec();
+        prefix.extend_from_slice(&p.to_be_bytes());
+        let legacy = self
+            .store
+            .scan_prefix(CF_META, &prefix)
+            .map_err(|e| e.to_string())?;
+        if !legacy.is_empty() {
+            let records: Vec<OffsetRecord> =
+                legacy.into_iter().map(|(k, v)| (k, Some(v))).collect();
+            let topic = self
+                .catalog
+                .get(OFFSETS_TOPIC)
+                .ok_or("offsets topic deleted")?;
+            let lead = Lead {
+                topic,
+                part: part.clone(),
+                epoch,
+            };
+            let pending = self
+                .append(&lead, &records)
+                .map_err(|c| format!("error {c}"))?;
+            pending.await.map_err(|c| format!("error {c}"))?;
+            let mut end = prefix.clone();
+            end.push(0xff);
+            self.store
+                .write(
+                    vec![Mutation::DeleteRange {
+                        cf: CF_META,
+                        from: prefix,
+                        to: end,
+                    }],
+                    true,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                partition = p,
+                commits = records.len(),
+                "moved stored commits into the offsets topic"
+            );
+        }
+        let part = part.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut groups: HashMap<String, BTreeMap<(String, i32), Stored>> = HashMap::new();
+            let mut next = part.offsets().log_start;
+            loop {
+                let batches = part
+                    .read_for_replica(next, REPLAY_CHUNK)
+                    .map_err(|e| e.to_string())?;
+                if batches.is_empty() {
+                    return Ok(groups);
+                }
+                for raw in batches {
+                    let h = batch::parse_header(&raw).map_err(|e| e.to_string())?;
+                    next = h.last_offset() + 1;
+                    for (offset, key, value) in offsets::decode_batch(raw)? {
+                        let (group, topic, partition) =
+                            offsets::parse_key(&key).ok_or("bad offsets record key")?;
+                        let offsets = groups.entry(group).or_default();
+                        match value.as_deref().map(Committed::decode) {
+                            Some(Some(c)) => {
+                                offsets.insert((topic, partition), (offset, c));
+                            }
+                            Some(None) => return Err("bad offsets record value".into()),
+                            None => {
+                                offsets.remove(&(topic, partition));
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|mut groups| {
+            groups.retain(|_, o| !o.is_empty());
+            groups
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    /// Appends records to a led offsets partition now (so the log keeps the order of the
+    /// caller's lock) and returns a future that resolves with the first record's offset
+    /// once the in-sync replicas have them.
+    fn append(
+        &self,
+        lead: &Lead,
+        records: &[OffsetRecord],
+    ) -> Result<impl std::future::Future<Output = Result<i64, i16>> + Send + 'static, i16> {
+        let raw = offsets::encode_batch(records, now_ms())
+            .map_err(|_| ResponseError::UnknownServerError.code())?;
+        let header =
+            batch::validate_produced(&raw).map_err(|_| ResponseError::UnknownServerError.code())?;
+        let cfg = lead.topic.config();
+        let min_isr = cfg.min_insync_replicas.max(1) as usize;
+        if lead.part.replica_set().2.len() < min_isr {
+            return Err(ResponseError::CoordinatorNotAvailable.code());
+        }
+        let outcome = lead.part.append(&raw, &header, &cfg, self.sync);
+        let (part, epoch, delta) = (lead.part.clone(), lead.epoch, header.last_offset_delta);
+        Ok(async move {
+            let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+            part.settle_append(outcome, delta, epoch, Some(min_isr), deadline)
+                .await
+                .map(|a| a.base_offset)
+                .map_err(|e| commit_error(&e))
+        })
+    }
+
+    /// Appends tombstones for `(group, topic, partition)` keys to their offsets
+    /// partitions (under the caller's lock); the futures resolve once replicated.
+    fn tombstones(
+        &self,
+        st: &State,
+        keys: Vec<(String, String, i32)>,
+    ) -> Result<Vec<impl std::future::Future<Output = Result<i64, i16>> + Send + 'static>, i16>
+    {
+        let mut by_partition: BTreeMap<u32, Vec<OffsetRecord>> = BTreeMap::new();
+        for (g, t, p) in keys {
+            by_partition
+                .entry(offsets_partition(&g))
+                .or_default()
+                .push((offsets::key(&g, &t, p), None));
+        }
+        by_partition
+            .into_iter()
+            .map(|(p, records)| self.append(&self.lead_partition(st, p)?, &records))
+            .collect()
     }
 
     /// Handles JoinGroup.
     pub fn join(&self, group_id: &str, params: JoinParams) -> Outcome<JoinReply> {
-        let mut entries = self.lock();
-        let entry = entries
+        let mut st = self.lock();
+        if let Err(error) = self.lead(&st, group_id) {
+            return Outcome::Now(JoinReply {
+                error,
+                generation: -1,
+                protocol_type: None,
+                protocol_name: None,
+                leader: String::new(),
+                member_id: params.member_id,
+                members: vec![],
+                skip_assignment: false,
+            });
+        }
+        let entry = st
+            .groups
             .entry(group_id.to_string())
             .or_insert_with(|| Entry::new(group_id));
         entry.group.join(params, Instant::now(), &self.timings)
@@ -129,22 +423,28 @@ impl Coordinator {
         generation: i32,
         assignments: Vec<(String, bytes::Bytes)>,
     ) -> Outcome<SyncReply> {
-        let mut entries = self.lock();
-        match entries.get_mut(group_id) {
-            Some(e) => e.group.sync(
-                member_id,
-                instance_id,
-                generation,
-                assignments,
-                Instant::now(),
-            ),
-            None => Outcome::Now(SyncReply {
-                error: ResponseError::UnknownMemberId.code(),
-                protocol_type: None,
-                protocol_name: None,
-                assignment: bytes::Bytes::new(),
-            }),
-        }
+        let mut st = self.lock();
+        let error = match self.lead(&st, group_id) {
+            Err(code) => code,
+            Ok(_) => match st.groups.get_mut(group_id) {
+                Some(e) => {
+                    return e.group.sync(
+                        member_id,
+                        instance_id,
+                        generation,
+                        assignments,
+                        Instant::now(),
+                    )
+                }
+                None => ResponseError::UnknownMemberId.code(),
+            },
+        };
+        Outcome::Now(SyncReply {
+            error,
+            protocol_type: None,
+            protocol_name: None,
+            assignment: bytes::Bytes::new(),
+        })
     }
 
     /// Handles Heartbeat.
@@ -155,7 +455,11 @@ impl Coordinator {
         instance_id: Option<&str>,
         generation: i32,
     ) -> i16 {
-        match self.lock().get_mut(group_id) {
+        let mut st = self.lock();
+        if let Err(code) = self.lead(&st, group_id) {
+            return code;
+        }
+        match st.groups.get_mut(group_id) {
             Some(e) => e
                 .group
                 .heartbeat(member_id, instance_id, generation, Instant::now()),
@@ -165,20 +469,27 @@ impl Coordinator {
 
     /// Handles LeaveGroup for each (member id, instance id).
     pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
-        let mut entries = self.lock();
-        let Some(e) = entries.get_mut(group_id) else {
-            return vec![ResponseError::UnknownMemberId.code(); members.len()];
+        let mut st = self.lock();
+        let error = match self.lead(&st, group_id) {
+            Err(code) => code,
+            Ok(_) => match st.groups.get_mut(group_id) {
+                Some(e) => {
+                    return members
+                        .iter()
+                        .map(|(m, i)| {
+                            e.group
+                                .leave(m, i.as_deref(), Instant::now(), &self.timings)
+                        })
+                        .collect()
+                }
+                None => ResponseError::UnknownMemberId.code(),
+            },
         };
-        members
-            .iter()
-            .map(|(m, i)| {
-                e.group
-                    .leave(m, i.as_deref(), Instant::now(), &self.timings)
-            })
-            .collect()
+        vec![error; members.len()]
     }
 
-    /// Validates and stores commits; returns the group-level error, if any.
+    /// Validates commits, appends them to the group's offsets partition and returns once
+    /// the in-sync replicas have them; returns the group-level error, if any.
     pub async fn commit(
         &self,
         group_id: &str,
@@ -187,9 +498,11 @@ impl Coordinator {
         generation: i32,
         commits: Vec<(String, i32, Committed)>,
     ) -> Result<(), i16> {
-        let rx = {
-            let mut entries = self.lock();
-            let entry = entries
+        let pending = {
+            let mut st = self.lock();
+            let lead = self.lead(&st, group_id)?;
+            let entry = st
+                .groups
                 .entry(group_id.to_string())
                 .or_insert_with(|| Entry::new(group_id));
             entry
@@ -199,32 +512,31 @@ impl Coordinator {
             if commits.is_empty() {
                 return Ok(());
             }
-            let mutations = commits
+            let records: Vec<OffsetRecord> = commits
                 .iter()
-                .map(|(t, p, c)| Mutation::Put {
-                    cf: CF_META,
-                    key: offsets::key(group_id, t, *p),
-                    value: c.encode(),
-                })
+                .map(|(t, p, c)| (offsets::key(group_id, t, *p), Some(c.encode())))
                 .collect();
-            for (t, p, c) in commits {
-                entry.offsets.insert((t, p), c);
-            }
-            // Queued under the lock so storage sees commits in the order memory did.
-            let (tx, rx) = oneshot::channel();
-            self.store.submit(
-                mutations,
-                true,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            rx
+            (self.append(&lead, &records)?, lead.epoch)
         };
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(ResponseError::KafkaStorageError.code()),
+        let (pending, epoch) = pending;
+        let base = pending.await?;
+        let mut st = self.lock();
+        let p = offsets_partition(group_id);
+        // Leadership moved meanwhile: the next leader replays the log instead.
+        if st.loaded.get(&p) == Some(&epoch) {
+            let entry = st
+                .groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Entry::new(group_id));
+            for (i, (t, p, c)) in commits.into_iter().enumerate() {
+                let offset = base + i as i64;
+                let slot = entry.offsets.entry((t, p)).or_insert((offset, c.clone()));
+                if slot.0 <= offset {
+                    *slot = (offset, c);
+                }
+            }
         }
+        Ok(())
     }
 
     /// Committed offsets of a group: the given partitions, or all of them.
@@ -232,38 +544,44 @@ impl Coordinator {
         &self,
         group_id: &str,
         only: Option<&[(String, Vec<i32>)]>,
-    ) -> Vec<(String, i32, Option<Committed>)> {
-        let entries = self.lock();
-        let offsets = entries.get(group_id).map(|e| &e.offsets);
-        match only {
+    ) -> Result<Vec<(String, i32, Option<Committed>)>, i16> {
+        let st = self.lock();
+        self.lead(&st, group_id)?;
+        let offsets = st.groups.get(group_id).map(|e| &e.offsets);
+        Ok(match only {
             Some(wanted) => wanted
                 .iter()
                 .flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p)))
                 .map(|(t, p)| {
-                    let c = offsets.and_then(|o| o.get(&(t.clone(), p)).cloned());
+                    let c = offsets.and_then(|o| o.get(&(t.clone(), p)).map(|s| s.1.clone()));
                     (t, p, c)
                 })
                 .collect(),
             None => offsets
                 .map(|o| {
                     o.iter()
-                        .map(|((t, p), c)| (t.clone(), *p, Some(c.clone())))
+                        .map(|((t, p), (_, c))| (t.clone(), *p, Some(c.clone())))
                         .collect()
                 })
                 .unwrap_or_default(),
-        }
+        })
     }
 
     /// Describes a group (Dead if unknown).
     pub fn describe(&self, group_id: &str) -> GroupDescription {
-        let entries = self.lock();
-        let Some(e) = entries.get(group_id) else {
-            return GroupDescription {
-                state: GroupState::Dead.name(),
-                protocol_type: String::new(),
-                protocol: String::new(),
-                members: vec![],
-            };
+        let st = self.lock();
+        let dead = |error| GroupDescription {
+            error,
+            state: GroupState::Dead.name(),
+            protocol_type: String::new(),
+            protocol: String::new(),
+            members: vec![],
+        };
+        if let Err(code) = self.lead(&st, group_id) {
+            return dead(code);
+        }
+        let Some(e) = st.groups.get(group_id) else {
+            return dead(0);
         };
         let g = &e.group;
         let proto = g.protocol_name.clone().unwrap_or_default();
@@ -288,6 +606,7 @@ impl Coordinator {
             })
             .collect();
         GroupDescription {
+            error: 0,
             state: g.state.name(),
             protocol_type: g.protocol_type.clone().unwrap_or_default(),
             protocol: if g.state == GroupState::Stable {
@@ -299,10 +618,11 @@ impl Coordinator {
         }
     }
 
-    /// Every group: (id, protocol type, state).
+    /// Every group this broker coordinates: (id, protocol type, state).
     pub fn list(&self) -> Vec<(String, String, &'static str)> {
         let mut v: Vec<_> = self
             .lock()
+            .groups
             .values()
             .map(|e| {
                 (
@@ -318,37 +638,36 @@ impl Coordinator {
 
     /// Deletes an empty group and its offsets.
     pub async fn delete_group(&self, group_id: &str) -> i16 {
-        let rx = {
-            let mut entries = self.lock();
-            match entries.get(group_id) {
+        let pending = {
+            let mut st = self.lock();
+            if let Err(code) = self.lead(&st, group_id) {
+                return code;
+            }
+            let keys = match st.groups.get(group_id) {
                 None => return ResponseError::GroupIdNotFound.code(),
                 Some(e) if !e.group.members.is_empty() => {
                     return ResponseError::NonEmptyGroup.code()
                 }
-                Some(_) => {}
+                Some(e) => e
+                    .offsets
+                    .keys()
+                    .map(|(t, p)| (group_id.to_string(), t.clone(), *p))
+                    .collect(),
+            };
+            match self.tombstones(&st, keys) {
+                Ok(p) => {
+                    st.groups.remove(group_id);
+                    p
+                }
+                Err(code) => return code,
             }
-            entries.remove(group_id);
-            let prefix = offsets::group_prefix(group_id);
-            let mut end = prefix.clone();
-            end.push(0xff);
-            let (tx, rx) = oneshot::channel();
-            self.store.submit(
-                vec![Mutation::DeleteRange {
-                    cf: CF_META,
-                    from: prefix,
-                    to: end,
-                }],
-                true,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            rx
         };
-        match rx.await {
-            Ok(Ok(())) => 0,
-            _ => ResponseError::KafkaStorageError.code(),
+        for p in pending {
+            if let Err(code) = p.await {
+                return code;
+            }
         }
+        0
     }
 
     /// Deletes committed offsets; `subscribed` says whether an active member still consumes
@@ -359,9 +678,10 @@ impl Coordinator {
         partitions: &[(String, i32)],
         subscribed: impl Fn(&str, &[bytes::Bytes]) -> bool,
     ) -> Result<Vec<i16>, i16> {
-        let (codes, rx) = {
-            let mut entries = self.lock();
-            let Some(e) = entries.get_mut(group_id) else {
+        let (codes, pending) = {
+            let mut st = self.lock();
+            self.lead(&st, group_id)?;
+            let Some(e) = st.groups.get(group_id) else {
                 return Err(ResponseError::GroupIdNotFound.code());
             };
             let metas: Vec<bytes::Bytes> = e
@@ -372,68 +692,59 @@ impl Coordinator {
                 .collect();
             let consumer =
                 e.group.protocol_type.as_deref() == Some("consumer") && !e.group.members.is_empty();
-            let mut mutations = Vec::new();
+            let mut keys = Vec::new();
             let codes = partitions
                 .iter()
                 .map(|(t, p)| {
                     if consumer && subscribed(t, &metas) {
                         return ResponseError::GroupSubscribedToTopic.code();
                     }
-                    if e.offsets.remove(&(t.clone(), *p)).is_some() {
-                        mutations.push(Mutation::Delete {
-                            cf: CF_META,
-                            key: offsets::key(group_id, t, *p),
-                        });
+                    if e.offsets.contains_key(&(t.clone(), *p)) {
+                        keys.push((group_id.to_string(), t.clone(), *p));
                     }
                     0
                 })
                 .collect();
-            let (tx, rx) = oneshot::channel();
-            self.store.submit(
-                mutations,
-                true,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            );
-            (codes, rx)
+            let pending = self.tombstones(&st, keys.clone())?;
+            if let Some(e) = st.groups.get_mut(group_id) {
+                for (_, t, p) in keys {
+                    e.offsets.remove(&(t, p));
+                }
+            }
+            (codes, pending)
         };
-        match rx.await {
-            Ok(Ok(())) => Ok(codes),
-            _ => Err(ResponseError::KafkaStorageError.code()),
+        for p in pending {
+            p.await?;
         }
+        Ok(codes)
     }
 
     /// Drops every group's committed offsets for a deleted topic.
     pub async fn forget_topic(&self, topic: &str) -> Result<(), i16> {
-        let mutations: Vec<Mutation> = {
-            let mut entries = self.lock();
-            let mut m = Vec::new();
-            for e in entries.values_mut() {
+        let pending = {
+            let mut st = self.lock();
+            let mut keys = Vec::new();
+            for e in st.groups.values_mut() {
                 let group_id = e.group.id.clone();
                 e.offsets.retain(|(t, p), _| {
                     if t == topic {
-                        m.push(Mutation::Delete {
-                            cf: CF_META,
-                            key: offsets::key(&group_id, t, *p),
-                        });
+                        keys.push((group_id.clone(), t.clone(), *p));
                     }
                     t != topic
                 });
             }
-            m
+            self.tombstones(&st, keys)?
         };
-        if mutations.is_empty() {
-            return Ok(());
+        for p in pending {
+            p.await?;
         }
-        self.store
-            .write(mutations, true)
-            .await
-            .map_err(|_| ResponseError::KafkaStorageError.code())
+        Ok(())
     }
 
-    /// Runs timeouts and expires offsets of long-empty groups.
-    pub async fn tick(&self) {
+    /// Runs timeouts, follows offsets-partition leadership and expires offsets of
+    /// long-empty groups.
+    pub async fn tick(self: &Arc<Self>) {
+        self.sync_leadership();
         let now = Instant::now();
         let now_wall = now_ms();
         // Group timers need 100 ms resolution; offset expiry (days) only a coarse one.
@@ -448,41 +759,41 @@ impl Coordinator {
             }
             due && self.offsets_retention_ms >= 0
         };
-        let mut mutations = Vec::new();
-        {
-            let mut entries = self.lock();
-            for e in entries.values_mut() {
+        let pending = {
+            let mut st = self.lock();
+            let mut expired = Vec::new();
+            for e in st.groups.values_mut() {
                 e.group.tick(now, &self.timings);
                 if expire && e.group.state == GroupState::Empty {
                     let group_id = e.group.id.clone();
-                    e.offsets.retain(|(t, p), c| {
+                    e.offsets.retain(|(t, p), (_, c)| {
                         let keep = now_wall - c.commit_ms <= self.offsets_retention_ms;
                         if !keep {
-                            mutations.push(Mutation::Delete {
-                                cf: CF_META,
-                                key: offsets::key(&group_id, t, *p),
-                            });
+                            expired.push((group_id.clone(), t.clone(), *p));
                         }
                         keep
                     });
                 }
             }
-            entries.retain(|_, e| {
+            st.groups.retain(|_, e| {
                 !(e.group.state == GroupState::Empty
                     && e.offsets.is_empty()
                     && e.group.members.is_empty())
             });
-        }
-        if !mutations.is_empty() {
-            if let Err(e) = self.store.write(mutations, false).await {
-                tracing::error!(error = %e, "expiring committed offsets failed");
+            self.tombstones(&st, expired)
+        };
+        // Expiry needs no answer: the tombstones are written in the background.
+        if let Ok(pending) = pending {
+            for p in pending {
+                tokio::spawn(p);
             }
         }
     }
 
-    /// State of every group, for metrics.
+    /// State of every group this broker coordinates, for metrics.
     pub fn snapshot(&self) -> Vec<GroupSnapshot> {
         self.lock()
+            .groups
             .values()
             .map(|e| GroupSnapshot {
                 id: e.group.id.clone(),
@@ -491,7 +802,7 @@ impl Coordinator {
                 committed: e
                     .offsets
                     .iter()
-                    .map(|((t, p), c)| (t.clone(), *p, c.offset))
+                    .map(|((t, p), (_, c))| (t.clone(), *p, c.offset))
                     .collect(),
             })
             .collect()

@@ -1,10 +1,20 @@
-//! Committed offsets: in memory per group, persisted in the `meta` column family.
+//! Committed offsets as records of the internal offsets topic.
 //!
-//! Keys start with the offsets partition of the group (`hash(group) % N`, like Kafka's
-//! `__consumer_offsets`), so a partition's commits form one contiguous key range that can
-//! move or replicate as a unit.
+//! A group belongs to partition `hash(group) % 50` of `__consumer_offsets`, like Kafka's.
+//! Each commit is a record keyed by (group, topic, partition) whose value is the commit
+//! (no value deletes it), so replaying a partition in order rebuilds its groups' offsets.
+//! Before the topic existed, commits were stored under the same keys in the `meta` column
+//! family; those are moved into the topic when their partition is first loaded.
 
-/// Partitions of the (virtual) offsets topic.
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+/// The internal topic holding committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Partitions of the offsets topic.
 pub const OFFSETS_PARTITIONS: u32 = 50;
 
 /// A committed offset.
@@ -61,6 +71,52 @@ pub fn parse_key(k: &[u8]) -> Option<(String, String, i32)> {
     Some((group.to_string(), topic.to_string(), partition))
 }
 
+/// A record of the offsets topic: key and value (`None` deletes the key).
+pub type OffsetRecord = (Vec<u8>, Option<Vec<u8>>);
+
+/// Encodes records as one uncompressed v2 batch without a producer id.
+pub fn encode_batch(records: &[OffsetRecord], now_ms: i64) -> Result<Bytes, String> {
+    let recs: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp: now_ms,
+            key: Some(Bytes::copy_from_slice(k)),
+            value: v.as_deref().map(Bytes::copy_from_slice),
+            headers: Default::default(),
+            delete_horizon: false,
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        recs.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(buf.freeze())
+}
+
+/// Decodes one stored batch into `(offset, key, value)` records.
+pub fn decode_batch(mut raw: Bytes) -> Result<Vec<(i64, Bytes, Option<Bytes>)>, String> {
+    let set = RecordBatchDecoder::decode(&mut raw).map_err(|e| e.to_string())?;
+    set.records
+        .into_iter()
+        .map(|r| Ok((r.offset, r.key.ok_or("record without a key")?, r.value)))
+        .collect()
+}
+
 impl Committed {
     /// Binary value encoding.
     pub fn encode(&self) -> Vec<u8> {
@@ -113,5 +169,21 @@ mod tests {
         };
         assert_eq!(Committed::decode(&c.encode()), Some(c));
         assert_eq!(parse_key(b"o/xx"), None);
+    }
+
+    #[test]
+    fn batches_round_trip_with_tombstones() {
+        let recs = vec![
+            (key("g", "t", 0), Some(b"v1".to_vec())),
+            (key("g", "t", 1), None),
+        ];
+        let raw = encode_batch(&recs, 5).unwrap();
+        let back = decode_batch(raw).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].0, 0);
+        assert_eq!(&back[0].1[..], &recs[0].0[..]);
+        assert_eq!(back[0].2.as_deref(), Some(&b"v1"[..]));
+        assert_eq!((back[1].0, back[1].2.clone()), (1, None));
+        assert!(decode_batch(Bytes::from_static(b"junk")).is_err());
     }
 }

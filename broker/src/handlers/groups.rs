@@ -24,7 +24,10 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
 use super::{str_bytes, Broker, Reply};
-use crate::group::{Committed, JoinParams, JoinReply, Outcome, SyncReply, MAX_METADATA_BYTES};
+use crate::group::offsets::offsets_partition;
+use crate::group::{
+    Committed, JoinParams, JoinReply, Outcome, SyncReply, MAX_METADATA_BYTES, OFFSETS_TOPIC,
+};
 use crate::log::now_ms;
 use crate::protocol::encode_response;
 
@@ -68,24 +71,21 @@ fn subscribes_to(topic: &str, metadata: &[Bytes]) -> bool {
 }
 
 impl Broker {
-    /// The coordinator of a group: one active broker chosen by the group's offsets
-    /// partition, the same on every broker that has the same metadata.
-    fn group_coordinator(&self, group: &str) -> (BrokerId, StrBytes, i32) {
+    /// The coordinator of a group: the leader of its offsets partition.
+    fn group_coordinator(&self, group: &str) -> Result<(BrokerId, StrBytes, i32), i16> {
         let image = self.cluster.image();
-        let active: Vec<&crate::cluster::image::BrokerInfo> = image
-            .brokers
-            .values()
+        let p = offsets_partition(group) as usize;
+        image
+            .topics
+            .get(OFFSETS_TOPIC)
+            .and_then(|t| t.partitions.get(p))
+            .and_then(|s| image.brokers.get(&s.leader))
             .filter(|b| image.is_active(b.id))
-            .collect();
-        let p = crate::group::offsets::offsets_partition(group) as usize;
-        let chosen = active.get(p % active.len().max(1));
-        if let Some((b, (host, port))) =
-            chosen.and_then(|b| Some((b, crate::config::split_host_port(&b.kafka)?)))
-        {
-            return (BrokerId(b.id), StrBytes::from_string(host), port);
-        }
-        let (host, port) = self.advertised();
-        (BrokerId(self.config.node_id), host, port)
+            .and_then(|b| {
+                let (host, port) = crate::config::split_host_port(&b.kafka)?;
+                Some((BrokerId(b.id), StrBytes::from_string(host), port))
+            })
+            .ok_or(ResponseError::CoordinatorNotAvailable.code())
     }
 
     pub(super) fn find_coordinator(
@@ -94,40 +94,47 @@ impl Broker {
         version: i16,
     ) -> FindCoordinatorResponse {
         // Transactions have no coordinator yet.
-        let unavailable = req.key_type != 0;
+        let lookup = |key: &str| {
+            if req.key_type != 0 {
+                Err(ResponseError::CoordinatorNotAvailable.code())
+            } else {
+                self.group_coordinator(key)
+            }
+        };
         if version >= 4 {
             let coordinators = req
                 .coordinator_keys
-                .into_iter()
+                .iter()
                 .map(|key| {
-                    let c = CoordinatorEntry::default().with_key(key);
-                    if unavailable {
-                        c.with_node_id(BrokerId(-1))
-                            .with_port(-1)
-                            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-                    } else {
-                        let (node, host, port) = self.group_coordinator(&c.key);
-                        c.with_node_id(node).with_host(host).with_port(port)
+                    let c = CoordinatorEntry::default().with_key(key.clone());
+                    match lookup(key) {
+                        Ok((node, host, port)) => {
+                            c.with_node_id(node).with_host(host).with_port(port)
+                        }
+                        Err(code) => {
+                            self.count_error(ApiKey::FindCoordinator, code);
+                            c.with_node_id(BrokerId(-1))
+                                .with_port(-1)
+                                .with_error_code(code)
+                        }
                     }
                 })
                 .collect();
             return FindCoordinatorResponse::default().with_coordinators(coordinators);
         }
-        if unavailable {
-            self.count_error(
-                ApiKey::FindCoordinator,
-                ResponseError::CoordinatorNotAvailable.code(),
-            );
-            return FindCoordinatorResponse::default()
-                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
-                .with_node_id(BrokerId(-1))
-                .with_port(-1);
+        match lookup(&req.key) {
+            Ok((node, host, port)) => FindCoordinatorResponse::default()
+                .with_node_id(node)
+                .with_host(host)
+                .with_port(port),
+            Err(code) => {
+                self.count_error(ApiKey::FindCoordinator, code);
+                FindCoordinatorResponse::default()
+                    .with_error_code(code)
+                    .with_node_id(BrokerId(-1))
+                    .with_port(-1)
+            }
         }
-        let (node, host, port) = self.group_coordinator(&req.key);
-        FindCoordinatorResponse::default()
-            .with_node_id(node)
-            .with_host(host)
-            .with_port(port)
     }
 
     pub(super) fn join_group(
@@ -405,13 +412,13 @@ impl Broker {
     ) -> OffsetFetchResponse {
         let lookup = |group: &str, topics: Option<Vec<(String, Vec<i32>)>>| {
             let mut by_topic: Vec<TopicCommits> = Vec::new();
-            for (t, p, c) in self.groups.committed(group, topics.as_deref()) {
+            for (t, p, c) in self.groups.committed(group, topics.as_deref())? {
                 match by_topic.iter_mut().find(|(name, _)| *name == t) {
                     Some((_, v)) => v.push((p, c)),
                     None => by_topic.push((t, vec![(p, c)])),
                 }
             }
-            by_topic
+            Ok::<_, i16>(by_topic)
         };
         let committed = |c: &Option<Committed>| match c {
             Some(c) => (
@@ -431,7 +438,12 @@ impl Broker {
                             .map(|t| (t.name.0.to_string(), t.partition_indexes))
                             .collect()
                     });
-                    let topics = lookup(g.group_id.0.as_str(), wanted)
+                    let (topics, code) = match lookup(g.group_id.0.as_str(), wanted) {
+                        Ok(t) => (t, 0),
+                        Err(code) => (Vec::new(), code),
+                    };
+                    self.count_error(ApiKey::OffsetFetch, code);
+                    let topics = topics
                         .into_iter()
                         .map(|(t, parts)| {
                             let partitions = parts
@@ -453,16 +465,47 @@ impl Broker {
                     OffsetFetchResponseGroup::default()
                         .with_group_id(g.group_id)
                         .with_topics(topics)
+                        .with_error_code(code)
                 })
                 .collect();
             return OffsetFetchResponse::default().with_groups(groups);
         }
-        let wanted = req.topics.map(|ts| {
+        let wanted: Option<Vec<(String, Vec<i32>)>> = req.topics.map(|ts| {
             ts.into_iter()
                 .map(|t| (t.name.0.to_string(), t.partition_indexes))
                 .collect()
         });
-        let topics = lookup(req.group_id.0.as_str(), wanted)
+        let wanted_v1 = wanted.clone();
+        let by_topic = match lookup(req.group_id.0.as_str(), wanted) {
+            Ok(t) => t,
+            Err(code) => {
+                self.count_error(ApiKey::OffsetFetch, code);
+                // v0-1 have no top-level error: clients read it from the partitions.
+                let partitions = |ps: Vec<i32>| {
+                    ps.into_iter()
+                        .map(|p| {
+                            OffsetFetchResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(-1)
+                                .with_error_code(code)
+                        })
+                        .collect()
+                };
+                let topics = wanted_v1
+                    .into_iter()
+                    .flatten()
+                    .map(|(t, ps)| {
+                        OffsetFetchResponseTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(t)))
+                            .with_partitions(partitions(ps))
+                    })
+                    .collect();
+                return OffsetFetchResponse::default()
+                    .with_error_code(code)
+                    .with_topics(topics);
+            }
+        };
+        let topics = by_topic
             .into_iter()
             .map(|(t, parts)| {
                 let partitions = parts
@@ -490,6 +533,7 @@ impl Broker {
             .into_iter()
             .map(|gid| {
                 let d = self.groups.describe(gid.0.as_str());
+                self.count_error(ApiKey::DescribeGroups, d.error);
                 let members = d
                     .members
                     .into_iter()
@@ -504,6 +548,7 @@ impl Broker {
                     })
                     .collect();
                 DescribedGroup::default()
+                    .with_error_code(d.error)
                     .with_group_id(gid)
                     .with_group_state(str_bytes(d.state))
                     .with_protocol_type(StrBytes::from_string(d.protocol_type))

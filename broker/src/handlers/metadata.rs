@@ -16,6 +16,7 @@ use super::{str_bytes, Broker};
 use crate::cluster::image::BrokerState;
 use crate::cluster::{ControlReply, ControlRequest};
 use crate::config::split_host_port;
+use crate::group::OFFSETS_TOPIC;
 use crate::metadata::{names::validate_topic_name, Topic};
 
 impl Broker {
@@ -128,7 +129,8 @@ impl Broker {
         if let Some(t) = self.catalog.get(name.0.as_str()) {
             return self.describe_topic(&t);
         }
-        if !auto_create {
+        // The offsets topic is created by the controller, with its own layout.
+        if !auto_create || name.0.as_str() == OFFSETS_TOPIC {
             return unknown(ResponseError::UnknownTopicOrPartition.code());
         }
         let reply = self
@@ -200,6 +202,7 @@ impl Broker {
         MetadataResponseTopic::default()
             .with_name(Some(TopicName(str_bytes(&t.name))))
             .with_topic_id(t.id)
+            .with_is_internal(&*t.name == OFFSETS_TOPIC)
             .with_partitions(partitions)
     }
 

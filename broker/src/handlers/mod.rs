@@ -95,10 +95,13 @@ impl Broker {
             max_session_timeout_ms: config.group_max_session_timeout_ms,
         };
         let retention_ms = config.offsets_retention_minutes.saturating_mul(60_000);
-        let groups = Arc::new(
-            Coordinator::load(store.clone(), timings, retention_ms)
-                .map_err(crate::metadata::CatalogError::from)?,
-        );
+        let groups = Arc::new(Coordinator::new(
+            catalog.clone(),
+            store.clone(),
+            timings,
+            retention_ms,
+            config.fsync_policy != crate::config::FsyncPolicy::Never,
+        ));
         let import = Import {
             cluster_id: catalog.cluster_id.clone(),
             topics: catalog
@@ -115,6 +118,7 @@ impl Broker {
                 Box::pin(async move {
                     match catalog.reconcile(&image, me).await {
                         Ok(deleted) => {
+                            groups.sync_leadership();
                             for t in deleted {
                                 // Committed offsets must not carry over to a re-created topic.
                                 let _ = groups.forget_topic(&t).await;

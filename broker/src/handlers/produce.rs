@@ -14,6 +14,7 @@ use kafka_protocol::messages::{
 use super::{Broker, Reply};
 use crate::cluster::{ControlReply, ControlRequest};
 use crate::config::FsyncPolicy;
+use crate::group::OFFSETS_TOPIC;
 use crate::log::{AppendOutcome, Appended, LogError, Partition, Role};
 use crate::metadata::Topic;
 use crate::protocol::{batch, encode_response};
@@ -107,6 +108,10 @@ impl Broker {
     ) -> Result<PendingAppend, i16> {
         let unknown = ResponseError::UnknownTopicOrPartition.code();
         let topic = topic.ok_or(unknown)?;
+        if &*topic.name == OFFSETS_TOPIC {
+            // Only the group coordinator writes committed offsets.
+            return Err(ResponseError::InvalidTopicException.code());
+        }
         let part = topic.partition(index).ok_or(unknown)?;
         let cfg = topic.config();
         if part.role() != Role::Leader {
@@ -149,17 +154,10 @@ struct PendingAppend {
 
 impl PendingAppend {
     async fn wait(self, acks: i16, deadline: tokio::time::Instant) -> Result<Appended, LogError> {
-        let appended = match tokio::time::timeout_at(deadline, self.outcome.wait()).await {
-            Ok(r) => r?,
-            Err(_) => return Err(LogError::Timeout),
-        };
-        if acks == -1 {
-            let end = appended.base_offset + i64::from(self.records) + 1;
-            self.part
-                .wait_replicated(end, self.epoch, self.min_isr, deadline)
-                .await?;
-        }
-        Ok(appended)
+        let min_isr = (acks == -1).then_some(self.min_isr);
+        self.part
+            .settle_append(self.outcome, self.records, self.epoch, min_isr, deadline)
+            .await
     }
 }
 

@@ -662,6 +662,27 @@ impl Partition {
         }
     }
 
+    /// Waits until an append of records up to `base + last_offset_delta` is durable here
+    /// and, with `min_isr` (acks=all), until the high watermark covers it.
+    pub async fn settle_append(
+        &self,
+        outcome: AppendOutcome,
+        last_offset_delta: i32,
+        epoch: i32,
+        min_isr: Option<usize>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Appended, LogError> {
+        let appended = match tokio::time::timeout_at(deadline, outcome.wait()).await {
+            Ok(r) => r?,
+            Err(_) => return Err(LogError::Timeout),
+        };
+        if let Some(min_isr) = min_isr {
+            let end = appended.base_offset + i64::from(last_offset_delta) + 1;
+            self.wait_replicated(end, epoch, min_isr, deadline).await?;
+        }
+        Ok(appended)
+    }
+
     /// Follower side: `(log end, epoch of the last batch)` to fetch from.
     pub fn fetch_position(&self) -> (i64, i32) {
         let st = self.lock();
