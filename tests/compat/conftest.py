@@ -87,9 +87,9 @@ def make_cluster(riffle_bin, tmp_path, request):
     created: list[Cluster] = []
     request.node._riffle_clusters = created
 
-    def factory(n=3, voters=3, extra_args=(), env=None, start=True):
+    def factory(n=3, voters=3, extra_args=(), env=None, start=True, netns=False):
         c = Cluster(tmp_path / f"cluster{len(created)}", n=n, voters=voters,
-                    extra_args=extra_args, env=env)
+                    extra_args=extra_args, env=env, netns=netns)
         created.append(c)
         if start:
             c.start()

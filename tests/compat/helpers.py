@@ -125,8 +125,11 @@ class Broker:
     """
 
     def __init__(self, workdir: Path, node_id: int = 1, extra_args=(), env=None,
-                 ports: tuple[int, int, int] | None = None, rpc_flags: bool = False):
+                 ports: tuple[int, int, int] | None = None, rpc_flags: bool = False,
+                 host: str = "127.0.0.1", netns: str | None = None):
         self.binary = riffle_binary()
+        self.host = host
+        self.netns = netns
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
@@ -149,15 +152,15 @@ class Broker:
     # -- addresses --------------------------------------------------------
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def http_base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def rpc_address(self) -> str:
-        return f"127.0.0.1:{self.rpc_port}"
+        return f"{self.host}:{self.rpc_port}"
 
     @property
     def pid(self) -> int:
@@ -165,13 +168,15 @@ class Broker:
         return self.proc.pid
 
     def command(self) -> list[str]:
+        # `ip netns exec` execs the broker in place: the pid (and signals) stay the broker's.
         return [
+            *(["ip", "netns", "exec", self.netns] if self.netns else []),
             str(self.binary),
             "--node-id", str(self.node_id),
             "--data-dir", str(self.data_dir),
             "--listen", self.bootstrap,
             "--advertised-listener", self.bootstrap,
-            "--http-listen", f"127.0.0.1:{self.http_port}",
+            "--http-listen", f"{self.host}:{self.http_port}",
             *(["--rpc-listen", self.rpc_address, "--advertised-rpc", self.rpc_address]
               if self.rpc_flags else []),
             *self.extra_args,
@@ -288,7 +293,7 @@ class Broker:
 
     def kafka_port_open(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+            with socket.create_connection((self.host, self.port), timeout=1.0):
                 return True
         except OSError:
             return False
@@ -313,6 +318,58 @@ class Broker:
         return out
 
 
+class Network:
+    """Brokers on separate hosts of one machine: a network namespace per broker,
+    each joined by a veth pair to a bridge in the test's own namespace.  The
+    test (like any client) reaches every broker; ``cut`` drops all traffic
+    between two brokers (blackhole routes on both sides: packets vanish, as in
+    a real partition, instead of being refused) while clients still reach both.
+    Needs root and iproute2; everything is removed by ``cleanup``."""
+
+    def __init__(self):
+        tag = uuid.uuid4().hex[:4]
+        self.prefix = f"10.{200 + int(tag[0], 16)}.{int(tag[1:3], 16)}"
+        self.bridge = f"rfbr{tag}"
+        self.tag = tag
+        self.hosts: dict[int, tuple[str, str]] = {}  # id -> (netns, ip)
+        self._ip("link", "add", self.bridge, "type", "bridge")
+        self._ip("addr", "add", f"{self.prefix}.254/24", "dev", self.bridge)
+        self._ip("link", "set", self.bridge, "up")
+
+    @staticmethod
+    def _ip(*args, netns: str | None = None):
+        cmd = ["ip", *(["-n", netns] if netns else []), *args]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+
+    def add_host(self, node_id: int) -> tuple[str, str]:
+        """A namespace with address ``prefix.node_id`` on the bridge: (netns, ip)."""
+        ns, ip, veth = f"rf{self.tag}b{node_id}", f"{self.prefix}.{node_id}", f"rf{self.tag}v{node_id}"
+        self._ip("netns", "add", ns)
+        self.hosts[node_id] = (ns, ip)
+        self._ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        self._ip("link", "set", veth, "master", self.bridge, "up")
+        self._ip("addr", "add", f"{ip}/24", "dev", "eth0", netns=ns)
+        self._ip("link", "set", "eth0", "up", netns=ns)
+        self._ip("link", "set", "lo", "up", netns=ns)
+        return ns, ip
+
+    def cut(self, a: int, b: int):
+        """Drop every packet between hosts ``a`` and ``b``."""
+        for x, y in ((a, b), (b, a)):
+            self._ip("route", "add", "blackhole", f"{self.hosts[y][1]}/32", netns=self.hosts[x][0])
+
+    def heal(self, a: int, b: int):
+        for x, y in ((a, b), (b, a)):
+            self._ip("route", "del", "blackhole", f"{self.hosts[y][1]}/32", netns=self.hosts[x][0])
+
+    def cleanup(self):
+        for ns, _ip in self.hosts.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
 class Cluster:
     """``n`` riffle brokers (ids 1..n) on 127.0.0.1 forming one cluster.
 
@@ -335,8 +392,11 @@ class Cluster:
     broker never stalls a probe.
     """
 
-    def __init__(self, workdir: Path, n: int = 3, voters: int = 3, extra_args=(), env=None):
+    def __init__(self, workdir: Path, n: int = 3, voters: int = 3, extra_args=(), env=None,
+                 netns: bool = False):
         assert n >= 1 and voters >= 1
+        # With ``netns`` every broker runs on its own host of a ``Network``.
+        self.network = Network() if netns else None
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.extra_args = [str(a) for a in extra_args]
@@ -344,15 +404,22 @@ class Cluster:
         self.voter_ids = list(range(1, min(voters, n) + 1))
         ports = free_ports(3 * n)
         self._ports = {i: tuple(ports[3 * (i - 1):3 * i]) for i in range(1, n + 1)}
-        self.voters_arg = ",".join(f"{i}@127.0.0.1:{self._ports[i][2]}" for i in self.voter_ids)
+        self.hosts = {i: self.network.add_host(i) if self.network else (None, "127.0.0.1")
+                      for i in range(1, n + 1)}
+        self.voters_arg = ",".join(f"{i}@{self.hosts[i][1]}:{self._ports[i][2]}"
+                                   for i in self.voter_ids)
         self.brokers: dict[int, Broker] = {}
         for i in range(1, n + 1):
             self._new_broker(i, self._ports[i])
 
     def _new_broker(self, node_id: int, ports, extra_args=()) -> Broker:
+        if node_id not in self.hosts:
+            self.hosts[node_id] = (self.network.add_host(node_id) if self.network
+                                   else (None, "127.0.0.1"))
+        netns, host = self.hosts[node_id]
         b = Broker(self.workdir / f"broker{node_id}", node_id=node_id,
                    extra_args=["--voters", self.voters_arg, *self.extra_args, *extra_args],
-                   env=self.env, ports=ports, rpc_flags=True)
+                   env=self.env, ports=ports, rpc_flags=True, host=host, netns=netns)
         self.brokers[node_id] = b
         return b
 
@@ -461,6 +528,8 @@ class Cluster:
                 b.cleanup()
             except Exception:  # noqa: BLE001
                 pass
+        if self.network:
+            self.network.cleanup()
 
     def log_tails(self, lines: int = 40) -> str:
         return "\n".join(self.brokers[i].log_tail(lines) for i in self.ids)
@@ -584,7 +653,8 @@ class Cluster:
         last = None
         for i in [via] if via is not None else self.live_ids():
             try:
-                with kafka_wire.Conn(self.brokers[i].port, timeout=timeout) as conn:
+                with kafka_wire.Conn(self.brokers[i].port, timeout=timeout,
+                                     host=self.brokers[i].host) as conn:
                     raw = kafka_wire.metadata_v4(conn, topics)
             except (OSError, ValueError, AssertionError) as exc:
                 last = exc

@@ -745,3 +745,58 @@ def test_consumer_group_survives_coordinator_kill9(make_cluster):
     c.restart(coordinator)
     c.wait_isr("__consumer_offsets", range(50), c.ids, timeout=60)
     c.assert_replicas_consistent("__consumer_offsets", range(50))
+
+
+@pytest.mark.timeout(300)
+def test_partitioned_leader_is_replaced_and_truncates(make_cluster):
+    """A real network partition (a network namespace per broker; blackhole
+    routes between them): the leader of a partition is cut off from both other
+    brokers while clients still reach every broker.  Its acks=1 writes stay
+    above its high watermark; the majority fences it after the session timeout
+    and elects a new leader, where an idempotent acks=all producer carries on.
+    Once the network heals the old leader truncates its tail, and every replica
+    ends with the same log, holding every acknowledged acks=all record at its
+    acknowledged offset."""
+    c = make_cluster(n=3, extra_args=ISR_FAST, netns=True)
+    topic = create_topic(c, partitions=1, rf=3, config={"min.insync.replicas": 2})
+    c.wait_isr(topic, [0], c.ids)
+    old = c.wait_leader(topic, 0)
+    others = [i for i in c.ids if i != old]
+    load = ConfluentLoad(c, topic).start()
+    orphans = [f"orphan-{i}".encode() for i in range(5)]
+    try:
+        load.log.wait_acks(200)
+        for o in others:
+            c.network.cut(old, o)
+        t_cut = time.monotonic()
+        ob = c.broker(old)
+        with kafka_wire.Conn(ob.port, host=ob.host) as conn:
+            batch = kafka_wire.record_batch([(None, v) for v in orphans])
+            res = kafka_wire.produce_v3(conn, topic, 0, batch, acks=1)
+        print(f"acks=1 write to the isolated leader: {res[topic][0]}")
+
+        def new_leader():
+            leader = c.leader_of(topic, 0, others[0])
+            return leader if leader in others else None
+
+        new = wait_until(new_leader, timeout=30, message="a leader on the majority side")
+        t_new = time.monotonic()
+        t_ack = wait_until(lambda: load.log.first_ack_after(t_new), timeout=90, interval=0.05,
+                           message="an acknowledgement from the new leader")
+        print(f"partitioned leader {old}: new leader {new} after {t_new - t_cut:.2f}s, "
+              f"first acknowledgement after {t_ack - t_cut:.2f}s")
+        load.log.wait_acks(load.log.count() + 200)
+        for o in others:
+            c.network.heal(old, o)
+        wait_until(lambda: c.partition_state(old, topic, 0)["role"] == "follower", timeout=30,
+                   message=f"old leader {old} to become a follower")
+        c.wait_isr(topic, [0], c.ids, timeout=60)
+        load.log.wait_acks(load.log.count() + 200)
+    except BaseException:
+        load.abort()
+        raise
+    finish_load(load, check_errors=False)
+    stored = verify_acked(c, topic, [0], load)
+    c.assert_replicas_consistent(topic, [0])
+    # The tail the isolated leader accepted with acks=1 was never committed.
+    assert not set(orphans) & set(stored.values()), "the isolated leader's tail survived"

@@ -263,6 +263,16 @@ impl Cluster {
         }))
     }
 
+    /// Whether the controller has not answered a heartbeat for longer than `session`:
+    /// it has fenced this broker by now, unless the quorum itself is down.
+    pub fn session_lost(&self, session: Duration) -> bool {
+        self.last_heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            > session
+    }
+
     /// The latest applied image.
     pub fn image(&self) -> Arc<Image> {
         self.image.borrow().clone()

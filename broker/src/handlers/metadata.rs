@@ -54,10 +54,25 @@ impl Broker {
         BrokerId(self.cluster.controller_id().unwrap_or(self.config.node_id))
     }
 
+    /// Whether this broker is cut off from the cluster and leads nothing any more (see
+    /// [`Broker::leads`]): its metadata is stale, so it leaves itself out of the broker
+    /// list and clients (librdkafka, the Java client) ask the others instead.
+    fn cut_off(&self) -> bool {
+        let session = std::time::Duration::from_millis(self.config.broker_session_timeout_ms);
+        self.cluster.session_lost(session)
+            && !self.catalog.all().iter().any(|t| {
+                t.partitions()
+                    .iter()
+                    .any(|p| p.role() == crate::log::Role::Leader && self.leads(p))
+            })
+    }
+
     pub(super) async fn metadata(&self, req: MetadataRequest, version: i16) -> MetadataResponse {
+        let hide_self = self.cut_off();
         let brokers = self
             .live_brokers()
             .into_iter()
+            .filter(|b| !(hide_self && b.0 == self.config.node_id))
             .map(|(id, host, port, rack)| {
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(id))
@@ -184,7 +199,16 @@ impl Broker {
                                 .is_none_or(|x| x.state == BrokerState::Fenced)
                     })
                     .collect();
-                let code = if p.leader == -1 {
+                // A leader that stepped aside (see `Broker::leads`) names none, so
+                // clients ask other brokers for the new one.
+                let leader = if p.leader == self.config.node_id
+                    && t.partition(i as i32).is_some_and(|part| !self.leads(&part))
+                {
+                    -1
+                } else {
+                    p.leader
+                };
+                let code = if leader == -1 {
                     ResponseError::LeaderNotAvailable.code()
                 } else {
                     0
@@ -192,7 +216,7 @@ impl Broker {
                 MetadataResponsePartition::default()
                     .with_error_code(code)
                     .with_partition_index(i as i32)
-                    .with_leader_id(BrokerId(p.leader))
+                    .with_leader_id(BrokerId(leader))
                     .with_leader_epoch(p.leader_epoch)
                     .with_replica_nodes(ids(&p.replicas))
                     .with_isr_nodes(ids(&p.isr))

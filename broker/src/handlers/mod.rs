@@ -177,6 +177,17 @@ impl Broker {
         *self.stopping.borrow()
     }
 
+    /// Whether this broker may act as leader of `part`. A leader that has lost its
+    /// controller session and hears from none of its followers is cut off from the
+    /// cluster: another leader has most likely been elected, so it steps aside (clients
+    /// get NOT_LEADER_OR_FOLLOWER and look elsewhere) instead of stalling them. With the
+    /// quorum down but followers fetching, it keeps serving.
+    pub fn leads(&self, part: &crate::log::Partition) -> bool {
+        let session = std::time::Duration::from_millis(self.config.broker_session_timeout_ms);
+        part.role() == crate::log::Role::Leader
+            && !(self.cluster.session_lost(session) && part.followers_silent(session))
+    }
+
     /// Host and port advertised to clients.
     pub fn advertised(&self) -> (StrBytes, i32) {
         let (host, port) = self

@@ -15,7 +15,7 @@ use super::{Broker, Reply};
 use crate::cluster::{ControlReply, ControlRequest};
 use crate::config::FsyncPolicy;
 use crate::group::OFFSETS_TOPIC;
-use crate::log::{AppendOutcome, Appended, LogError, Partition, Role};
+use crate::log::{AppendOutcome, Appended, LogError, Partition};
 use crate::metadata::Topic;
 use crate::protocol::{batch, encode_response};
 
@@ -67,7 +67,7 @@ impl Broker {
                     let waited = match result {
                         Err(code) => Err(code),
                         Ok(pending) => pending
-                            .wait(acks, deadline)
+                            .wait(&this, acks, deadline)
                             .await
                             .map_err(|e| log_error_code(&e)),
                     };
@@ -114,7 +114,7 @@ impl Broker {
         }
         let part = topic.partition(index).ok_or(unknown)?;
         let cfg = topic.config();
-        if part.role() != Role::Leader {
+        if !self.leads(&part) {
             return Err(ResponseError::NotLeaderOrFollower.code());
         }
         let min_isr = cfg.min_insync_replicas.max(1) as usize;
@@ -153,13 +153,36 @@ struct PendingAppend {
 }
 
 impl PendingAppend {
-    async fn wait(self, acks: i16, deadline: tokio::time::Instant) -> Result<Appended, LogError> {
+    /// Waits per `acks`; gives up with NOT_LEADER_OR_FOLLOWER as soon as this broker
+    /// steps aside as leader (see [`Broker::leads`]), so the client retries at the new
+    /// leader instead of waiting out its request timeout.
+    async fn wait(
+        self,
+        broker: &Broker,
+        acks: i16,
+        deadline: tokio::time::Instant,
+    ) -> Result<Appended, LogError> {
         let min_isr = (acks == -1).then_some(self.min_isr);
-        self.part
-            .settle_append(self.outcome, self.records, self.epoch, min_isr, deadline)
-            .await
+        let part = self.part.clone();
+        let settle =
+            self.part
+                .settle_append(self.outcome, self.records, self.epoch, min_isr, deadline);
+        tokio::pin!(settle);
+        loop {
+            tokio::select! {
+                r = &mut settle => return r,
+                _ = tokio::time::sleep(STEP_ASIDE_CHECK) => {
+                    if !broker.leads(&part) {
+                        return Err(LogError::NotLeader);
+                    }
+                }
+            }
+        }
     }
 }
+
+/// How often a waiting produce checks that this broker may still lead.
+const STEP_ASIDE_CHECK: Duration = Duration::from_millis(100);
 
 /// Validates a produced record set; returns the Kafka error code on rejection.
 fn check_batch(records: &[u8], max_message_bytes: usize) -> Result<batch::BatchHeader, i16> {

@@ -588,7 +588,13 @@ impl Partition {
             })
             .collect();
         for (b, f) in &r.followers {
-            if !isr.contains(b) && f.log_end >= hw && f.log_end >= epoch_start {
+            // Caught up as of a recent fetch: one that went silent (fenced, cut off) has
+            // an old position that only looks caught up while the log is idle.
+            if !isr.contains(b)
+                && f.log_end >= hw
+                && f.log_end >= epoch_start
+                && now.duration_since(f.last_fetch_at) <= lag_max
+            {
                 isr.push(*b);
             }
         }
@@ -608,6 +614,17 @@ impl Partition {
             leader_epoch,
             partition_epoch: r.partition_epoch,
         })
+    }
+
+    /// On the leader: whether it has followers and none of them fetched within `within`
+    /// (this broker is likely cut off from them).
+    pub fn followers_silent(&self, within: std::time::Duration) -> bool {
+        let r = self.replica_lock();
+        let now = Instant::now();
+        !r.followers.is_empty()
+            && r.followers
+                .values()
+                .all(|f| now.duration_since(f.last_fetch_at) > within)
     }
 
     /// On the leader: each follower's `(id, records behind the log end, time since it was
