@@ -195,6 +195,8 @@ pub struct Controller {
     default_partitions: i32,
     default_rf: i16,
     offsets_rf: i16,
+    /// `min.insync.replicas` of topics that do not set it.
+    default_min_isr: i32,
     last_seen: Mutex<HashMap<BrokerId, Instant>>,
     /// Serialises decide-and-commit so decisions see every earlier commit.
     lock: tokio::sync::Mutex<()>,
@@ -228,6 +230,7 @@ impl Controller {
             default_partitions: config.num_partitions,
             default_rf: config.default_replication_factor,
             offsets_rf: config.offsets_topic_replication_factor,
+            default_min_isr: config.min_insync_replicas,
             last_seen: Mutex::default(),
             lock: tokio::sync::Mutex::new(()),
             import: Mutex::new(Some(import)),
@@ -363,12 +366,15 @@ impl Controller {
                 isr,
             } => match decide::check_isr_change(
                 &img,
-                &topic,
-                partition,
-                leader,
-                leader_epoch,
-                partition_epoch,
-                &isr,
+                &decide::IsrRequest {
+                    topic: &topic,
+                    partition,
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    isr: &isr,
+                },
+                self.min_isr(&img, &topic),
             ) {
                 Ok(cmd) => self.commit_done(cmd).await,
                 Err((code, message)) => refuse(code, message),
@@ -392,6 +398,14 @@ impl Controller {
                 partitions,
             } => self.elect_leaders(&img, unclean, partitions).await,
         }
+    }
+
+    /// A topic's `min.insync.replicas`.
+    fn min_isr(&self, img: &Image, topic: &str) -> usize {
+        topic_config(img, topic, "min.insync.replicas")
+            .and_then(|v| v.parse::<i32>().ok())
+            .unwrap_or(self.default_min_isr)
+            .max(1) as usize
     }
 
     async fn heartbeat(
@@ -638,21 +652,11 @@ impl Controller {
             img.partitions()
                 .filter(|(_, _, p)| p.leader == -1)
                 .filter_map(|(t, i, p)| {
-                    let leader = decide::elect(img, p, -1, true);
-                    (leader != -1).then(|| Command::ChangePartition {
+                    Some(Command::ChangePartition {
                         topic: t.to_string(),
                         partition: i,
                         expected_epoch: p.partition_epoch,
-                        state: PartitionState {
-                            leader,
-                            leader_epoch: p.leader_epoch + 1,
-                            isr: if p.isr.contains(&leader) {
-                                p.isr.clone()
-                            } else {
-                                vec![leader]
-                            },
-                            ..p.clone()
-                        },
+                        state: decide::elect(img, p, -1, true)?,
                     })
                 })
                 .collect()
@@ -793,13 +797,7 @@ impl Controller {
         let me = self.node_id;
         for (name, id, count, configs) in import.topics {
             let partitions = (0..count)
-                .map(|_| PartitionState {
-                    replicas: vec![me],
-                    isr: vec![me],
-                    leader: me,
-                    leader_epoch: 0,
-                    partition_epoch: 0,
-                })
+                .map(|_| PartitionState::new(vec![me], |_| true))
                 .collect();
             tracing::info!(
                 topic = name,
@@ -942,10 +940,15 @@ impl Controller {
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 fn unclean_enabled(img: &Image, topic: &str) -> bool {
+    topic_config(img, topic, "unclean.leader.election.enable").is_some_and(|v| v == "true")
+}
+
+/// A topic's configuration override, if set.
+fn topic_config<'a>(img: &'a Image, topic: &str, key: &str) -> Option<&'a str> {
     img.topics
         .get(topic)
-        .and_then(|t| t.configs.get("unclean.leader.election.enable"))
-        .is_some_and(|v| v == "true")
+        .and_then(|t| t.configs.get(key))
+        .map(String::as_str)
 }
 
 /// Checks an explicit replica assignment: registered brokers, no duplicates, one

@@ -94,17 +94,45 @@ pub fn place(
     Ok(out)
 }
 
-/// The replica that should lead `p` when `gone` stops leading: the first replica in
-/// preference order that is in sync and active; with `unclean`, any active replica.
-pub fn elect(image: &Image, p: &PartitionState, gone: BrokerId, unclean: bool) -> BrokerId {
-    let eligible = |b: &&BrokerId| **b != gone && image.is_active(**b);
+/// The first replica, in preference order, that is in `set`, active and not `gone`.
+fn first_active(
+    image: &Image,
+    p: &PartitionState,
+    set: &[BrokerId],
+    gone: BrokerId,
+) -> Option<BrokerId> {
     p.replicas
         .iter()
-        .filter(eligible)
-        .find(|b| p.isr.contains(b))
-        .or_else(|| unclean.then(|| p.replicas.iter().find(eligible)).flatten())
         .copied()
-        .unwrap_or(-1)
+        .find(|&b| b != gone && set.contains(&b) && image.is_active(b))
+}
+
+/// `p` led by a new leader once `gone` stops leading: the first active in-sync replica;
+/// else the first active eligible replica (ELR), which becomes the whole ISR; with
+/// `unclean`, else any active replica, whose log is the truth from then on. `None` when
+/// no replica qualifies.
+pub fn elect(
+    image: &Image,
+    p: &PartitionState,
+    gone: BrokerId,
+    unclean: bool,
+) -> Option<PartitionState> {
+    if let Some(l) = first_active(image, p, &p.isr, gone) {
+        return Some(with_leader(p, l));
+    }
+    if let Some(l) = first_active(image, p, &p.elr, gone) {
+        return Some(PartitionState {
+            isr: vec![l],
+            elr: p.elr.iter().copied().filter(|&b| b != l).collect(),
+            ..with_leader(p, l)
+        });
+    }
+    let l = first_active(image, p, &p.replicas, gone).filter(|_| unclean)?;
+    Some(PartitionState {
+        isr: vec![l],
+        elr: Vec::new(),
+        ..with_leader(p, l)
+    })
 }
 
 fn change(topic: &str, partition: i32, old: &PartitionState, new: PartitionState) -> Command {
@@ -117,7 +145,7 @@ fn change(topic: &str, partition: i32, old: &PartitionState, new: PartitionState
 }
 
 /// A copy of `p` led by `leader`, with the leader epoch bumped if the leader changed.
-fn with_leader(p: &PartitionState, leader: BrokerId, isr: Vec<BrokerId>) -> PartitionState {
+fn with_leader(p: &PartitionState, leader: BrokerId) -> PartitionState {
     PartitionState {
         leader_epoch: if leader != p.leader {
             p.leader_epoch + 1
@@ -125,34 +153,37 @@ fn with_leader(p: &PartitionState, leader: BrokerId, isr: Vec<BrokerId>) -> Part
             p.leader_epoch
         },
         leader,
-        isr,
+        ..p.clone()
+    }
+}
+
+/// `p` without `broker` in its ISR.
+fn without(p: &PartitionState, broker: BrokerId) -> PartitionState {
+    PartitionState {
+        isr: p.isr.iter().copied().filter(|&b| b != broker).collect(),
         ..p.clone()
     }
 }
 
 /// Partition changes once `broker` is fenced (`image` already has it fenced): it leaves
 /// every ISR and loses its leaderships. The last member of an ISR stays in it, so that
-/// only it (or an unclean election) can bring the partition back without loss.
+/// only it, an eligible replica or an unclean election can bring the partition back
+/// without loss.
 pub fn on_fenced(image: &Image, broker: BrokerId, unclean: impl Fn(&str) -> bool) -> Vec<Command> {
     let mut out = Vec::new();
     for (topic, i, p) in image.partitions() {
         if !p.isr.contains(&broker) && p.leader != broker {
             continue;
         }
-        let mut isr: Vec<BrokerId> = p.isr.iter().copied().filter(|&b| b != broker).collect();
-        let leader = if p.leader == broker || p.leader == -1 {
-            elect(image, p, broker, unclean(topic))
+        let mut rest = without(p, broker);
+        if rest.isr.is_empty() {
+            rest.isr = p.isr.clone();
+        }
+        let new = if p.leader == broker || p.leader == -1 {
+            elect(image, &rest, broker, unclean(topic)).unwrap_or_else(|| with_leader(&rest, -1))
         } else {
-            p.leader
+            rest
         };
-        if leader != -1 && !isr.contains(&leader) {
-            // Unclean election: the new leader's log is the truth from now on.
-            isr = vec![leader];
-        }
-        if isr.is_empty() {
-            isr = p.isr.clone();
-        }
-        let new = with_leader(p, leader, isr);
         if new != *p {
             out.push(change(topic, i, p, new));
         }
@@ -160,13 +191,13 @@ pub fn on_fenced(image: &Image, broker: BrokerId, unclean: impl Fn(&str) -> bool
     out
 }
 
-/// Partition changes once `broker` is active again: offline partitions it can lead
-/// (it is in their ISR) get it as leader.
+/// Partition changes once `broker` is active again: offline partitions it can lead (it
+/// is in their ISR or eligible) get a leader.
 pub fn on_unfenced(image: &Image, broker: BrokerId) -> Vec<Command> {
     image
         .partitions()
-        .filter(|(_, _, p)| p.leader == -1 && p.isr.contains(&broker))
-        .map(|(topic, i, p)| change(topic, i, p, with_leader(p, broker, p.isr.clone())))
+        .filter(|(_, _, p)| p.leader == -1 && (p.isr.contains(&broker) || p.elr.contains(&broker)))
+        .filter_map(|(topic, i, p)| Some(change(topic, i, p, elect(image, p, -1, false)?)))
         .collect()
 }
 
@@ -177,14 +208,16 @@ pub fn on_shutdown(image: &Image, broker: BrokerId) -> Vec<Command> {
     let mut out = Vec::new();
     for (topic, i, p) in image.partitions() {
         if p.leader == broker {
-            let leader = elect(image, p, broker, false);
-            if leader != -1 {
-                let isr = p.isr.iter().copied().filter(|&b| b != broker).collect();
-                out.push(change(topic, i, p, with_leader(p, leader, isr)));
+            if let Some(leader) = first_active(image, p, &p.isr, broker) {
+                out.push(change(
+                    topic,
+                    i,
+                    p,
+                    with_leader(&without(p, broker), leader),
+                ));
             }
         } else if p.isr.contains(&broker) && p.leader != -1 {
-            let isr = p.isr.iter().copied().filter(|&b| b != broker).collect();
-            out.push(change(topic, i, p, with_leader(p, p.leader, isr)));
+            out.push(change(topic, i, p, without(p, broker)));
         }
     }
     out
@@ -227,12 +260,7 @@ pub fn preferred_elections(image: &Image, only_if_above: Option<u32>) -> Vec<Com
             && image.is_active(preferred)
             && imbalanced(preferred)
         {
-            out.push(change(
-                topic,
-                i,
-                p,
-                with_leader(p, preferred, p.isr.clone()),
-            ));
+            out.push(change(topic, i, p, with_leader(p, preferred)));
         }
     }
     out
@@ -241,18 +269,40 @@ pub fn preferred_elections(image: &Image, only_if_above: Option<u32>) -> Vec<Com
 /// Why a leader's ISR change request was refused (Kafka error code and message).
 pub type Refusal = (i16, String);
 
-/// Validates an ISR change a partition leader asks for (Kafka's AlterPartition): the
-/// requester must be the current leader at the current epochs, the new ISR must keep the
-/// leader, name only replicas, and add only active brokers.
+/// An ISR change a partition leader asks for (Kafka's AlterPartition).
+#[derive(Debug, Clone)]
+pub struct IsrRequest<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Partition index.
+    pub partition: i32,
+    /// The requesting leader.
+    pub leader: BrokerId,
+    /// Its leader epoch.
+    pub leader_epoch: i32,
+    /// The partition epoch its request is based on.
+    pub partition_epoch: i32,
+    /// The ISR it asks for.
+    pub isr: &'a [BrokerId],
+}
+
+/// Validates an ISR change: the requester must be the current leader at the current
+/// epochs, the new ISR must keep the leader, name only replicas, and add only active
+/// brokers. Replicas leaving an ISR smaller than `min_isr` become eligible leaders; an
+/// ISR back at `min_isr` ends their eligibility (the high watermark moves on again).
 pub fn check_isr_change(
     image: &Image,
-    topic: &str,
-    partition: i32,
-    leader: BrokerId,
-    leader_epoch: i32,
-    partition_epoch: i32,
-    new_isr: &[BrokerId],
+    req: &IsrRequest,
+    min_isr: usize,
 ) -> Result<Command, Refusal> {
+    let IsrRequest {
+        topic,
+        partition,
+        leader,
+        leader_epoch,
+        partition_epoch,
+        isr: new_isr,
+    } = *req;
     use kafka_protocol::error::ResponseError as E;
     let p = image.partition(topic, partition).ok_or_else(|| {
         (
@@ -297,11 +347,24 @@ pub fn check_isr_change(
         .filter(|b| new_isr.contains(b))
         .collect();
     isr.dedup();
+    let elr = if isr.len() < min_isr.min(p.replicas.len()) {
+        p.replicas
+            .iter()
+            .copied()
+            .filter(|b| !isr.contains(b) && (p.elr.contains(b) || p.isr.contains(b)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(change(
         topic,
         partition,
         p,
-        PartitionState { isr, ..p.clone() },
+        PartitionState {
+            isr,
+            elr,
+            ..p.clone()
+        },
     ))
 }
 
@@ -325,6 +388,25 @@ mod tests {
             partitions: parts,
         });
         img
+    }
+
+    /// An ISR change by `leader` at the given epochs (min ISR 1 unless said).
+    fn isr(
+        img: &Image,
+        leader: BrokerId,
+        epochs: (i32, i32),
+        isr: &[BrokerId],
+        min_isr: usize,
+    ) -> Result<Command, Refusal> {
+        let req = IsrRequest {
+            topic: "t",
+            partition: 0,
+            leader,
+            leader_epoch: epochs.0,
+            partition_epoch: epochs.1,
+            isr,
+        };
+        check_isr_change(img, &req, min_isr)
     }
 
     fn apply_all(img: &mut Image, cmds: &[Command]) {
@@ -411,7 +493,7 @@ mod tests {
         let mut img = with_topic(image_with(&[1, 2]), vec![vec![1, 2]]);
         // 2 fell out of sync earlier.
         let p = img.partition("t", 0).unwrap().clone();
-        let shrink = check_isr_change(&img, "t", 0, 1, 0, 0, &[1]).unwrap();
+        let shrink = isr(&img, 1, (0, 0), &[1], 1).unwrap();
         apply_all(&mut img, &[shrink]);
         assert_eq!(img.partition("t", 0).unwrap().isr, vec![1]);
         img.apply(&Command::SetBrokerState {
@@ -444,6 +526,66 @@ mod tests {
     }
 
     #[test]
+    fn replicas_leaving_a_too_small_isr_stay_eligible_leaders() {
+        let mut img = with_topic(image_with(&[1, 2, 3]), vec![vec![1, 2, 3]]);
+        // min ISR 2: leaving [1, 2, 3] for [1, 2] keeps the ISR big enough.
+        let c = isr(&img, 1, (0, 0), &[1, 2], 2).unwrap();
+        apply_all(&mut img, &[c]);
+        assert!(img.partition("t", 0).unwrap().elr.is_empty());
+        // Now 2 leaves too: the ISR is below min ISR, so 2 is eligible (3 is not).
+        let c = isr(&img, 1, (0, 1), &[1], 2).unwrap();
+        apply_all(&mut img, &[c]);
+        let p = img.partition("t", 0).unwrap().clone();
+        assert_eq!((p.isr.clone(), p.elr.clone()), (vec![1], vec![2]));
+        // The leader dies: 2 takes over without an unclean election, alone in the ISR.
+        let mut dead = img.clone();
+        dead.apply(&Command::SetBrokerState {
+            id: 1,
+            state: BrokerState::Fenced,
+        });
+        let cmds = on_fenced(&dead, 1, |_| false);
+        apply_all(&mut dead, &cmds);
+        let q = dead.partition("t", 0).unwrap();
+        assert_eq!(
+            (q.leader, q.leader_epoch, q.isr.clone(), q.elr.clone()),
+            (2, 1, vec![2], vec![])
+        );
+        // Instead, 3 catches up and the ISR is big enough again: eligibility ends.
+        let c = isr(&img, 1, (0, 2), &[1, 3], 2).unwrap();
+        apply_all(&mut img, &[c]);
+        let p = img.partition("t", 0).unwrap();
+        assert_eq!((p.isr.clone(), p.elr.clone()), (vec![1, 3], vec![]));
+    }
+
+    #[test]
+    fn an_eligible_replica_coming_back_leads_an_offline_partition() {
+        let mut img = with_topic(image_with(&[1, 2, 3]), vec![vec![1, 2, 3]]);
+        let c = isr(&img, 1, (0, 0), &[1], 2).unwrap();
+        apply_all(&mut img, &[c]);
+        assert_eq!(img.partition("t", 0).unwrap().elr, vec![2, 3]);
+        for b in [2, 3, 1] {
+            img.apply(&Command::SetBrokerState {
+                id: b,
+                state: BrokerState::Fenced,
+            });
+            let cmds = on_fenced(&img, b, |_| false);
+            apply_all(&mut img, &cmds);
+        }
+        assert_eq!(img.partition("t", 0).unwrap().leader, -1);
+        img.apply(&Command::SetBrokerState {
+            id: 3,
+            state: BrokerState::Active,
+        });
+        let cmds = on_unfenced(&img, 3);
+        apply_all(&mut img, &cmds);
+        let p = img.partition("t", 0).unwrap();
+        assert_eq!(
+            (p.leader, p.isr.clone(), p.elr.clone()),
+            (3, vec![3], vec![2])
+        );
+    }
+
+    #[test]
     fn controlled_shutdown_moves_leadership_and_preferred_election_returns_it() {
         let mut img = with_topic(image_with(&[1, 2, 3]), vec![vec![1, 2, 3]]);
         let cmds = on_shutdown(&img, 1);
@@ -454,16 +596,7 @@ mod tests {
         // Not in sync yet: no preferred election.
         assert!(preferred_elections(&img, None).is_empty());
         let p = img.partition("t", 0).unwrap().clone();
-        let grow = check_isr_change(
-            &img,
-            "t",
-            0,
-            2,
-            p.leader_epoch,
-            p.partition_epoch,
-            &[2, 3, 1],
-        )
-        .unwrap();
+        let grow = isr(&img, 2, (p.leader_epoch, p.partition_epoch), &[2, 3, 1], 1).unwrap();
         apply_all(&mut img, &[grow]);
         assert_eq!(img.partition("t", 0).unwrap().isr, vec![1, 2, 3]);
         let cmds = preferred_elections(&img, Some(10));
@@ -475,26 +608,20 @@ mod tests {
     #[test]
     fn isr_changes_are_checked_against_leader_and_epochs() {
         let img = with_topic(image_with(&[1, 2, 3]), vec![vec![1, 2, 3]]);
+        assert!(isr(&img, 2, (0, 0), &[2, 3], 1).is_err(), "not leader");
         assert!(
-            check_isr_change(&img, "t", 0, 2, 0, 0, &[2, 3]).is_err(),
-            "not leader"
-        );
-        assert!(
-            check_isr_change(&img, "t", 0, 1, 1, 0, &[1, 2]).is_err(),
+            isr(&img, 1, (1, 0), &[1, 2], 1).is_err(),
             "stale leader epoch"
         );
         assert!(
-            check_isr_change(&img, "t", 0, 1, 0, 5, &[1, 2]).is_err(),
+            isr(&img, 1, (0, 5), &[1, 2], 1).is_err(),
             "stale partition epoch"
         );
         assert!(
-            check_isr_change(&img, "t", 0, 1, 0, 0, &[2, 3]).is_err(),
+            isr(&img, 1, (0, 0), &[2, 3], 1).is_err(),
             "drops the leader"
         );
-        assert!(
-            check_isr_change(&img, "t", 0, 1, 0, 0, &[1, 9]).is_err(),
-            "not a replica"
-        );
-        assert!(check_isr_change(&img, "t", 0, 1, 0, 0, &[1, 2]).is_ok());
+        assert!(isr(&img, 1, (0, 0), &[1, 9], 1).is_err(), "not a replica");
+        assert!(isr(&img, 1, (0, 0), &[1, 2], 1).is_ok());
     }
 }

@@ -54,6 +54,11 @@ pub struct PartitionState {
     pub leader_epoch: i32,
     /// Bumped on every change of this state (ISR, leader, replicas).
     pub partition_epoch: i32,
+    /// Eligible leader replicas: replicas that left the ISR while it was smaller than
+    /// `min.insync.replicas`. The high watermark stands still while the ISR is that
+    /// small, so they hold every committed record and may lead when no ISR member can.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elr: Vec<BrokerId>,
 }
 
 impl PartitionState {
@@ -66,6 +71,7 @@ impl PartitionState {
             replicas,
             leader_epoch: 0,
             partition_epoch: 0,
+            elr: Vec::new(),
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::producer::{BatchSeq, ProducerState, SeqCheck};
 use super::topic_config::TopicConfig;
+use crate::cluster::image::PartitionState;
 use crate::protocol::batch::{self, BatchHeader, ATTR_LOG_APPEND_TIME};
 use crate::storage::{
     log_key, partition_bounds, Mutation, SegmentMeta, StorageError, Store, CF_INDEX, CF_LOG,
@@ -161,6 +162,10 @@ struct Replicas {
     partition_epoch: i32,
     followers: HashMap<i32, Follower>,
     isr_change_pending: bool,
+    /// Smallest ISR over which the high watermark advances (`min.insync.replicas`,
+    /// capped at the replica count): replicas that left a smaller ISR must still hold
+    /// everything below it to be eligible leaders.
+    min_isr: usize,
 }
 
 /// A partition's replica state as shown to operators.
@@ -352,6 +357,7 @@ impl Partition {
                 partition_epoch: -1,
                 followers: HashMap::new(),
                 isr_change_pending: false,
+                min_isr: 1,
             }),
         })
     }
@@ -404,15 +410,15 @@ impl Partition {
 
     /// Applies the partition's state from the metadata image: this broker (`me`) becomes
     /// leader, follower or nothing. A new leader epoch starts at the current log end.
-    pub fn apply_state(
-        &self,
-        me: i32,
-        leader: i32,
-        leader_epoch: i32,
-        partition_epoch: i32,
-        replicas: &[i32],
-        isr: &[i32],
-    ) {
+    pub fn apply_state(&self, me: i32, state: &PartitionState, min_isr: usize) {
+        let PartitionState {
+            leader,
+            leader_epoch,
+            partition_epoch,
+            ref replicas,
+            ref isr,
+            ..
+        } = *state;
         let role = if leader == me {
             Role::Leader
         } else if replicas.contains(&me) {
@@ -472,6 +478,7 @@ impl Partition {
             r.isr = isr.to_vec();
             r.partition_epoch = partition_epoch;
             r.isr_change_pending = false;
+            r.min_isr = min_isr.clamp(1, replicas.len().max(1));
         }
         if role == Role::Leader {
             self.advance_high_watermark();
@@ -485,6 +492,9 @@ impl Partition {
         let mut hw = self.log_end();
         {
             let r = self.replica_lock();
+            if r.isr.len() < r.min_isr {
+                return;
+            }
             for b in &r.isr {
                 if let Some(f) = r.followers.get(b) {
                     hw = hw.min(f.log_end);

@@ -444,14 +444,8 @@ impl Catalog {
             }
             for (i, p) in t.partitions.iter().enumerate() {
                 if let Some(part) = local.partition(i as i32) {
-                    part.apply_state(
-                        me,
-                        p.leader,
-                        p.leader_epoch,
-                        p.partition_epoch,
-                        &p.replicas,
-                        &p.isr,
-                    );
+                    let min_isr = local.config().min_insync_replicas.max(1) as usize;
+                    part.apply_state(me, p, min_isr);
                 }
             }
         }
