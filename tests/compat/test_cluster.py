@@ -37,6 +37,8 @@ FAST = ("--broker-heartbeat-interval-ms", 250, "--broker-session-timeout-ms", 30
 LAG_MS = 2000
 ISR_FAST = ("--broker-heartbeat-interval-ms", 250, "--broker-session-timeout-ms", 3000,
             "--replica-lag-time-max-ms", LAG_MS)
+# Longest a partition may go without an acknowledged write during a rolling restart.
+ROLL_PAUSE_BOUND_S = 2.0
 # Upper bound for a kill -9 of a leader until writes are acknowledged again.
 FAILOVER_BOUND_S = 30.0
 # Delivery reports of responses that arrived just before a kill may be served
@@ -164,12 +166,14 @@ class AckLog:
         self.lock = threading.Lock()
         self.acked = {}      # value -> (partition, offset)
         self.ack_times = []  # monotonic time of each success, in callback order
+        self.ack_partitions = []  # the partition of each of those successes
         self.errors = []     # (value, error)
 
     def ok(self, value, partition, offset):
         with self.lock:
             self.acked[value] = (partition, offset)
             self.ack_times.append(time.monotonic())
+            self.ack_partitions.append(partition)
 
     def failed(self, value, error):
         with self.lock:
@@ -191,6 +195,14 @@ class AckLog:
             with self.lock:
                 detail = f"have {len(self.acked)}; {len(self.errors)} failed, e.g. {self.errors[:3]}"
             raise AssertionError(f"{exc}: {detail}") from None
+
+    def longest_gap(self, partition, t0, t1):
+        """Longest time without a success on ``partition`` between ``t0`` and ``t1``."""
+        with self.lock:
+            times = [t for t, p in zip(self.ack_times, self.ack_partitions)
+                     if p == partition and t0 <= t <= t1]
+        edges = [t0, *times, t1]
+        return max(b - a for a, b in zip(edges, edges[1:]))
 
     def first_ack_after(self, t):
         """Time of the first success reported after monotonic time ``t``."""
@@ -631,6 +643,7 @@ def test_rolling_restart_under_idempotent_load(make_cluster):
     load = ConfluentLoad(c, topic, partitions).start()
     try:
         load.log.wait_acks(300)
+        t0 = time.monotonic()
         for bid in c.ids:
             c.stop_broker(bid)  # SIGTERM; exit code 0 asserted
             # Writes keep flowing while the broker is down...
@@ -639,10 +652,15 @@ def test_rolling_restart_under_idempotent_load(make_cluster):
             # ...and it catches up before the next one goes.
             c.wait_isr(topic, partitions, c.ids, timeout=60)
             load.log.wait_acks(load.log.count() + 150)
+        t1 = time.monotonic()
     except BaseException:
         load.abort()
         raise
     finish_load(load, check_errors=True)
+    # Leaderships move before each broker stops: no partition pauses for long.
+    gaps = {p: round(load.log.longest_gap(p, t0, t1), 3) for p in partitions}
+    print(f"longest pause in acknowledgements per partition during the roll: {gaps} s")
+    assert max(gaps.values()) <= ROLL_PAUSE_BOUND_S, gaps
     verify_acked(c, topic, partitions, load)
     c.assert_replicas_consistent(topic, partitions)
     # The roll moved leaderships around; a preferred election (Kafka's ElectLeaders)

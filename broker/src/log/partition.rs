@@ -671,14 +671,16 @@ impl Partition {
             let notified = self.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.high_watermark.load(Ordering::Acquire) >= end {
-                return Ok(());
-            }
             {
+                // Leadership first: a deposed leader's high watermark follows the new
+                // leader's log, whose records at these offsets may be others.
                 let st = self.lock();
                 if st.role != Role::Leader || st.leader_epoch != epoch {
                     return Err(LogError::NotLeader);
                 }
+            }
+            if self.high_watermark.load(Ordering::Acquire) >= end {
+                return Ok(());
             }
             if self.replica_lock().isr.len() < min_isr {
                 return Err(LogError::NotEnoughReplicasAfterAppend);
@@ -1082,7 +1084,17 @@ impl Partition {
                     return AppendOutcome::Done(Err(LogError::InvalidProducerEpoch))
                 }
                 SeqCheck::OutOfOrder => {
-                    return AppendOutcome::Done(Err(LogError::OutOfOrderSequence))
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partition = self.index,
+                        producer_id = header.producer_id,
+                        epoch = header.producer_epoch,
+                        first_seq = header.base_sequence,
+                        last_seq = header.last_sequence(),
+                        known = ?current,
+                        "out-of-order sequence refused"
+                    );
+                    return AppendOutcome::Done(Err(LogError::OutOfOrderSequence));
                 }
             }
         }
