@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod configs;
 pub mod group;
 pub mod handlers;
 pub mod http;

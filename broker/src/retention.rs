@@ -7,16 +7,25 @@ use tokio::sync::watch;
 
 use crate::handlers::Broker;
 
-/// Runs retention every `log_retention_check_interval_ms` until shutdown.
+/// Runs retention every `log.retention.check.interval.ms` (re-read each round, as it is a
+/// dynamic config) until shutdown. Topics without `delete` in `cleanup.policy` are skipped.
 pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
-    let every = Duration::from_millis(broker.config.log_retention_check_interval_ms.max(10));
     loop {
+        let every = broker
+            .catalog
+            .broker_configs()
+            .get_i64("log.retention.check.interval.ms", 300_000)
+            .max(10) as u64;
+        let every = Duration::from_millis(every);
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
         for topic in broker.catalog.all() {
             let cfg = topic.config();
+            if !cfg.retention_deletes {
+                continue;
+            }
             for p in topic.partitions() {
                 match p.apply_retention(&cfg).await {
                     Ok(Some(start)) => {

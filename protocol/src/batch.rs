@@ -8,10 +8,10 @@ use bytes::Buf;
 /// Size of the fixed record batch v2 header.
 pub const HEADER_LEN: usize = 61;
 /// Offset of the `batchLength` field; the length counts bytes after it.
-const LENGTH_END: usize = 12;
+pub(crate) const LENGTH_END: usize = 12;
 const EPOCH_POS: usize = 12;
-const CRC_POS: usize = 17;
-const ATTR_POS: usize = 21;
+pub(crate) const CRC_POS: usize = 17;
+pub(crate) const ATTR_POS: usize = 21;
 const MAX_TS_POS: usize = 35;
 
 /// Attribute bit: timestamps are broker append time.
@@ -33,6 +33,9 @@ pub enum BatchError {
     /// CRC-32C does not match.
     #[error("record batch CRC mismatch")]
     CorruptCrc,
+    /// The records section could not be decompressed or compressed.
+    #[error("record batch compression: {0}")]
+    Compression(String),
 }
 
 /// Header fields of one record batch.

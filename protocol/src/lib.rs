@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod batch;
+pub mod compress;
 mod request;
 
 pub use request::{decode_request, Body, DecodeError, Request};

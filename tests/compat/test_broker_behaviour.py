@@ -163,7 +163,7 @@ def test_validate_only_create_reports_invalid_config(broker):
                                       "configs": {"cleanup.policy": "bogus"}}})
         with pytest.raises(Errors.InvalidConfigurationError):
             adm.create_topics({name: {"num_partitions": 1, "replication_factor": 1,
-                                      "configs": {"compression.type": "gzip"}}})
+                                      "configs": {"compression.type": "brotli"}}})
         assert name not in adm.list_topics()
     finally:
         adm.close()

@@ -78,6 +78,13 @@ pub enum ControlRequest {
         /// New overrides.
         configs: BTreeMap<String, String>,
     },
+    /// Replace the dynamic configs of a BROKER resource (`""`: cluster-wide default).
+    SetBrokerConfigs {
+        /// Resource name.
+        resource: String,
+        /// New dynamic configs.
+        configs: BTreeMap<String, String>,
+    },
     /// A partition leader asks to change its ISR (Kafka's AlterPartition).
     AlterIsr {
         /// Topic.
@@ -355,6 +362,16 @@ impl Controller {
                     return refuse(E::InvalidConfig.code(), e.to_string());
                 }
                 self.commit_done(Command::SetTopicConfigs { name, configs })
+                    .await
+            }
+            ControlRequest::SetBrokerConfigs { resource, configs } => {
+                let checked = configs.iter().try_for_each(|(k, v)| {
+                    crate::configs::broker::check_dynamic(&resource, k, Some(v))
+                });
+                if let Err(msg) = checked {
+                    return refuse(E::InvalidConfig.code(), msg);
+                }
+                self.commit_done(Command::SetBrokerConfigs { resource, configs })
                     .await
             }
             ControlRequest::AlterIsr {
@@ -943,11 +960,16 @@ fn unclean_enabled(img: &Image, topic: &str) -> bool {
     topic_config(img, topic, "unclean.leader.election.enable").is_some_and(|v| v == "true")
 }
 
-/// A topic's configuration override, if set.
+/// A topic's config: its override, else the cluster-wide dynamic default of its broker
+/// synonym (static broker settings are the caller's fallback).
 fn topic_config<'a>(img: &'a Image, topic: &str, key: &str) -> Option<&'a str> {
     img.topics
         .get(topic)
         .and_then(|t| t.configs.get(key))
+        .or_else(|| {
+            let synonym = crate::configs::topic::topic_key(key)?.synonym?;
+            img.broker_configs.get("")?.get(synonym)
+        })
         .map(String::as_str)
 }
 

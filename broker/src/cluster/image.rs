@@ -98,6 +98,9 @@ pub struct Image {
     pub topics: BTreeMap<String, TopicImage>,
     /// First producer id not yet handed out.
     pub next_producer_id: i64,
+    /// Dynamic broker configs by resource: `""` is the cluster-wide default, `"<id>"` one broker.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub broker_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// A change to the image, committed through the quorum.
@@ -145,6 +148,13 @@ pub enum Command {
         /// Topic name.
         name: String,
         /// New overrides.
+        configs: BTreeMap<String, String>,
+    },
+    /// Replaces the dynamic configs of a BROKER resource (`""`: cluster-wide default).
+    SetBrokerConfigs {
+        /// Resource name.
+        resource: String,
+        /// New dynamic configs (empty: none).
         configs: BTreeMap<String, String>,
     },
     /// Replaces a partition's state if its partition epoch is still `expected_epoch`.
@@ -228,6 +238,14 @@ impl Image {
                 Some(t) => t.configs = configs.clone(),
                 None => return CommandReply::Rejected(format!("topic '{name}' does not exist")),
             },
+            Command::SetBrokerConfigs { resource, configs } => {
+                if configs.is_empty() {
+                    self.broker_configs.remove(resource);
+                } else {
+                    self.broker_configs
+                        .insert(resource.clone(), configs.clone());
+                }
+            }
             Command::ChangePartition {
                 topic,
                 partition,

@@ -37,7 +37,8 @@ impl Broker {
             for c in &t.configs {
                 match &c.value {
                     Some(v) => {
-                        configs.insert(c.name.to_string(), v.to_string());
+                        let (k, v) = (c.name.as_str(), v.as_str());
+                        configs.insert(k.to_string(), crate::configs::topic::normalised(k, v));
                     }
                     None => null_config = Some(c.name.to_string()),
                 }
@@ -45,7 +46,7 @@ impl Broker {
             let outcome = match null_config {
                 Some(k) => Err((
                     ResponseError::InvalidConfig.code(),
-                    format!("config {k} has a null value"),
+                    format!("Null value not supported for topic configs: {k}"),
                 )),
                 None => {
                     let req_cfg = ControlRequest::CreateTopic {
@@ -94,15 +95,16 @@ impl Broker {
                         .with_num_partitions(partitions)
                         .with_replication_factor(rf);
                     if version >= 5 {
-                        let entries = topic_config_entries(&configs, &self.config)
-                            .into_iter()
-                            .map(|e| {
-                                CreatableTopicConfigs::default()
-                                    .with_name(str_bytes(e.name))
-                                    .with_value(Some(StrBytes::from_string(e.value)))
-                                    .with_config_source(e.source)
-                            })
-                            .collect();
+                        let entries =
+                            topic_config_entries(&configs, &self.catalog.broker_configs())
+                                .into_iter()
+                                .map(|e| {
+                                    CreatableTopicConfigs::default()
+                                        .with_name(str_bytes(e.name))
+                                        .with_config_source(e.source())
+                                        .with_value(Some(StrBytes::from_string(e.value)))
+                                })
+                                .collect();
                         result = result.with_configs(Some(entries));
                     }
                     if version >= 7 {

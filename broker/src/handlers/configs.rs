@@ -1,4 +1,6 @@
-//! DescribeConfigs, AlterConfigs and IncrementalAlterConfigs.
+//! DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for TOPIC and BROKER
+//! resources. Topic overrides and dynamic broker configs both go through the metadata
+//! quorum; the key tables are in [`crate::configs`].
 
 use std::collections::BTreeMap;
 
@@ -9,160 +11,93 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use super::{catalog_error_code, str_bytes, Broker};
-use crate::config::Config;
-use crate::log::topic_config::{self, ConfigType, DEFS};
-use crate::metadata::Catalog;
+use super::{str_bytes, Broker};
+use crate::cluster::ControlRequest;
+use crate::configs::broker::{broker_key, check_dynamic, Scope, BROKER_KEYS};
+use crate::configs::topic::{self, default_value, TOPIC_KEYS};
+use crate::configs::value::{list_items, Kind};
+use crate::configs::{BrokerConfigs, Source};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
-const SOURCE_TOPIC: i8 = 1;
-const SOURCE_STATIC_BROKER: i8 = 4;
-const SOURCE_DEFAULT: i8 = 5;
+
+/// IncrementalAlterConfigs operations.
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
 
 /// One described config value.
 pub(super) struct Entry {
     pub name: &'static str,
     pub value: String,
-    pub source: i8,
-    pub kind: ConfigType,
+    pub kind: Kind,
     pub doc: &'static str,
-    /// Broker-level synonym and its value, when the topic value overrides it.
-    pub synonym: Option<(&'static str, String, i8)>,
+    pub read_only: bool,
+    /// Every layer that sets the key, highest precedence first: `(key, value, source)`.
+    pub layers: Vec<(&'static str, String, Source)>,
+}
+
+impl Entry {
+    /// Source of the effective value.
+    pub fn source(&self) -> i8 {
+        self.layers.first().map_or(Source::Default, |l| l.2) as i8
+    }
 }
 
 /// Every topic config with its effective value and where it comes from.
 pub(super) fn topic_config_entries(
     overrides: &BTreeMap<String, String>,
-    broker: &Config,
+    broker: &BrokerConfigs,
 ) -> Vec<Entry> {
-    let kafka_defaults = Config::default();
-    DEFS.iter()
-        .map(|d| {
-            let default = d.default_value(broker);
-            let default_source = if default == d.default_value(&kafka_defaults) {
-                SOURCE_DEFAULT
-            } else {
-                SOURCE_STATIC_BROKER
-            };
-            let synonym = Some((d.broker_synonym, default.clone(), default_source));
-            match overrides.get(d.name) {
-                Some(v) => Entry {
-                    name: d.name,
-                    value: v.clone(),
-                    source: SOURCE_TOPIC,
-                    kind: d.kind,
-                    doc: d.doc,
-                    synonym,
-                },
-                None => Entry {
-                    name: d.name,
-                    value: default,
-                    source: default_source,
-                    kind: d.kind,
-                    doc: d.doc,
-                    synonym,
-                },
+    TOPIC_KEYS
+        .iter()
+        .map(|k| {
+            let mut layers = Vec::new();
+            if let Some(v) = overrides.get(k.name) {
+                layers.push((k.name, v.clone(), Source::Topic));
+            }
+            match k.synonym {
+                Some(s) => layers.extend(broker.layers(s).into_iter().map(|(v, src)| (s, v, src))),
+                None => layers.push((k.name, default_value(k, broker).0, Source::Default)),
+            }
+            Entry {
+                name: k.name,
+                value: layers.first().map(|l| l.1.clone()).unwrap_or_default(),
+                kind: k.kind,
+                doc: k.doc,
+                read_only: false,
+                layers,
             }
         })
         .collect()
 }
 
-fn broker_entries(c: &Config) -> Vec<Entry> {
-    let e = |name: &'static str, value: String, kind: ConfigType, doc: &'static str| Entry {
-        name,
-        value,
-        source: SOURCE_STATIC_BROKER,
-        kind,
-        doc,
-        synonym: None,
-    };
-    vec![
-        e(
-            "node.id",
-            c.node_id.to_string(),
-            ConfigType::Int,
-            "Broker id",
-        ),
-        e(
-            "listeners",
-            format!("PLAINTEXT://{}", c.listen),
-            ConfigType::String,
-            "Kafka listener",
-        ),
-        e(
-            "advertised.listeners",
-            format!("PLAINTEXT://{}", c.advertised_listener),
-            ConfigType::String,
-            "Address advertised to clients",
-        ),
-        e(
-            "auto.create.topics.enable",
-            c.auto_create_topics_enable.to_string(),
-            ConfigType::String,
-            "Auto-create topics on metadata requests",
-        ),
-        e(
-            "num.partitions",
-            c.num_partitions.to_string(),
-            ConfigType::Int,
-            "Default partition count",
-        ),
-        e(
-            "default.replication.factor",
-            c.default_replication_factor.to_string(),
-            ConfigType::Int,
-            "Default replication factor",
-        ),
-        e(
-            "message.max.bytes",
-            c.message_max_bytes.to_string(),
-            ConfigType::Int,
-            "Largest record batch",
-        ),
-        e(
-            "socket.request.max.bytes",
-            c.socket_request_max_bytes.to_string(),
-            ConfigType::Int,
-            "Largest request",
-        ),
-        e(
-            "log.retention.ms",
-            c.log_retention_ms.to_string(),
-            ConfigType::Long,
-            "Default retention.ms",
-        ),
-        e(
-            "log.retention.bytes",
-            c.log_retention_bytes.to_string(),
-            ConfigType::Long,
-            "Default retention.bytes",
-        ),
-        e(
-            "log.segment.bytes",
-            c.log_segment_bytes.to_string(),
-            ConfigType::Int,
-            "Default segment.bytes",
-        ),
-        e(
-            "log.roll.ms",
-            c.log_roll_ms.to_string(),
-            ConfigType::Long,
-            "Default segment.ms",
-        ),
-        e(
-            "log.retention.check.interval.ms",
-            c.log_retention_check_interval_ms.to_string(),
-            ConfigType::Long,
-            "Retention check interval",
-        ),
-        e(
-            "min.insync.replicas",
-            c.min_insync_replicas.to_string(),
-            ConfigType::Int,
-            "Default min.insync.replicas",
-        ),
-    ]
+/// This broker's configs (`cluster_default`: only the cluster-wide dynamic ones, as
+/// Kafka describes the `""` resource).
+fn broker_entries(b: &BrokerConfigs, cluster_default: bool) -> Vec<Entry> {
+    BROKER_KEYS
+        .iter()
+        .filter_map(|k| {
+            let layers: Vec<_> = if cluster_default {
+                let v = b.cluster.get(k.name)?;
+                vec![(k.name, v.clone(), Source::DynamicDefaultBroker)]
+            } else {
+                b.layers(k.name)
+                    .into_iter()
+                    .map(|(v, s)| (k.name, v, s))
+                    .collect()
+            };
+            Some(Entry {
+                name: k.name,
+                value: layers.first().map(|l| l.1.clone()).unwrap_or_default(),
+                kind: k.kind,
+                doc: k.doc,
+                read_only: k.scope == Scope::ReadOnly,
+                layers,
+            })
+        })
+        .collect()
 }
 
 fn to_result(
@@ -170,7 +105,6 @@ fn to_result(
     keys: &Option<Vec<StrBytes>>,
     synonyms: bool,
     docs: bool,
-    read_only: bool,
 ) -> Vec<DescribeConfigsResourceResult> {
     entries
         .into_iter()
@@ -179,30 +113,24 @@ fn to_result(
                 .is_none_or(|k| k.iter().any(|k| k.as_str() == e.name))
         })
         .map(|e| {
-            let mut syn = Vec::new();
-            if synonyms {
-                if e.source == SOURCE_TOPIC {
-                    syn.push(
-                        DescribeConfigsSynonym::default()
-                            .with_name(str_bytes(e.name))
-                            .with_value(Some(StrBytes::from_string(e.value.clone())))
-                            .with_source(SOURCE_TOPIC),
-                    );
-                }
-                if let Some((name, value, source)) = &e.synonym {
-                    syn.push(
+            let syn = if synonyms {
+                e.layers
+                    .iter()
+                    .map(|(name, value, source)| {
                         DescribeConfigsSynonym::default()
                             .with_name(str_bytes(name))
                             .with_value(Some(StrBytes::from_string(value.clone())))
-                            .with_source(*source),
-                    );
-                }
-            }
+                            .with_source(*source as i8)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             DescribeConfigsResourceResult::default()
                 .with_name(str_bytes(e.name))
-                .with_value(Some(StrBytes::from_string(e.value)))
-                .with_read_only(read_only)
-                .with_config_source(e.source)
+                .with_value(Some(StrBytes::from_string(e.value.clone())))
+                .with_read_only(e.read_only)
+                .with_config_source(e.source())
                 .with_config_type(e.kind as i8)
                 .with_documentation(docs.then(|| str_bytes(e.doc)))
                 .with_synonyms(syn)
@@ -210,65 +138,63 @@ fn to_result(
         .collect()
 }
 
-/// Applies one IncrementalAlterConfigs operation to a set of overrides.
+/// Applies one IncrementalAlterConfigs operation to a set of values. `default` gives the
+/// current effective value of a list key that the set does not hold.
 fn apply_op(
-    overrides: &mut BTreeMap<String, String>,
+    values: &mut BTreeMap<String, String>,
     name: &str,
+    kind: Kind,
     op: i8,
     value: Option<&str>,
-    broker: &Config,
-) -> Result<(), String> {
-    let def = topic_config::def(name).ok_or_else(|| format!("unknown topic config {name}"))?;
-    let list = |m: &BTreeMap<String, String>| -> Vec<String> {
-        let raw = m
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| def.default_value(broker));
-        raw.split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
+    default: impl Fn() -> String,
+) -> Result<(), (i16, String)> {
+    let invalid_request = |msg: String| (ResponseError::InvalidRequest.code(), msg);
     match op {
-        0 => {
-            let v = value.ok_or_else(|| format!("{name}: SET needs a value"))?;
-            overrides.insert(name.to_string(), v.to_string());
+        OP_SET => {
+            let v = value
+                .ok_or_else(|| invalid_request(format!("Null value not supported for : {name}")))?;
+            values.insert(name.to_string(), v.to_string());
         }
-        1 => {
-            overrides.remove(name);
+        OP_DELETE => {
+            values.remove(name);
         }
-        2 | 3 if def.kind != ConfigType::List => {
-            return Err(format!("{name} is not a list config"))
+        OP_APPEND | OP_SUBTRACT if kind != Kind::List => {
+            let verb = if op == OP_APPEND {
+                "append"
+            } else {
+                "subtract"
+            };
+            return Err(invalid_request(format!(
+                "Config value {verb} is not allowed for config key: {name}"
+            )));
         }
-        2 => {
-            let mut items = list(overrides);
-            for v in value
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-            {
-                if !items.iter().any(|i| i == v) {
-                    items.push(v.to_string());
+        OP_APPEND | OP_SUBTRACT => {
+            let current = values.get(name).cloned().unwrap_or_else(default);
+            let mut items: Vec<String> =
+                list_items(&current).into_iter().map(String::from).collect();
+            let given = list_items(value.unwrap_or_default());
+            if op == OP_APPEND {
+                for v in given {
+                    if !items.iter().any(|i| i == v) {
+                        items.push(v.to_string());
+                    }
                 }
+            } else {
+                items.retain(|i| !given.contains(&i.as_str()));
             }
-            overrides.insert(name.to_string(), items.join(","));
+            values.insert(name.to_string(), items.join(","));
         }
-        3 => {
-            let remove: Vec<&str> = value
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .collect();
-            let items: Vec<String> = list(overrides)
-                .into_iter()
-                .filter(|i| !remove.contains(&i.as_str()))
-                .collect();
-            overrides.insert(name.to_string(), items.join(","));
-        }
-        _ => return Err(format!("unknown config operation {op}")),
+        _ => return Err(invalid_request(format!("unknown config operation {op}"))),
     }
     Ok(())
+}
+
+/// A config change of one resource, as both alter APIs express it.
+enum Change<'a> {
+    /// AlterConfigs: the given keys replace every dynamic value of the resource.
+    Replace(Vec<(&'a str, Option<&'a str>)>),
+    /// IncrementalAlterConfigs: operations on single keys.
+    Ops(Vec<(&'a str, i8, Option<&'a str>)>),
 }
 
 impl Broker {
@@ -277,6 +203,9 @@ impl Broker {
         req: DescribeConfigsRequest,
         version: i16,
     ) -> DescribeConfigsResponse {
+        let broker = self.catalog.broker_configs();
+        let me = self.config.node_id.to_string();
+        let docs = version >= 3 && req.include_documentation;
         let results = req
             .resources
             .into_iter()
@@ -284,38 +213,32 @@ impl Broker {
                 let res = DescribeConfigsResult::default()
                     .with_resource_type(r.resource_type)
                     .with_resource_name(r.resource_name.clone());
-                let docs = version >= 3 && req.include_documentation;
-                let res = match r.resource_type {
-                    RESOURCE_TOPIC => match self.catalog.get(r.resource_name.as_str()) {
-                        Some(t) => res.with_configs(to_result(
-                            topic_config_entries(&t.overrides(), &self.config),
-                            &r.configuration_keys,
-                            req.include_synonyms,
-                            docs,
-                            false,
+                let name = r.resource_name.as_str();
+                let entries = match r.resource_type {
+                    RESOURCE_TOPIC => match self.catalog.get(name) {
+                        Some(t) => Ok(topic_config_entries(&t.overrides(), &broker)),
+                        None => Err((
+                            ResponseError::UnknownTopicOrPartition.code(),
+                            format!("Topic {name} does not exist"),
                         )),
-                        None => res
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
-                            .with_error_message(Some(StrBytes::from_string(format!(
-                                "topic '{}' does not exist",
-                                r.resource_name.as_str()
-                            )))),
                     },
-                    RESOURCE_BROKER
-                        if r.resource_name.is_empty()
-                            || r.resource_name.as_str() == self.config.node_id.to_string() =>
-                    {
-                        res.with_configs(to_result(
-                            broker_entries(&self.config),
-                            &r.configuration_keys,
-                            req.include_synonyms,
-                            docs,
-                            true,
-                        ))
+                    RESOURCE_BROKER if name.is_empty() || name == me => {
+                        Ok(broker_entries(&broker, name.is_empty()))
                     }
-                    _ => res
-                        .with_error_code(ResponseError::InvalidRequest.code())
-                        .with_error_message(Some(str_bytes("unsupported resource"))),
+                    RESOURCE_BROKER => Err((
+                        ResponseError::InvalidRequest.code(),
+                        format!("Unexpected broker id, expected {me} or empty string, but received {name}"),
+                    )),
+                    t => Err((
+                        ResponseError::InvalidRequest.code(),
+                        format!("Unsupported resource type {t}"),
+                    )),
+                };
+                let res = match entries {
+                    Ok(e) => res.with_configs(to_result(e, &r.configuration_keys, req.include_synonyms, docs)),
+                    Err((code, msg)) => res
+                        .with_error_code(code)
+                        .with_error_message(Some(StrBytes::from_string(msg))),
                 };
                 self.count_error(ApiKey::DescribeConfigs, res.error_code);
                 res
@@ -324,73 +247,135 @@ impl Broker {
         DescribeConfigsResponse::default().with_results(results)
     }
 
-    /// Validates and (unless `validate_only`) stores a new override set for a topic resource.
-    async fn alter_topic(
+    /// Validates one resource's change and (unless `validate_only`) commits it.
+    async fn alter(
         &self,
         resource_type: i8,
         name: &str,
-        change: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), String>,
+        change: Change<'_>,
         validate_only: bool,
-    ) -> (i16, Option<String>) {
-        if resource_type != RESOURCE_TOPIC {
-            let msg = if resource_type == RESOURCE_BROKER {
-                "broker configs are static: set them in the config file, environment or flags"
-            } else {
-                "unsupported resource"
-            };
-            return (ResponseError::InvalidRequest.code(), Some(msg.into()));
-        }
-        let Some(topic) = self.catalog.get(name) else {
-            return (
-                ResponseError::UnknownTopicOrPartition.code(),
-                Some(format!("topic '{name}' does not exist")),
-            );
-        };
-        let mut overrides = topic.overrides();
-        if let Err(msg) = change(&mut overrides) {
-            return (ResponseError::InvalidConfig.code(), Some(msg));
-        }
-        if let Err(e) = Catalog::validate_configs(&overrides) {
-            return (catalog_error_code(&e), Some(e.to_string()));
-        }
-        if validate_only {
-            return (0, None);
-        }
-        let reply = self
-            .control(
-                crate::cluster::ControlRequest::SetTopicConfigs {
+    ) -> Result<(), (i16, String)> {
+        let invalid_config = |msg: String| (ResponseError::InvalidConfig.code(), msg);
+        let request = match resource_type {
+            RESOURCE_TOPIC => {
+                let topic = self.catalog.get(name).ok_or_else(|| {
+                    (
+                        ResponseError::UnknownTopicOrPartition.code(),
+                        format!("Topic {name} does not exist"),
+                    )
+                })?;
+                let broker = self.catalog.broker_configs();
+                let mut values = topic.overrides();
+                match change {
+                    Change::Replace(set) => {
+                        values.clear();
+                        for (k, v) in set {
+                            let v = v.ok_or_else(|| {
+                                invalid_config(format!(
+                                    "Null value not supported for topic configs: {k}"
+                                ))
+                            })?;
+                            values.insert(k.to_string(), v.to_string());
+                        }
+                    }
+                    Change::Ops(ops) => {
+                        for (k, op, v) in ops {
+                            let key = topic::topic_key(k).ok_or_else(|| {
+                                invalid_config(format!("Unknown topic config name: {k}"))
+                            })?;
+                            apply_op(&mut values, k, key.kind, op, v, || {
+                                default_value(key, &broker).0
+                            })?;
+                        }
+                    }
+                }
+                topic::validate_set(&values).map_err(invalid_config)?;
+                let configs = values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), topic::normalised(k, v)))
+                    .collect();
+                ControlRequest::SetTopicConfigs {
                     name: name.to_string(),
-                    configs: overrides,
-                },
-                0,
-            )
-            .await;
-        match super::control_error(&reply) {
-            None => (0, None),
-            Some((code, msg)) => (code, Some(msg)),
+                    configs,
+                }
+            }
+            RESOURCE_BROKER => {
+                if !(name.is_empty() || name.parse::<i32>().is_ok_and(|id| id >= 0)) {
+                    return Err((
+                        ResponseError::InvalidRequest.code(),
+                        format!("Invalid broker id {name}"),
+                    ));
+                }
+                let image = self.cluster.image();
+                let mut values = image.broker_configs.get(name).cloned().unwrap_or_default();
+                let broker = self.catalog.broker_configs();
+                match change {
+                    Change::Replace(set) => {
+                        values.clear();
+                        for (k, v) in set {
+                            if let Some(v) = v {
+                                values.insert(k.to_string(), v.to_string());
+                            }
+                        }
+                    }
+                    Change::Ops(ops) => {
+                        for (k, op, v) in ops {
+                            let key = broker_key(k).ok_or_else(|| {
+                                invalid_config(format!("Unknown broker config {k}"))
+                            })?;
+                            check_dynamic(name, k, None).map_err(invalid_config)?;
+                            apply_op(&mut values, k, key.kind, op, v, || broker.get(k))?;
+                        }
+                    }
+                }
+                for (k, v) in &values {
+                    check_dynamic(name, k, Some(v)).map_err(invalid_config)?;
+                }
+                let configs = values
+                    .iter()
+                    .map(|(k, v)| {
+                        let kind = broker_key(k).map_or(Kind::String, |d| d.kind);
+                        (k.clone(), crate::configs::value::normalise(kind, v))
+                    })
+                    .collect();
+                ControlRequest::SetBrokerConfigs {
+                    resource: name.to_string(),
+                    configs,
+                }
+            }
+            t => {
+                return Err((
+                    ResponseError::InvalidRequest.code(),
+                    format!("Unsupported resource type {t}"),
+                ))
+            }
+        };
+        if validate_only {
+            return Ok(());
+        }
+        match super::control_error(&self.control(request, 0).await) {
+            None => Ok(()),
+            Some(e) => Err(e),
         }
     }
 
     pub(super) async fn alter_configs(&self, req: AlterConfigsRequest) -> AlterConfigsResponse {
         let mut responses = Vec::with_capacity(req.resources.len());
         for r in req.resources {
-            let (code, msg) = self
-                .alter_topic(
+            let set = r
+                .configs
+                .iter()
+                .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str())))
+                .collect();
+            let outcome = self
+                .alter(
                     r.resource_type,
                     r.resource_name.as_str(),
-                    |o| {
-                        // AlterConfigs replaces the whole set.
-                        o.clear();
-                        for c in &r.configs {
-                            if let Some(v) = &c.value {
-                                o.insert(c.name.to_string(), v.to_string());
-                            }
-                        }
-                        Ok(())
-                    },
+                    Change::Replace(set),
                     req.validate_only,
                 )
                 .await;
+            let (code, msg) = outcome.err().map_or((0, None), |(c, m)| (c, Some(m)));
             self.count_error(ApiKey::AlterConfigs, code);
             responses.push(
                 alter_configs_response::AlterConfigsResourceResponse::default()
@@ -409,26 +394,26 @@ impl Broker {
     ) -> IncrementalAlterConfigsResponse {
         let mut responses = Vec::with_capacity(req.resources.len());
         for r in req.resources {
-            let broker = &self.config;
-            let (code, msg) = self
-                .alter_topic(
+            let ops = r
+                .configs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.as_str(),
+                        c.config_operation,
+                        c.value.as_ref().map(|v| v.as_str()),
+                    )
+                })
+                .collect();
+            let outcome = self
+                .alter(
                     r.resource_type,
                     r.resource_name.as_str(),
-                    |o| {
-                        for c in &r.configs {
-                            apply_op(
-                                o,
-                                c.name.as_str(),
-                                c.config_operation,
-                                c.value.as_ref().map(|v| v.as_str()),
-                                broker,
-                            )?;
-                        }
-                        Ok(())
-                    },
+                    Change::Ops(ops),
                     req.validate_only,
                 )
                 .await;
+            let (code, msg) = outcome.err().map_or((0, None), |(c, m)| (c, Some(m)));
             self.count_error(ApiKey::IncrementalAlterConfigs, code);
             responses.push(
                 incremental_alter_configs_response::AlterConfigsResourceResponse::default()
@@ -445,37 +430,93 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn incremental_ops_on_list_and_scalar_configs() {
-        let broker = Config::default();
         let mut o = BTreeMap::new();
-        apply_op(&mut o, "retention.ms", 0, Some("1000"), &broker).expect("set");
+        let delete = || "delete".to_string();
+        apply_op(
+            &mut o,
+            "retention.ms",
+            Kind::Long,
+            OP_SET,
+            Some("1000"),
+            delete,
+        )
+        .expect("set");
         assert_eq!(o["retention.ms"], "1000");
-        apply_op(&mut o, "cleanup.policy", 2, Some("compact"), &broker).expect("append");
+        apply_op(
+            &mut o,
+            "cleanup.policy",
+            Kind::List,
+            OP_APPEND,
+            Some("compact"),
+            delete,
+        )
+        .expect("append");
         assert_eq!(o["cleanup.policy"], "delete,compact");
-        apply_op(&mut o, "cleanup.policy", 3, Some("delete"), &broker).expect("subtract");
+        apply_op(
+            &mut o,
+            "cleanup.policy",
+            Kind::List,
+            OP_SUBTRACT,
+            Some("delete"),
+            delete,
+        )
+        .expect("subtract");
         assert_eq!(o["cleanup.policy"], "compact");
-        apply_op(&mut o, "retention.ms", 1, None, &broker).expect("delete");
+        apply_op(&mut o, "retention.ms", Kind::Long, OP_DELETE, None, delete).expect("delete");
         assert!(!o.contains_key("retention.ms"));
-        assert!(apply_op(&mut o, "retention.ms", 2, Some("1"), &broker).is_err());
-        assert!(apply_op(&mut o, "nope", 0, Some("1"), &broker).is_err());
+        let err = apply_op(
+            &mut o,
+            "retention.ms",
+            Kind::Long,
+            OP_APPEND,
+            Some("1"),
+            delete,
+        )
+        .expect_err("append on a long");
+        assert_eq!(err.0, ResponseError::InvalidRequest.code());
+        assert!(apply_op(&mut o, "retention.ms", Kind::Long, 9, Some("1"), delete).is_err());
     }
 
     #[test]
-    fn entries_report_sources() {
-        let broker = Config {
+    fn entries_report_sources_and_synonyms_in_precedence_order() {
+        let mut broker = BrokerConfigs::new(Config {
             log_retention_ms: 5,
             ..Config::default()
-        };
+        });
+        broker.cluster.insert("log.roll.ms".into(), "60000".into());
         let mut o = BTreeMap::new();
         o.insert("max.message.bytes".to_string(), "2000".to_string());
         let e = topic_config_entries(&o, &broker);
         let get = |n: &str| e.iter().find(|x| x.name == n).expect("entry");
-        assert_eq!(get("max.message.bytes").source, SOURCE_TOPIC);
-        assert_eq!(get("retention.ms").source, SOURCE_STATIC_BROKER);
+        assert_eq!(get("max.message.bytes").source(), Source::Topic as i8);
+        assert_eq!(get("max.message.bytes").layers[1].0, "message.max.bytes");
+        assert_eq!(get("retention.ms").source(), Source::StaticBroker as i8);
         assert_eq!(get("retention.ms").value, "5");
-        assert_eq!(get("segment.bytes").source, SOURCE_DEFAULT);
-        assert_eq!(e.len(), DEFS.len());
+        assert_eq!(
+            get("segment.ms").source(),
+            Source::DynamicDefaultBroker as i8
+        );
+        assert_eq!(get("segment.ms").value, "60000");
+        assert_eq!(get("segment.bytes").source(), Source::Default as i8);
+        assert_eq!(e.len(), TOPIC_KEYS.len());
+        let cluster = broker_entries(&broker, true);
+        assert_eq!(cluster.len(), 1);
+        let all = broker_entries(&broker, false);
+        assert!(
+            all.iter()
+                .find(|x| x.name == "node.id")
+                .expect("node.id")
+                .read_only
+        );
+        assert!(
+            !all.iter()
+                .find(|x| x.name == "log.roll.ms")
+                .expect("roll")
+                .read_only
+        );
     }
 }

@@ -94,8 +94,11 @@ impl Broker {
                     .collect(),
             ),
         };
-        let auto_create =
-            self.config.auto_create_topics_enable && (version < 4 || req.allow_auto_topic_creation);
+        let auto_create = self
+            .catalog
+            .broker_configs()
+            .get_bool("auto.create.topics.enable", true)
+            && (version < 4 || req.allow_auto_topic_creation);
         let topics = match requested {
             None => self
                 .catalog

@@ -335,19 +335,6 @@ fn api_name(api: ApiKey) -> &'static str {
 
 use kafka_protocol::error::ResponseError;
 
-/// Error code of a catalog failure.
-fn catalog_error_code(e: &crate::metadata::CatalogError) -> i16 {
-    use crate::metadata::CatalogError as E;
-    match e {
-        E::TopicExists(_) => ResponseError::TopicAlreadyExists.code(),
-        E::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition.code(),
-        E::InvalidTopic(_) => ResponseError::InvalidTopicException.code(),
-        E::InvalidPartitions(_) => ResponseError::InvalidPartitions.code(),
-        E::InvalidConfig(_) => ResponseError::InvalidConfig.code(),
-        E::Storage(_) => ResponseError::KafkaStorageError.code(),
-    }
-}
-
 /// Kafka error code of a controller refusal (other replies count as success).
 fn control_error(r: &ControlReply) -> Option<(i16, String)> {
     match r {

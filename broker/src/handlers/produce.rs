@@ -121,7 +121,7 @@ impl Broker {
         if acks == -1 && part.replica_set().2.len() < min_isr {
             return Err(ResponseError::NotEnoughReplicas.code());
         }
-        let header = check_batch(&records, cfg.max_message_bytes)?;
+        let mut header = check_batch(&records, cfg.max_message_bytes)?;
         let name = &*topic.name;
         self.metrics
             .bytes_in
@@ -131,6 +131,16 @@ impl Broker {
             .records_in
             .with_label_values(&[name])
             .inc_by(header.record_count as u64);
+        let records = match cfg.compression {
+            Some(target) => match batch_recompress(&records, target)? {
+                Some((packed, h)) => {
+                    header = h;
+                    Bytes::from(packed)
+                }
+                None => records,
+            },
+            None => records,
+        };
         let epoch = part.leader_epoch();
         let outcome = part.append(&records, &header, &cfg, sync);
         Ok(PendingAppend {
@@ -198,6 +208,22 @@ fn check_batch(records: &[u8], max_message_bytes: usize) -> Result<batch::BatchH
         return Err(ResponseError::InvalidRecord.code());
     }
     Ok(header)
+}
+
+/// Rewrites a batch in the topic's codec (`None`: already in it); a batch that does not
+/// decompress is corrupt.
+fn batch_recompress(
+    records: &[u8],
+    target: riffle_protocol::compress::Target,
+) -> Result<Option<(Vec<u8>, batch::BatchHeader)>, i16> {
+    let corrupt = |_| ResponseError::CorruptMessage.code();
+    match riffle_protocol::compress::recompress(records, target).map_err(corrupt)? {
+        Some(packed) => {
+            let header = batch::parse_header(&packed).map_err(corrupt)?;
+            Ok(Some((packed, header)))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Kafka error code of a log error.

@@ -143,6 +143,10 @@ struct State {
     epochs: BTreeMap<i32, i64>,
     role: Role,
     leader_epoch: i32,
+    /// Records appended since the last WAL sync this partition asked for (`flush.messages`).
+    unsynced_records: i64,
+    /// When this partition last asked for a WAL sync (`flush.ms`).
+    last_sync_ms: i64,
 }
 
 /// A follower's progress as its leader sees it.
@@ -247,6 +251,22 @@ pub struct Partition {
     replicas: Mutex<Replicas>,
 }
 
+/// Part of `segment.ms` a segment rolls early by (`segment.jitter.ms`): fixed per segment
+/// (derived from its base offset) so every check agrees, spread like a random draw.
+fn segment_jitter(segment_base: i64, cfg: &TopicConfig) -> i64 {
+    if cfg.segment_jitter_ms <= 0 {
+        return 0;
+    }
+    // splitmix64 finaliser: neighbouring base offsets land far apart.
+    let mut z = (segment_base as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let jitter = (z % cfg.segment_jitter_ms as u64) as i64;
+    // Kafka caps the jitter below segment.ms so a segment always lives a little.
+    jitter.min(cfg.segment_ms - 1)
+}
+
 fn meta_key(tag: u8, uid: u64) -> Vec<u8> {
     let mut k = vec![tag, b'/'];
     k.extend_from_slice(&uid.to_be_bytes());
@@ -349,6 +369,8 @@ impl Partition {
                 leader_epoch: epochs.keys().next_back().copied().unwrap_or(0),
                 epochs,
                 role: Role::None,
+                unsynced_records: 0,
+                last_sync_ms: 0,
             }),
             replicas: Mutex::new(Replicas {
                 leader: -1,
@@ -1112,7 +1134,8 @@ impl Partition {
         // Roll a new segment when the active one is full or old.
         let (seg_base, mut seg) = match st.segments.iter().next_back() {
             Some((&b, s))
-                if s.bytes + size <= cfg.segment_bytes && now - s.created_ms < cfg.segment_ms =>
+                if s.bytes + size <= cfg.segment_bytes
+                    && now - s.created_ms < cfg.segment_ms - segment_jitter(b, cfg) =>
             {
                 (b, *s)
             }
@@ -1143,6 +1166,15 @@ impl Partition {
             },
         ];
         mutations.extend(self.record_producer(&mut st, header, base, now));
+        // `flush.messages` / `flush.ms` ask for a sync beyond the broker's fsync policy.
+        st.unsynced_records += i64::from(header.record_count);
+        let sync = sync
+            || st.unsynced_records >= cfg.flush_messages
+            || now.saturating_sub(st.last_sync_ms) >= cfg.flush_ms;
+        if sync {
+            st.unsynced_records = 0;
+            st.last_sync_ms = now;
+        }
         st.segments.insert(seg_base, seg);
         st.next_offset = last + 1;
         let info = Appended {

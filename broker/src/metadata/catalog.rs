@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::cluster::image::Image;
 use crate::config::Config;
+use crate::configs::BrokerConfigs;
 use crate::log::{Partition, TopicConfig};
 use crate::storage::{Mutation, StorageError, Store, CF_META};
 
@@ -125,7 +126,8 @@ const CLUSTER_ID_KEY: &[u8] = b"c/cluster_id";
 /// All topics of the broker.
 pub struct Catalog {
     store: Arc<Store>,
-    broker: Config,
+    /// Static broker settings with the image's dynamic broker configs.
+    broker: RwLock<Arc<BrokerConfigs>>,
     notify: Arc<Notify>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Serialises catalog changes (create/delete/alter) so uids and records stay consistent.
@@ -174,6 +176,7 @@ impl Catalog {
                 id
             }
         };
+        let broker_configs = BrokerConfigs::new(broker);
         let mut topics = HashMap::new();
         for (_, v) in store.scan_prefix(CF_META, b"t/")? {
             let rec: TopicRecord = serde_json::from_slice(&v)
@@ -193,14 +196,14 @@ impl Catalog {
                 name,
                 id: rec.id,
                 partitions: RwLock::new(parts),
-                config: RwLock::new(TopicConfig::resolve(&rec.configs, &broker)),
+                config: RwLock::new(TopicConfig::resolve(&rec.configs, &broker_configs)),
                 overrides: RwLock::new(rec.configs),
             };
             topics.insert(rec.name, Arc::new(topic));
         }
         Ok(Catalog {
             store,
-            broker,
+            broker: RwLock::new(Arc::new(broker_configs)),
             notify,
             topics: RwLock::new(topics),
             change: tokio::sync::Mutex::new(next_uid),
@@ -209,9 +212,38 @@ impl Catalog {
         })
     }
 
-    /// Broker configuration the catalog resolves defaults from.
-    pub fn broker_config(&self) -> &Config {
-        &self.broker
+    /// Broker configs (static and dynamic) the catalog resolves topic defaults from.
+    pub fn broker_configs(&self) -> Arc<BrokerConfigs> {
+        self.broker
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes the image's dynamic broker configs for broker `me`; re-resolves every topic
+    /// when they changed, so new defaults apply at once.
+    fn apply_broker_configs(&self, image: &Image, me: i32) {
+        let current = self.broker_configs();
+        let cluster = image.broker_configs.get("").cloned().unwrap_or_default();
+        let mine = image
+            .broker_configs
+            .get(&me.to_string())
+            .cloned()
+            .unwrap_or_default();
+        if current.cluster == cluster && current.mine == mine {
+            return;
+        }
+        let next = Arc::new(BrokerConfigs {
+            static_cfg: current.static_cfg.clone(),
+            cluster,
+            mine,
+        });
+        *self.broker.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        for t in self.all() {
+            let resolved = TopicConfig::resolve(&t.overrides(), &next);
+            *t.config.write().unwrap_or_else(|p| p.into_inner()) = resolved;
+        }
+        tracing::info!("dynamic broker configs applied");
     }
 
     /// Looks up a topic.
@@ -249,7 +281,7 @@ impl Catalog {
     /// Validates a config override set.
     pub fn validate_configs(configs: &BTreeMap<String, String>) -> Result<(), CatalogError> {
         for (k, v) in configs {
-            crate::log::topic_config::validate(k, v).map_err(CatalogError::InvalidConfig)?;
+            crate::configs::topic::validate(k, v).map_err(CatalogError::InvalidConfig)?;
         }
         Ok(())
     }
@@ -284,7 +316,7 @@ impl Catalog {
             name: name_arc,
             id,
             partitions: RwLock::new(parts),
-            config: RwLock::new(TopicConfig::resolve(&configs, &self.broker)),
+            config: RwLock::new(TopicConfig::resolve(&configs, &self.broker_configs())),
             overrides: RwLock::new(configs),
         };
         let new_next = first + partitions as u64;
@@ -403,7 +435,7 @@ impl Catalog {
             return Err(e);
         }
         *topic.config.write().unwrap_or_else(|p| p.into_inner()) =
-            TopicConfig::resolve(&configs, &self.broker);
+            TopicConfig::resolve(&configs, &self.broker_configs());
         Ok(())
     }
 
@@ -417,6 +449,7 @@ impl Catalog {
     /// for broker `me`. Returns the names of deleted topics.
     pub async fn reconcile(&self, image: &Image, me: i32) -> Result<Vec<String>, CatalogError> {
         let mut deleted = Vec::new();
+        self.apply_broker_configs(image, me);
         // Until the quorum has been set up, the image is empty: keep what is here.
         if image.cluster_id.is_some() {
             let stale: Vec<String> = self
