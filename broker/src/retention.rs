@@ -7,9 +7,13 @@ use tokio::sync::watch;
 
 use crate::handlers::Broker;
 
-/// Runs retention every `log.retention.check.interval.ms` (re-read each round, as it is a
-/// dynamic config) until shutdown. Topics without `delete` in `cleanup.policy` are skipped.
+/// How often the (dynamic) check interval is re-read, so a shorter one applies soon.
+const INTERVAL_RECHECK: Duration = Duration::from_secs(1);
+
+/// Runs retention every `log.retention.check.interval.ms` until shutdown. Topics without
+/// `delete` in `cleanup.policy` are skipped.
 pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let mut last = tokio::time::Instant::now();
     loop {
         let every = broker
             .catalog
@@ -18,9 +22,13 @@ pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
             .max(10) as u64;
         let every = Duration::from_millis(every);
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(every.min(INTERVAL_RECHECK)) => {}
             _ = shutdown.changed() => return,
         }
+        if last.elapsed() < every {
+            continue;
+        }
+        last = tokio::time::Instant::now();
         for topic in broker.catalog.all() {
             let cfg = topic.config();
             if !cfg.retention_deletes {

@@ -324,3 +324,39 @@ def offset_for_leader_epoch_v3(conn: Conn, topic: str, partition: int, leader_ep
 
     topics = r.array(lambda rr: (rr.string(), rr.array(part)))
     return {name: parts for name, parts in topics}
+
+
+# The cluster-wide default BROKER resource (name "") cannot be addressed through
+# confluent-kafka or kafka-python (both want a broker id), so tests speak it raw.
+API_DESCRIBE_CONFIGS = 32
+API_INCREMENTAL_ALTER_CONFIGS = 44
+RESOURCE_BROKER = 4
+OP_SET, OP_DELETE = 0, 1
+
+
+def incremental_alter_configs_v0(conn: Conn, resource_type: int, name: str,
+                                 ops: list[tuple[str, int, str | None]], validate_only: bool = False):
+    """Returns (error_code, error_message) of the one resource."""
+    configs = array([string(k) + i8(op) + string(v) for k, op, v in ops])
+    body = array([i8(resource_type) + string(name) + configs]) + i8(1 if validate_only else 0)
+    r = conn.request(API_INCREMENTAL_ALTER_CONFIGS, 0, body, 44)
+    r.i32()  # throttle_time_ms
+    (res,) = r.array(lambda rr: (rr.i16(), rr.string(), rr.i8(), rr.string()))
+    return res[0], res[1]
+
+
+def describe_configs_v1(conn: Conn, resource_type: int, name: str):
+    """Returns {key: (value, read_only, source)} of the one resource (raises on error)."""
+    body = array([i8(resource_type) + string(name) + i32(-1)]) + i8(1)
+    r = conn.request(API_DESCRIBE_CONFIGS, 1, body, 32)
+    r.i32()  # throttle_time_ms
+
+    def entry(rr):
+        key, value, read_only, source = rr.string(), rr.string(), rr.i8(), rr.i8()
+        rr.i8()  # is_sensitive
+        rr.array(lambda x: (x.string(), x.string(), x.i8()))
+        return key, (value, bool(read_only), source)
+
+    (res,) = r.array(lambda rr: (rr.i16(), rr.string(), rr.i8(), rr.string(), rr.array(entry)))
+    assert res[0] == 0, res
+    return dict(res[4])

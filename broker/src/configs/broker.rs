@@ -532,9 +532,11 @@ pub fn check_dynamic(resource: &str, name: &str, value: Option<&str>) -> Result<
         Scope::ReadOnly => {
             return Err(format!("Cannot update these configs dynamically: [{name}]"))
         }
-        Scope::ClusterWide if !resource.is_empty() => return Err(format!(
+        Scope::ClusterWide if !resource.is_empty() => {
+            return Err(format!(
             "Cannot update these configs at per-broker level, broker-wide default only: [{name}]"
-        )),
+        ))
+        }
         _ => {}
     }
     match value {

@@ -121,14 +121,14 @@ pub fn check_value(name: &str, kind: Kind, check: Check, value: &str) -> Result<
                     return Err(invalid(
                         name,
                         value,
-                        format!("Value must be at least {min}"),
+                        format!("Value must be at least {min:?}"),
                     ));
                 }
                 if n > max {
                     return Err(invalid(
                         name,
                         value,
-                        format!("Value must be no more than {max}"),
+                        format!("Value must be no more than {max:?}"),
                     ));
                 }
             }
