@@ -76,10 +76,11 @@ def create_topic(admin, name, partitions, replication_factor=1, config=None):
     wait_until(ready, timeout=30, message=f"topic {name} with a leader for each partition")
 
 
-def produce_run(bootstrap, topic, partitions, size, count, acks, max_seconds):
-    payload = os.urandom(size)
+def produce_run(bootstrap, topic, partitions, size, count, acks, max_seconds,
+                codec="none", payload=None):
+    payload = payload or os.urandom(size)
     prod = Producer({"bootstrap.servers": bootstrap, "acks": acks, "linger.ms": 5,
-                     "batch.size": 1024 * 1024, "compression.type": "none",
+                     "batch.size": 1024 * 1024, "compression.type": codec,
                      "queue.buffering.max.kbytes": 256 * 1024,
                      "queue.buffering.max.messages": 1_000_000,
                      "broker.address.family": "v4", "message.timeout.ms": 60000})
@@ -485,6 +486,58 @@ def cluster_main(args):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (from /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+RECOMPRESSION_CASES = (("gzip", "producer"), ("gzip", "lz4"), ("gzip", "zstd"),
+                       ("none", "lz4"), ("lz4", "gzip"))
+
+
+def recompression_main(args):
+    """Cost of topic-level compression.type: the same gzip/none/lz4 producer load into
+    topics that keep the producer's codec and into topics that recompress."""
+    workdir = Path(tempfile.mkdtemp(prefix="riffle-bench-"))
+    extra = ["--fsync-policy", args.fsync_policy] if args.fsync_policy else []
+    broker = Broker(workdir, extra_args=extra)
+    broker.start()
+    print(f"broker pid {broker.pid} on {broker.bootstrap}, data dir {broker.data_dir}")
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+    # Compressible 1 KiB values (log-line like), so codecs have something to do.
+    words = b"user=%d action=click page=/products/%d status=200 latency_ms=%d "
+    payload = b"".join(words % (i, i * 7, i % 97) for i in range(40))[:1024]
+    rows = []
+    try:
+        for producer_codec, topic_codec in RECOMPRESSION_CASES:
+            topic = f"bench-recomp-{producer_codec}-{topic_codec}"
+            create_topic(admin, topic, 1, config={"compression.type": topic_codec})
+            cpu0 = cpu_seconds(broker.pid)
+            pr = produce_run(broker.bootstrap, topic, 1, 1024, args.records_1k, "all",
+                             args.max_seconds, codec=producer_codec, payload=payload)
+            cpu = cpu_seconds(broker.pid) - cpu0
+            rows.append((producer_codec, topic_codec, pr, cpu))
+            print(f"  done {topic}: {pr['records']} records", flush=True)
+        time.sleep(1.0)
+        admin = None
+    finally:
+        broker.stop(check=False)
+    w = (9, 8, 10, 12, 12, 7)
+    print()
+    print(fmt_row(["producer", "topic", "prod MB/s", "prod rec/s", "CPU s/GB", "errors"], w))
+    for producer_codec, topic_codec, pr, cpu in rows:
+        gb = pr["bytes"] / 2**30
+        print(fmt_row([producer_codec, topic_codec, f"{pr['bytes'] / 1048576 / pr['seconds']:.1f}",
+                       f"{pr['records'] / pr['seconds']:.0f}", f"{cpu / max(gb, 1e-9):.1f}",
+                       pr["errors"]], w))
+    print("(acks=all, 1 KiB compressible records, 1 partition; CPU = broker process only;"
+          " MB/s counts uncompressed record values)")
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short smoke run")
@@ -498,6 +551,8 @@ def main():
     ap.add_argument("--cluster", action="store_true",
                     help=f"single node vs a {CLUSTER_SIZE}-broker RF{CLUSTER_RF} cluster: "
                          "1 KiB produce throughput and latency, leader failover, acked-record check")
+    ap.add_argument("--recompression", action="store_true",
+                    help="cost of topic compression.type: keep the producer's codec vs recompress")
     ap.add_argument("--failover-rounds", type=int, default=3, help="--cluster: leader kills")
     ap.add_argument("--failover-rate-mb", type=float, default=2.0,
                     help="--cluster: produce rate during the failover rounds")
@@ -510,6 +565,9 @@ def main():
         args.failover_settle = 1.5
     if args.cluster:
         cluster_main(args)
+        return
+    if args.recompression:
+        recompression_main(args)
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="riffle-bench-"))
