@@ -214,6 +214,10 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
             }
         }
     }
+    let syncs = b.store.wal_syncs();
+    b.metrics
+        .wal_syncs
+        .inc_by(syncs.saturating_sub(b.metrics.wal_syncs.get()));
     for (cf, bytes) in b.store.live_bytes() {
         b.metrics
             .storage_bytes

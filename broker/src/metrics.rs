@@ -33,6 +33,8 @@ pub struct Metrics {
     pub connections: IntGauge,
     /// Storage bytes (SST plus memtables) per column family.
     pub storage_bytes: IntGaugeVec,
+    /// Write groups synced to the WAL (fsync policy, `flush.messages`, `flush.ms`).
+    pub wal_syncs: IntCounter,
     /// Connections closed because of undecodable or oversized requests.
     pub bad_frames: IntCounterVec,
     /// Committed offset per group and partition.
@@ -144,6 +146,11 @@ impl Metrics {
             connections: reg(
                 &r,
                 IntGauge::new("riffle_connections_open", "Open client connections")
+                    .expect("valid metric"),
+            ),
+            wal_syncs: reg(
+                &r,
+                IntCounter::new("riffle_wal_syncs_total", "Write groups synced to the WAL")
                     .expect("valid metric"),
             ),
             storage_bytes: gauge(

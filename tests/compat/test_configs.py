@@ -301,3 +301,32 @@ def test_dynamic_broker_configs_take_effect_and_survive_a_restart(make_broker):
     prod.produce(name, value=b"x" * 5000, on_delivery=d)
     prod.flush(15)
     assert not d.errors and len(d.ok) == 1
+
+
+def _wal_syncs(broker):
+    status, text = broker.http_get("/metrics")
+    assert status == 200
+    (line,) = [x for x in text.splitlines() if x.startswith("riffle_wal_syncs_total ")]
+    return float(line.split()[1])
+
+
+def test_flush_messages_syncs_the_log_beyond_the_fsync_policy(make_broker):
+    """With fsync_policy=never nothing is synced, except for a topic whose
+    flush.messages=1 asks for a sync with every record (and flush.messages=10 for
+    every tenth)."""
+    b = make_broker("--fsync-policy", "never")
+    plain = ck.create_topic(b, unique_topic("noflush"))
+    every = ck.create_topic(b, unique_topic("flush1"), config={"flush.messages": "1"})
+    tenth = ck.create_topic(b, unique_topic("flush10"), config={"flush.messages": "10"})
+    prod = ck.producer(b, **{"acks": "1", "linger.ms": 0})
+
+    def produce_one_by_one(topic, n):
+        before = _wal_syncs(b)
+        for r in sample_records(n):
+            ck.produce_all(prod, topic, [r])
+        return _wal_syncs(b) - before
+
+    # Slack of 2 for metadata writes (synced through the same WAL) in the window.
+    assert produce_one_by_one(plain, 20) <= 2
+    assert produce_one_by_one(every, 20) >= 20
+    assert 2 <= produce_one_by_one(tenth, 20) <= 4

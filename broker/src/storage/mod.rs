@@ -15,7 +15,7 @@ pub use keys::{log_key, offset_of as offset_of_key, partition_bounds, SegmentMet
 pub use writer::Mutation;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -59,6 +59,8 @@ pub struct Store {
     db: Arc<DB>,
     writer: writer::Writer,
     offline: Arc<AtomicBool>,
+    /// Write groups synced to the WAL so far.
+    syncs: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -87,11 +89,13 @@ impl Store {
         ];
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
         let offline = Arc::new(AtomicBool::new(false));
-        let writer = writer::Writer::start(db.clone(), offline.clone());
+        let syncs = Arc::new(AtomicU64::new(0));
+        let writer = writer::Writer::start(db.clone(), offline.clone(), syncs.clone());
         Ok(Store {
             db,
             writer,
             offline,
+            syncs,
         })
     }
 
@@ -135,7 +139,12 @@ impl Store {
         }
     }
 
-    /// Whether an earlier write failed.
+    /// Write groups synced to the WAL since the store opened.
+    pub fn wal_syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Whether an earlier write failure took the store offline.
     pub fn is_offline(&self) -> bool {
         self.offline.load(Ordering::Acquire)
     }

@@ -1,6 +1,6 @@
 //! The single writer thread: group commit of queued mutations.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
@@ -59,11 +59,11 @@ pub struct Writer {
 const MAX_GROUP_BYTES: usize = 32 << 20;
 
 impl Writer {
-    pub(super) fn start(db: Arc<DB>, offline: Arc<AtomicBool>) -> Writer {
+    pub(super) fn start(db: Arc<DB>, offline: Arc<AtomicBool>, syncs: Arc<AtomicU64>) -> Writer {
         let (tx, rx) = channel();
         let thread = std::thread::Builder::new()
             .name("riffle-writer".into())
-            .spawn(move || run(db, rx, offline))
+            .spawn(move || run(db, rx, offline, syncs))
             .expect("spawn writer thread");
         Writer {
             tx: Some(tx),
@@ -108,7 +108,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: Arc<DB>, rx: Receiver<Msg>, offline: Arc<AtomicBool>) {
+fn run(db: Arc<DB>, rx: Receiver<Msg>, offline: Arc<AtomicBool>, syncs: Arc<AtomicU64>) {
     let mut pending: Option<Msg> = None;
     loop {
         let first = match pending.take() {
@@ -135,7 +135,7 @@ fn run(db: Arc<DB>, rx: Receiver<Msg>, offline: Arc<AtomicBool>) {
             }
             next = rx.try_recv().ok();
         }
-        let result = write_group(&db, &jobs, &offline);
+        let result = write_group(&db, &jobs, &offline, &syncs);
         if let Err(e) = &result {
             tracing::error!(error = %e, "storage write failed; refusing further writes");
             offline.store(true, Ordering::Release);
@@ -159,7 +159,12 @@ fn size_of(m: &Mutation) -> usize {
     }
 }
 
-fn write_group(db: &DB, jobs: &[Job], offline: &AtomicBool) -> Result<(), Arc<StorageError>> {
+fn write_group(
+    db: &DB,
+    jobs: &[Job],
+    offline: &AtomicBool,
+    syncs: &AtomicU64,
+) -> Result<(), Arc<StorageError>> {
     if jobs.is_empty() {
         return Ok(());
     }
@@ -191,5 +196,9 @@ fn write_group(db: &DB, jobs: &[Job], offline: &AtomicBool) -> Result<(), Arc<St
     let mut wo = WriteOptions::default();
     wo.set_sync(sync);
     db.write_opt(wb, &wo)
-        .map_err(|e| Arc::new(StorageError::Rocks(e)))
+        .map_err(|e| Arc::new(StorageError::Rocks(e)))?;
+    if sync {
+        syncs.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }
