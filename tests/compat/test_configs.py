@@ -262,6 +262,16 @@ def test_dynamic_broker_configs_take_effect_and_survive_a_restart(make_broker):
                and _log_start(b, name) > 0, timeout=20, interval=0.5,
                message="retention from a dynamic default")
 
+    # min.insync.replicas raised cluster-wide: acks=all on this RF1 topic is refused at once.
+    def produce_code():
+        with kw.Conn(b.port) as conn:
+            return kw.produce_v3(conn, name, 0, kw.record_batch([(None, b"v")]))[name][0]["error_code"]
+
+    assert _cluster_default(b, ("min.insync.replicas", kw.OP_SET, "2")) == (0, None)
+    assert produce_code() == kw.ERR_NOT_ENOUGH_REPLICAS
+    assert _cluster_default(b, ("min.insync.replicas", kw.OP_DELETE, None)) == (0, None)
+    assert produce_code() == 0
+
     # Auto-creation switched off cluster-wide.
     assert _cluster_default(b, ("auto.create.topics.enable", kw.OP_SET, "false")) == (0, None)
     ghost = unique_topic("ghost")
