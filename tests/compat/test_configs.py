@@ -28,8 +28,8 @@ OP_TIMEOUT = ck.OP_TIMEOUT
 
 # key -> (valid value, value described back, invalid value, part of Kafka's message).
 TOPIC_CONFIGS = {
-    "cleanup.policy": ("compact, delete", "compact,delete", "shred", "String must be one of"),
-    "compression.gzip.level": ("5", "5", "10", "Value must be no more than 9"),
+    "cleanup.policy": ("compact, delete, compact", "compact,delete", "shred", "String must be one of"),
+    "compression.gzip.level": ("5", "5", "10", "Value must be between 1 and 9 or equal to -1"),
     "compression.lz4.level": ("12", "12", "0", "Value must be at least 1"),
     "compression.type": ("lz4", "lz4", "brotli", "String must be one of"),
     "compression.zstd.level": ("10", "10", "23", "Value must be no more than 22"),
@@ -47,7 +47,7 @@ TOPIC_CONFIGS = {
     "message.timestamp.after.max.ms": ("1000", "1000", "-1", "Value must be at least 0"),
     "message.timestamp.before.max.ms": ("1000", "1000", "-1", "Value must be at least 0"),
     "message.timestamp.type": ("LogAppendTime", "LogAppendTime", "Wallclock", "String must be one of"),
-    "min.cleanable.dirty.ratio": ("0.2", "0.2", "1.5", "Value must be no more than 1.0"),
+    "min.cleanable.dirty.ratio": ("0.2", "0.2", "1.5", "Value must be no more than 1"),
     "min.compaction.lag.ms": ("100", "100", "-1", "Value must be at least 0"),
     "min.insync.replicas": ("1", "1", "0", "Value must be at least 1"),
     "preallocate": ("TRUE", "true", "maybe", "Expected value to be either true or false"),
@@ -113,7 +113,8 @@ def test_every_topic_config_with_confluent_kafka(broker):
         assert code == KafkaError.INVALID_CONFIG, (key, code, text)
         assert message in text, (key, text)
         if not message.startswith("Tiered"):
-            assert f"Invalid value {bad} for configuration {key}" in text, text
+            # The value is the offending element of a list (Kafka's wording).
+            assert text.startswith("Invalid value ") and f" for configuration {key}: " in text, text
         # The same value through IncrementalAlterConfigs leaves the topic unchanged.
         code, text = _ck_error(_ck_incremental(adm, ResourceType.TOPIC, name,
                                                (key, bad, AlterConfigOpType.SET)))
@@ -139,7 +140,13 @@ def test_every_topic_config_with_confluent_kafka(broker):
     assert _ck_describe(adm, ResourceType.TOPIC, name)["cleanup.policy"].value == "compact,delete"
     code, text = _ck_error(_ck_incremental(adm, ResourceType.TOPIC, name,
                                            ("retention.ms", "1", AlterConfigOpType.APPEND)))
-    assert code == KafkaError.INVALID_REQUEST and "append is not allowed" in text, text
+    assert code == KafkaError.INVALID_CONFIG, text
+    assert text == "Can't APPEND to key retention.ms because its type is not LIST.", text
+    # Compaction lags are checked against each other.
+    code, text = _ck_error(_ck_incremental(adm, ResourceType.TOPIC, name,
+                                           ("min.compaction.lag.ms", "5000", AlterConfigOpType.SET),
+                                           ("max.compaction.lag.ms", "1000", AlterConfigOpType.SET)))
+    assert code == KafkaError.INVALID_CONFIG and "conflict topic config setting" in text, text
 
     # DELETE falls back to the broker default, described with its synonyms.
     _ck_incremental(adm, ResourceType.TOPIC, name,
@@ -279,15 +286,24 @@ def test_dynamic_broker_configs_take_effect_and_survive_a_restart(make_broker):
         kw.metadata_v4(conn, [ghost], allow_auto_topic_creation=True)
     assert ghost not in adm.list_topics(timeout=10).topics
 
-    # Refusals: read-only keys, cluster-wide keys per broker, bad values.
+    # Refusals (INVALID_REQUEST with Kafka's texts): read-only keys, cluster-wide keys per
+    # broker, per-broker min.insync.replicas (eligible leaders need one value), bad values.
     code, text = _ck_error(_ck_incremental(adm, ResourceType.BROKER, me,
                                            ("node.id", "7", AlterConfigOpType.SET)))
-    assert code == KafkaError.INVALID_CONFIG and "Cannot update these configs dynamically" in text
+    assert code == KafkaError.INVALID_REQUEST
+    assert text == "Cannot update these configs dynamically: Set(node.id)", text
     code, text = _ck_error(_ck_incremental(adm, ResourceType.BROKER, me,
                                            ("auto.create.topics.enable", "true", AlterConfigOpType.SET)))
-    assert code == KafkaError.INVALID_CONFIG and "broker-wide default only" in text
+    assert code == KafkaError.INVALID_REQUEST and "only at default cluster level" in text
+    code, text = _ck_error(_ck_incremental(adm, ResourceType.BROKER, me,
+                                           ("min.insync.replicas", "2", AlterConfigOpType.SET)))
+    assert code == KafkaError.INVALID_REQUEST and "while ELR is enabled" in text
     code, text = _cluster_default(b, ("log.retention.ms", kw.OP_SET, "-5"))
-    assert code == KafkaError.INVALID_CONFIG and "Value must be at least -1" in text
+    assert code == KafkaError.INVALID_REQUEST and "Value must be at least -1" in text
+    code, text = _ck_error(_ck_incremental(adm, ResourceType.BROKER, me,
+                                           ("log.retention.ms", "1", AlterConfigOpType.APPEND)))
+    assert code == KafkaError.INVALID_CONFIG
+    assert text == "Config value append is not allowed for config key: log.retention.ms", text
 
     b.restart()
     adm = ck.admin(b)

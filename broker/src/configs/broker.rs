@@ -505,7 +505,7 @@ pub static BROKER_KEYS: &[BrokerKey] = &[
     key!(
         "leader.replication.throttled.rate",
         Long,
-        Check::AtLeast(1),
+        Check::AtLeast(0),
         PerBroker,
         LONG_MAX,
         "Throttle of replication traffic this broker sends as a leader, for throttled replicas"
@@ -513,7 +513,7 @@ pub static BROKER_KEYS: &[BrokerKey] = &[
     key!(
         "follower.replication.throttled.rate",
         Long,
-        Check::AtLeast(1),
+        Check::AtLeast(0),
         PerBroker,
         LONG_MAX,
         "Throttle of replication traffic this broker fetches as a follower, for throttled replicas"
@@ -526,16 +526,23 @@ pub fn broker_key(name: &str) -> Option<&'static BrokerKey> {
 }
 
 /// Checks a dynamic change of one key on a BROKER resource (`""`: cluster default).
+/// Messages follow Kafka's (which prints key sets as Scala `Set(...)`).
 pub fn check_dynamic(resource: &str, name: &str, value: Option<&str>) -> Result<(), String> {
-    let key = broker_key(name).ok_or_else(|| format!("Unknown broker config {name}"))?;
+    let read_only = || format!("Cannot update these configs dynamically: Set({name})");
+    let key = broker_key(name).ok_or_else(read_only)?;
     match key.scope {
-        Scope::ReadOnly => {
-            return Err(format!("Cannot update these configs dynamically: [{name}]"))
-        }
+        Scope::ReadOnly => return Err(read_only()),
         Scope::ClusterWide if !resource.is_empty() => {
             return Err(format!(
-            "Cannot update these configs at per-broker level, broker-wide default only: [{name}]"
-        ))
+                "Cannot update these configs per broker, only at default cluster level: Set({name})"
+            ))
+        }
+        // Eligible leaders need one min.insync.replicas for the whole cluster (as in Kafka
+        // with ELR), or brokers would disagree on what the high watermark waits for.
+        Scope::PerBroker if name == "min.insync.replicas" && !resource.is_empty() => {
+            return Err(
+                "Broker-level min.insync.replicas cannot be altered while ELR is enabled.".into(),
+            )
         }
         _ => {}
     }
@@ -679,6 +686,8 @@ mod tests {
             .unwrap_err()
             .contains("Cannot update these configs dynamically"));
         assert!(check_dynamic("1", "auto.create.topics.enable", Some("false")).is_err());
+        assert!(check_dynamic("1", "min.insync.replicas", Some("2")).is_err());
+        assert!(check_dynamic("", "min.insync.replicas", Some("2")).is_ok());
         assert!(check_dynamic("", "auto.create.topics.enable", Some("false")).is_ok());
         assert!(check_dynamic("", "log.retention.ms", Some("-5")).is_err());
         assert!(check_dynamic("", "bogus", Some("1")).is_err());

@@ -370,6 +370,22 @@ pub fn validate_set(configs: &BTreeMap<String, String>) -> Result<(), String> {
     for (k, v) in configs {
         validate(k, v)?;
     }
+    let lag = |k: &str, default: i64| {
+        configs
+            .get(k)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(default)
+    };
+    let (min_lag, max_lag) = (
+        lag("min.compaction.lag.ms", 0),
+        lag("max.compaction.lag.ms", i64::MAX),
+    );
+    if min_lag > max_lag {
+        return Err(format!(
+            "conflict topic config setting min.compaction.lag.ms ({min_lag}) > \
+             max.compaction.lag.ms ({max_lag})"
+        ));
+    }
     Ok(())
 }
 
@@ -423,5 +439,13 @@ mod tests {
         assert!(validate("delete.retention.ms", "900").is_ok());
         assert!(validate("remote.storage.enable", "true").is_err());
         assert!(validate("remote.storage.enable", "false").is_ok());
+        let lags: BTreeMap<String, String> = [
+            ("min.compaction.lag.ms".to_string(), "10".to_string()),
+            ("max.compaction.lag.ms".to_string(), "5".to_string()),
+        ]
+        .into();
+        assert!(validate_set(&lags)
+            .unwrap_err()
+            .starts_with("conflict topic config"));
     }
 }

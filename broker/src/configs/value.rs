@@ -98,10 +98,14 @@ pub fn check_value(name: &str, kind: Kind, check: Check, value: &str) -> Result<
                         format!("Value must be at least {min}"),
                     ))
                 }
-                Check::Between(min, max) | Check::BetweenOr(min, max, _)
-                    if (n < min || n > max)
-                        && !matches!(check, Check::BetweenOr(_, _, extra) if n == extra) =>
-                {
+                Check::BetweenOr(min, max, extra) if (n < min || n > max) && n != extra => {
+                    return Err(invalid(
+                        name,
+                        value,
+                        format!("Value must be between {min} and {max} or equal to {extra}"),
+                    ));
+                }
+                Check::Between(min, max) if n < min || n > max => {
                     let reason = if n < min {
                         format!("Value must be at least {min}")
                     } else {
@@ -121,14 +125,14 @@ pub fn check_value(name: &str, kind: Kind, check: Check, value: &str) -> Result<
                     return Err(invalid(
                         name,
                         value,
-                        format!("Value must be at least {min:?}"),
+                        format!("Value must be at least {min}"),
                     ));
                 }
                 if n > max {
                     return Err(invalid(
                         name,
                         value,
-                        format!("Value must be no more than {max:?}"),
+                        format!("Value must be no more than {max}"),
                     ));
                 }
             }
@@ -147,18 +151,13 @@ pub fn check_value(name: &str, kind: Kind, check: Check, value: &str) -> Result<
         Kind::List => match check {
             Check::ListOf(allowed) => {
                 let items = list_items(value);
+                // Kafka names the offending element, not the whole list.
                 if let Some(bad) = items.iter().find(|i| !allowed.contains(i)) {
                     return Err(invalid(
                         name,
-                        value,
-                        format!("String must be one of: {} (not {bad})", allowed.join(", ")),
+                        bad,
+                        format!("String must be one of: {}", allowed.join(", ")),
                     ));
-                }
-                let mut seen = items.clone();
-                seen.sort_unstable();
-                seen.dedup();
-                if seen.len() != items.len() {
-                    return Err(invalid(name, value, "Values must not be duplicated"));
                 }
             }
             Check::ThrottledReplicas => {
@@ -169,11 +168,14 @@ pub fn check_value(name: &str, kind: Kind, check: Check, value: &str) -> Result<
                     })
                 };
                 if !(items == ["*"] || items.iter().all(pair_ok)) {
+                    // Kafka prints the value as a Java list and repeats the key in the reason.
                     return Err(invalid(
                         name,
-                        value,
-                        "must be the literal '*' or a list of replicas in the following format: \
-                         [partitionId]:[brokerId],[partitionId]:[brokerId],...",
+                        &format!("[{}]", items.join(", ")),
+                        format!(
+                            "{name} must be the literal '*' or a list of replicas in the following \
+                             format: [partitionId]:[brokerId],[partitionId]:[brokerId],..."
+                        ),
                     ));
                 }
             }
@@ -183,11 +185,20 @@ pub fn check_value(name: &str, kind: Kind, check: Check, value: &str) -> Result<
     Ok(())
 }
 
-/// Normalises a valid value the way Kafka stores it (booleans lower-case, lists trimmed).
+/// Normalises a valid value the way Kafka describes it (booleans lower-case, lists
+/// trimmed and without repeats).
 pub fn normalise(kind: Kind, value: &str) -> String {
     match kind {
         Kind::Boolean => value.trim().to_ascii_lowercase(),
-        Kind::List => list_items(value).join(","),
+        Kind::List => {
+            let mut items: Vec<&str> = Vec::new();
+            for i in list_items(value) {
+                if !items.contains(&i) {
+                    items.push(i);
+                }
+            }
+            items.join(",")
+        }
         _ => value.trim().to_string(),
     }
 }
@@ -212,30 +223,38 @@ mod tests {
             .ends_with("Expected value to be either true or false"));
         let gz = Check::BetweenOr(1, 9, -1);
         assert!(check_value("compression.gzip.level", Kind::Int, gz, "-1").is_ok());
-        assert!(check_value("compression.gzip.level", Kind::Int, gz, "0")
-            .unwrap_err()
-            .ends_with("Value must be at least 1"));
         assert!(check_value("compression.gzip.level", Kind::Int, gz, "10")
             .unwrap_err()
-            .ends_with("Value must be no more than 9"));
+            .ends_with("Value must be between 1 and 9 or equal to -1"));
         let r = Check::Ratio(0.0, 1.0);
         assert!(check_value("min.cleanable.dirty.ratio", Kind::Double, r, "0.5").is_ok());
         assert!(check_value("min.cleanable.dirty.ratio", Kind::Double, r, "1.5").is_err());
         let policy = Check::ListOf(&["compact", "delete"]);
         assert!(check_value("cleanup.policy", Kind::List, policy, "compact, delete").is_ok());
-        assert!(check_value("cleanup.policy", Kind::List, policy, "compact,compact").is_err());
-        assert!(check_value("cleanup.policy", Kind::List, policy, "shred").is_err());
+        assert!(check_value("cleanup.policy", Kind::List, policy, "").is_ok());
+        assert_eq!(
+            check_value("cleanup.policy", Kind::List, policy, "delete,shred").unwrap_err(),
+            "Invalid value shred for configuration cleanup.policy: String must be one of: compact, delete"
+        );
         let t = Check::ThrottledReplicas;
         let key = "leader.replication.throttled.replicas";
         assert!(check_value(key, Kind::List, t, "*").is_ok());
         assert!(check_value(key, Kind::List, t, "0:1, 1:2").is_ok());
         assert!(check_value(key, Kind::List, t, "").is_ok());
-        assert!(check_value(key, Kind::List, t, "0-1").is_err());
+        assert_eq!(
+            check_value(key, Kind::List, t, "0:1, 0-1").unwrap_err(),
+            "Invalid value [0:1, 0-1] for configuration leader.replication.throttled.replicas: \
+             leader.replication.throttled.replicas must be the literal '*' or a list of replicas \
+             in the following format: [partitionId]:[brokerId],[partitionId]:[brokerId],..."
+        );
     }
 
     #[test]
     fn normalised_values() {
         assert_eq!(normalise(Kind::Boolean, " True"), "true");
-        assert_eq!(normalise(Kind::List, "compact , delete"), "compact,delete");
+        assert_eq!(
+            normalise(Kind::List, "compact , delete,compact"),
+            "compact,delete"
+        );
     }
 }

@@ -143,7 +143,7 @@ fn to_result(
 fn apply_op(
     values: &mut BTreeMap<String, String>,
     name: &str,
-    kind: Kind,
+    kind: Option<Kind>,
     op: i8,
     value: Option<&str>,
     default: impl Fn() -> String,
@@ -158,15 +158,16 @@ fn apply_op(
         OP_DELETE => {
             values.remove(name);
         }
-        OP_APPEND | OP_SUBTRACT if kind != Kind::List => {
+        OP_APPEND | OP_SUBTRACT if kind != Some(Kind::List) => {
             let verb = if op == OP_APPEND {
-                "append"
+                "APPEND"
             } else {
-                "subtract"
+                "SUBTRACT"
             };
-            return Err(invalid_request(format!(
-                "Config value {verb} is not allowed for config key: {name}"
-            )));
+            return Err((
+                ResponseError::InvalidConfig.code(),
+                format!("Can't {verb} to key {name} because its type is not LIST."),
+            ));
         }
         OP_APPEND | OP_SUBTRACT => {
             let current = values.get(name).cloned().unwrap_or_else(default);
@@ -271,21 +272,22 @@ impl Broker {
                         values.clear();
                         for (k, v) in set {
                             let v = v.ok_or_else(|| {
-                                invalid_config(format!(
-                                    "Null value not supported for topic configs: {k}"
-                                ))
+                                (
+                                    ResponseError::InvalidRequest.code(),
+                                    format!("Null value not supported for : {k}"),
+                                )
                             })?;
                             values.insert(k.to_string(), v.to_string());
                         }
                     }
                     Change::Ops(ops) => {
                         for (k, op, v) in ops {
-                            let key = topic::topic_key(k).ok_or_else(|| {
-                                invalid_config(format!("Unknown topic config name: {k}"))
-                            })?;
-                            apply_op(&mut values, k, key.kind, op, v, || {
-                                default_value(key, &broker).0
-                            })?;
+                            // Unknown keys are refused by validation below (after
+                            // the LIST check, in Kafka's order).
+                            let key = topic::topic_key(k);
+                            let default =
+                                || key.map(|d| default_value(d, &broker).0).unwrap_or_default();
+                            apply_op(&mut values, k, key.map(|d| d.kind), op, v, default)?;
                         }
                     }
                 }
@@ -300,12 +302,16 @@ impl Broker {
                 }
             }
             RESOURCE_BROKER => {
-                if !(name.is_empty() || name.parse::<i32>().is_ok_and(|id| id >= 0)) {
+                // As in Kafka, a broker changes its own configs or the cluster default;
+                // clients send a broker's resource to that broker.
+                let me = self.config.node_id.to_string();
+                if !(name.is_empty() || name == me) {
                     return Err((
                         ResponseError::InvalidRequest.code(),
-                        format!("Invalid broker id {name}"),
+                        format!("Unexpected broker id, expected {me}, but received {name}"),
                     ));
                 }
+                let invalid_request = |msg: String| (ResponseError::InvalidRequest.code(), msg);
                 let image = self.cluster.image();
                 let mut values = image.broker_configs.get(name).cloned().unwrap_or_default();
                 let broker = self.catalog.broker_configs();
@@ -320,16 +326,24 @@ impl Broker {
                     }
                     Change::Ops(ops) => {
                         for (k, op, v) in ops {
-                            let key = broker_key(k).ok_or_else(|| {
-                                invalid_config(format!("Unknown broker config {k}"))
-                            })?;
-                            check_dynamic(name, k, None).map_err(invalid_config)?;
-                            apply_op(&mut values, k, key.kind, op, v, || broker.get(k))?;
+                            check_dynamic(name, k, None).map_err(invalid_request)?;
+                            let kind = broker_key(k).map(|d| d.kind);
+                            if matches!(op, OP_APPEND | OP_SUBTRACT) && kind != Some(Kind::List) {
+                                let verb = if op == OP_APPEND {
+                                    "append"
+                                } else {
+                                    "subtract"
+                                };
+                                return Err(invalid_config(format!(
+                                    "Config value {verb} is not allowed for config key: {k}"
+                                )));
+                            }
+                            apply_op(&mut values, k, kind, op, v, || broker.get(k))?;
                         }
                     }
                 }
                 for (k, v) in &values {
-                    check_dynamic(name, k, Some(v)).map_err(invalid_config)?;
+                    check_dynamic(name, k, Some(v)).map_err(invalid_request)?;
                 }
                 let configs = values
                     .iter()
@@ -439,7 +453,7 @@ mod tests {
         apply_op(
             &mut o,
             "retention.ms",
-            Kind::Long,
+            Some(Kind::Long),
             OP_SET,
             Some("1000"),
             delete,
@@ -449,7 +463,7 @@ mod tests {
         apply_op(
             &mut o,
             "cleanup.policy",
-            Kind::List,
+            Some(Kind::List),
             OP_APPEND,
             Some("compact"),
             delete,
@@ -459,26 +473,46 @@ mod tests {
         apply_op(
             &mut o,
             "cleanup.policy",
-            Kind::List,
+            Some(Kind::List),
             OP_SUBTRACT,
             Some("delete"),
             delete,
         )
         .expect("subtract");
         assert_eq!(o["cleanup.policy"], "compact");
-        apply_op(&mut o, "retention.ms", Kind::Long, OP_DELETE, None, delete).expect("delete");
+        apply_op(
+            &mut o,
+            "retention.ms",
+            Some(Kind::Long),
+            OP_DELETE,
+            None,
+            delete,
+        )
+        .expect("delete");
         assert!(!o.contains_key("retention.ms"));
         let err = apply_op(
             &mut o,
             "retention.ms",
-            Kind::Long,
+            Some(Kind::Long),
             OP_APPEND,
             Some("1"),
             delete,
         )
         .expect_err("append on a long");
-        assert_eq!(err.0, ResponseError::InvalidRequest.code());
-        assert!(apply_op(&mut o, "retention.ms", Kind::Long, 9, Some("1"), delete).is_err());
+        assert_eq!(err.0, ResponseError::InvalidConfig.code());
+        assert_eq!(
+            err.1,
+            "Can't APPEND to key retention.ms because its type is not LIST."
+        );
+        assert!(apply_op(
+            &mut o,
+            "retention.ms",
+            Some(Kind::Long),
+            9,
+            Some("1"),
+            delete
+        )
+        .is_err());
     }
 
     #[test]
