@@ -528,10 +528,16 @@ pub fn broker_key(name: &str) -> Option<&'static BrokerKey> {
 /// Checks a dynamic change of one key on a BROKER resource (`""`: cluster default).
 /// Messages follow Kafka's (which prints key sets as Scala `Set(...)`).
 pub fn check_dynamic(resource: &str, name: &str, value: Option<&str>) -> Result<(), String> {
-    let read_only = || format!("Cannot update these configs dynamically: Set({name})");
-    let key = broker_key(name).ok_or_else(read_only)?;
+    // Like Kafka, keys it does not know are stored as custom configs (without effect).
+    let Some(key) = broker_key(name) else {
+        return Ok(());
+    };
     match key.scope {
-        Scope::ReadOnly => return Err(read_only()),
+        Scope::ReadOnly => {
+            return Err(format!(
+                "Cannot update these configs dynamically: Set({name})"
+            ))
+        }
         Scope::ClusterWide if !resource.is_empty() => {
             return Err(format!(
                 "Cannot update these configs per broker, only at default cluster level: Set({name})"
@@ -690,6 +696,6 @@ mod tests {
         assert!(check_dynamic("", "min.insync.replicas", Some("2")).is_ok());
         assert!(check_dynamic("", "auto.create.topics.enable", Some("false")).is_ok());
         assert!(check_dynamic("", "log.retention.ms", Some("-5")).is_err());
-        assert!(check_dynamic("", "bogus", Some("1")).is_err());
+        assert!(check_dynamic("1", "sasl.kerberos.min.time.before.relogin", Some("1")).is_ok());
     }
 }

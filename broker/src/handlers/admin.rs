@@ -11,7 +11,7 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
-use super::{configs::topic_config_entries, control_error, str_bytes, Broker};
+use super::{configs::topic_config_entries, control_error, Broker};
 use crate::cluster::{ControlReply, ControlRequest};
 
 impl Broker {
@@ -100,8 +100,8 @@ impl Broker {
                                 .into_iter()
                                 .map(|e| {
                                     CreatableTopicConfigs::default()
-                                        .with_name(str_bytes(e.name))
                                         .with_config_source(e.source())
+                                        .with_name(StrBytes::from_string(e.name))
                                         .with_value(Some(StrBytes::from_string(e.value)))
                                 })
                                 .collect();

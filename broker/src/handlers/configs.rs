@@ -29,13 +29,15 @@ const OP_SUBTRACT: i8 = 3;
 
 /// One described config value.
 pub(super) struct Entry {
-    pub name: &'static str,
+    pub name: String,
     pub value: String,
-    pub kind: Kind,
+    /// Value type; `None` for a custom key Riffle does not know (described like Kafka
+    /// describes one: type unknown, value hidden as possibly sensitive).
+    pub kind: Option<Kind>,
     pub doc: &'static str,
     pub read_only: bool,
     /// Every layer that sets the key, highest precedence first: `(key, value, source)`.
-    pub layers: Vec<(&'static str, String, Source)>,
+    pub layers: Vec<(String, String, Source)>,
 }
 
 impl Entry {
@@ -55,16 +57,25 @@ pub(super) fn topic_config_entries(
         .map(|k| {
             let mut layers = Vec::new();
             if let Some(v) = overrides.get(k.name) {
-                layers.push((k.name, v.clone(), Source::Topic));
+                layers.push((k.name.to_string(), v.clone(), Source::Topic));
             }
             match k.synonym {
-                Some(s) => layers.extend(broker.layers(s).into_iter().map(|(v, src)| (s, v, src))),
-                None => layers.push((k.name, default_value(k, broker).0, Source::Default)),
+                Some(s) => layers.extend(
+                    broker
+                        .layers(s)
+                        .into_iter()
+                        .map(|(v, src)| (s.to_string(), v, src)),
+                ),
+                None => layers.push((
+                    k.name.to_string(),
+                    default_value(k, broker).0,
+                    Source::Default,
+                )),
             }
             Entry {
-                name: k.name,
+                name: k.name.to_string(),
                 value: layers.first().map(|l| l.1.clone()).unwrap_or_default(),
-                kind: k.kind,
+                kind: Some(k.kind),
                 doc: k.doc,
                 read_only: false,
                 layers,
@@ -76,28 +87,54 @@ pub(super) fn topic_config_entries(
 /// This broker's configs (`cluster_default`: only the cluster-wide dynamic ones, as
 /// Kafka describes the `""` resource).
 fn broker_entries(b: &BrokerConfigs, cluster_default: bool) -> Vec<Entry> {
-    BROKER_KEYS
+    let custom = b
+        .mine
+        .iter()
+        .map(|(k, v)| (k, v, Source::DynamicBroker))
+        .filter(|_| !cluster_default)
+        .chain(
+            b.cluster
+                .iter()
+                .map(|(k, v)| (k, v, Source::DynamicDefaultBroker)),
+        )
+        .filter(|(k, _, _)| broker_key(k).is_none())
+        .map(|(k, v, source)| Entry {
+            name: k.clone(),
+            value: v.clone(),
+            kind: None,
+            doc: "",
+            read_only: true,
+            layers: vec![(k.clone(), v.clone(), source)],
+        });
+    let mut entries: Vec<Entry> = BROKER_KEYS
         .iter()
         .filter_map(|k| {
             let layers: Vec<_> = if cluster_default {
                 let v = b.cluster.get(k.name)?;
-                vec![(k.name, v.clone(), Source::DynamicDefaultBroker)]
+                vec![(k.name.to_string(), v.clone(), Source::DynamicDefaultBroker)]
             } else {
                 b.layers(k.name)
                     .into_iter()
-                    .map(|(v, s)| (k.name, v, s))
+                    .map(|(v, s)| (k.name.to_string(), v, s))
                     .collect()
             };
             Some(Entry {
-                name: k.name,
+                name: k.name.to_string(),
                 value: layers.first().map(|l| l.1.clone()).unwrap_or_default(),
-                kind: k.kind,
+                kind: Some(k.kind),
                 doc: k.doc,
                 read_only: k.scope == Scope::ReadOnly,
                 layers,
             })
         })
-        .collect()
+        .collect();
+    for e in custom {
+        // A custom key set both per broker and cluster-wide shows its per-broker value.
+        if !entries.iter().any(|x| x.name == e.name) {
+            entries.push(e);
+        }
+    }
+    entries
 }
 
 fn to_result(
@@ -110,16 +147,17 @@ fn to_result(
         .into_iter()
         .filter(|e| {
             keys.as_ref()
-                .is_none_or(|k| k.iter().any(|k| k.as_str() == e.name))
+                .is_none_or(|k| k.iter().any(|k| k.as_str() == e.name.as_str()))
         })
         .map(|e| {
+            let shown = |v: &String| e.kind.map(|_| StrBytes::from_string(v.clone()));
             let syn = if synonyms {
                 e.layers
                     .iter()
                     .map(|(name, value, source)| {
                         DescribeConfigsSynonym::default()
                             .with_name(str_bytes(name))
-                            .with_value(Some(StrBytes::from_string(value.clone())))
+                            .with_value(shown(value))
                             .with_source(*source as i8)
                     })
                     .collect()
@@ -127,11 +165,12 @@ fn to_result(
                 Vec::new()
             };
             DescribeConfigsResourceResult::default()
-                .with_name(str_bytes(e.name))
-                .with_value(Some(StrBytes::from_string(e.value.clone())))
+                .with_name(StrBytes::from_string(e.name.clone()))
+                .with_value(shown(&e.value))
                 .with_read_only(e.read_only)
+                .with_is_sensitive(e.kind.is_none())
                 .with_config_source(e.source())
-                .with_config_type(e.kind as i8)
+                .with_config_type(e.kind.map_or(0, |k| k as i8))
                 .with_documentation(docs.then(|| str_bytes(e.doc)))
                 .with_synonyms(syn)
         })
