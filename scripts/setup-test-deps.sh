@@ -60,3 +60,6 @@ print("setup-test-deps: kafka-python", kafka.__version__,
       "| aiokafka", aiokafka.__version__)
 PY
 echo "setup-test-deps: kcat $(kcat -V 2>&1 | grep -o "Version [^ ]*" | head -1 || true)"
+
+# Apache Kafka's command-line tools for the compatibility suite (JDK and Maven are on the machine).
+bash "${REPO_ROOT}/scripts/setup-java-tools.sh"

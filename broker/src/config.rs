@@ -106,6 +106,11 @@ pub struct Config {
     pub leader_imbalance_check_interval_seconds: u64,
     /// Longest a SIGTERM waits for leaderships to move away before shutting down anyway.
     pub controlled_shutdown_timeout_ms: u64,
+    /// Most partition moves the controller itself (decommissioning, balancing) runs at once.
+    pub max_concurrent_moves: usize,
+    /// The balancer leaves brokers alone whose replica count is within this percentage
+    /// of the mean.
+    pub balancer_tolerance_percent: u32,
 }
 
 impl Default for Config {
@@ -149,6 +154,8 @@ impl Default for Config {
             leader_imbalance_per_broker_percentage: 10,
             leader_imbalance_check_interval_seconds: 300,
             controlled_shutdown_timeout_ms: 30_000,
+            max_concurrent_moves: 10,
+            balancer_tolerance_percent: 10,
         }
     }
 }
@@ -321,6 +328,14 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_CONTROLLED_SHUTDOWN_TIMEOUT_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub controlled_shutdown_timeout_ms: Option<u64>,
+    /// Most partition moves decommissioning and balancing run at once [default: 10].
+    #[arg(long, env = "RIFFLE_MAX_CONCURRENT_MOVES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_moves: Option<usize>,
+    /// Replica-count tolerance of the balancer, percent of the mean [default: 10].
+    #[arg(long, env = "RIFFLE_BALANCER_TOLERANCE_PERCENT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balancer_tolerance_percent: Option<u32>,
 }
 
 /// Configuration could not be assembled.

@@ -1,5 +1,7 @@
-//! HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, and JSON views of the cluster
-//! (`/v1/cluster`) and of a partition's local replica (`/v1/partitions/{topic}/{partition}`).
+//! HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, JSON views of the cluster
+//! (`/v1/cluster`) and of a partition's local replica (`/v1/partitions/{topic}/{partition}`),
+//! and the admin API for decommissioning and maintenance (`/v1/brokers/{id}/...`,
+//! forwarded to the active controller; see `docs/admin-api.yaml`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +12,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
 use axum::Router;
+use kafka_protocol::error::ResponseError as E;
 
+use crate::cluster::image::{BrokerId, BrokerState, Image};
+use crate::cluster::{decide, operations, reassign, ControlReply, ControlRequest};
 use crate::handlers::Broker;
 
 /// State shared by the HTTP handlers.
@@ -30,6 +35,24 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/cluster", get(cluster))
         .route("/v1/partitions/{topic}/{partition}", get(partition))
+        .route(
+            "/v1/brokers/{id}/decommission",
+            get(decommission_status)
+                .put(|s, id| operation(s, id, Op::Decommission, true))
+                .delete(|s, id| operation(s, id, Op::Decommission, false)),
+        )
+        .route(
+            "/v1/brokers/{id}/maintenance",
+            get(maintenance_status)
+                .put(|s, id| operation(s, id, Op::Maintenance, true))
+                .delete(|s, id| operation(s, id, Op::Maintenance, false)),
+        )
+        .route(
+            "/v1/balancer",
+            get(balancer_status)
+                .put(|s| operation(s, Path(0), Op::Balancer, true))
+                .delete(|s| operation(s, Path(0), Op::Balancer, false)),
+        )
         .with_state(state)
 }
 
@@ -62,15 +85,159 @@ async fn cluster(State(s): State<HttpState>) -> impl IntoResponse {
             "rpc": br.rpc,
             "rack": br.rack,
             "state": br.state,
-            "fenced": br.state == crate::cluster::image::BrokerState::Fenced,
-            "leaders": crate::cluster::decide::leader_count(&image, br.id),
+            "fenced": br.state == BrokerState::Fenced,
+            "leaders": decide::leader_count(&image, br.id),
+            "replicas": operations::replicas_on(&image, br.id),
+            "decommissioning": image.decommissioning.contains(&br.id),
+            "maintenance": image.maintenance.contains(&br.id),
         })).collect::<Vec<_>>(),
         "partitions": {
             "total": image.partitions().count(),
             "offline": image.partitions().filter(|(_, _, p)| p.leader == -1).count(),
             "under_replicated": image.partitions().filter(|(_, _, p)| p.isr.len() < p.replicas.len()).count(),
         },
+        "reassignments": reassign::ongoing(&image).count(),
+        "healthy": healthy(&image),
     }))
+}
+
+/// Every broker active, every partition led and with a full ISR.
+fn healthy(image: &Image) -> bool {
+    image
+        .brokers
+        .values()
+        .all(|b| b.state == BrokerState::Active)
+        && image
+            .partitions()
+            .all(|(_, _, p)| p.leader != -1 && p.isr.len() >= p.replicas.len())
+}
+
+/// Admin operations on a broker.
+#[derive(Clone, Copy)]
+enum Op {
+    Decommission,
+    Maintenance,
+    Balancer,
+}
+
+/// Starts (`on`) or cancels an operation through the active controller. Refusals are
+/// 4xx with the controller's reason.
+async fn operation(
+    State(s): State<HttpState>,
+    Path(id): Path<BrokerId>,
+    op: Op,
+    on: bool,
+) -> axum::response::Response {
+    let req = match op {
+        Op::Decommission => ControlRequest::Decommission { id, on },
+        Op::Maintenance => ControlRequest::Maintenance { id, on },
+        Op::Balancer => ControlRequest::Balancer { on },
+    };
+    let timeout = std::time::Duration::from_secs(10);
+    match s.broker.cluster.control(req, timeout).await {
+        ControlReply::Error { code, message } => {
+            let status = if code == E::BrokerNotAvailable.code() {
+                StatusCode::NOT_FOUND
+            } else if code == E::InvalidRequest.code() {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, Json(serde_json::json!({ "error": message }))).into_response()
+        }
+        ControlReply::NotController => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": "no active controller" })),
+        )
+            .into_response(),
+        _ => match op {
+            Op::Decommission => decommission_status(State(s), Path(id)).await,
+            Op::Maintenance => maintenance_status(State(s), Path(id)).await,
+            Op::Balancer => balancer_status(State(s)).await,
+        },
+    }
+}
+
+/// Decommission progress from this broker's image: partitions still on the broker, moves
+/// in flight, and (asked of the broker itself) the bytes it still holds.
+async fn decommission_status(
+    State(s): State<HttpState>,
+    Path(id): Path<BrokerId>,
+) -> axum::response::Response {
+    let b = &s.broker;
+    let image = b.cluster.image();
+    let left = operations::replicas_on(&image, id);
+    let registered = image.brokers.contains_key(&id);
+    let bytes_left = (id == b.config.node_id).then(|| {
+        image
+            .topics
+            .iter()
+            .flat_map(|(name, t)| {
+                let local = b.catalog.get(name);
+                t.partitions
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, p)| p.replicas.contains(&id))
+                    .map(move |(i, _)| {
+                        local
+                            .as_ref()
+                            .and_then(|l| l.partition(i as i32))
+                            .map_or(0, |p| p.size_bytes())
+                    })
+            })
+            .sum::<u64>()
+    });
+    Json(serde_json::json!({
+        "broker": id,
+        "registered": registered,
+        "decommissioning": image.decommissioning.contains(&id),
+        "partitions_left": left,
+        "moves_in_flight": reassign::ongoing(&image).filter(|(_, _, p)| p.removing.contains(&id)).count(),
+        "bytes_left": bytes_left,
+        "drained": left == 0,
+    }))
+    .into_response()
+}
+
+/// What the balancer does: moving (reassignments in flight), balanced, or what it waits for.
+async fn balancer_status(State(s): State<HttpState>) -> axum::response::Response {
+    let image = s.broker.cluster.image();
+    let tolerance = s.broker.config.balancer_tolerance_percent;
+    let blocker = operations::balance_blocker(&image);
+    let in_flight = reassign::ongoing(&image).count();
+    let status = match (&blocker, in_flight) {
+        (Some(why), _) => format!("waiting: {why}"),
+        (None, 0) if operations::balance_moves(&image, tolerance, 1).is_empty() => {
+            "balanced".to_string()
+        }
+        (None, 0) => "imbalanced: moves start within a moment".to_string(),
+        (None, n) => format!("moving {n} partitions"),
+    };
+    Json(serde_json::json!({
+        "enabled": !image.balancer_off,
+        "status": status,
+        "tolerance_percent": tolerance,
+        "moves_in_flight": in_flight,
+        "replicas": operations::replica_counts(&image),
+    }))
+    .into_response()
+}
+
+/// Maintenance state: done once the broker leads nothing.
+async fn maintenance_status(
+    State(s): State<HttpState>,
+    Path(id): Path<BrokerId>,
+) -> axum::response::Response {
+    let image = s.broker.cluster.image();
+    let leaders = decide::leader_count(&image, id);
+    Json(serde_json::json!({
+        "broker": id,
+        "registered": image.brokers.contains_key(&id),
+        "maintenance": image.maintenance.contains(&id),
+        "leaders": leaders,
+        "done": image.maintenance.contains(&id) && leaders == 0,
+    }))
+    .into_response()
 }
 
 async fn partition(
@@ -168,6 +335,26 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
             .filter(|(_, _, p)| p.replicas.first() == Some(&me) && p.leader != me)
             .count() as i64,
     );
+    let ops = &b.metrics.operations;
+    ops.with_label_values(&["reassignments"])
+        .set(reassign::ongoing(&image).count() as i64);
+    ops.with_label_values(&["decommission_replicas_left"]).set(
+        image
+            .decommissioning
+            .iter()
+            .map(|&d| operations::replicas_on(&image, d) as i64)
+            .sum(),
+    );
+    ops.with_label_values(&["maintenance"])
+        .set(image.maintenance.len() as i64);
+    let configs = b.catalog.broker_configs();
+    for side in ["leader", "follower"] {
+        let rate = configs.get_i64(&format!("{side}.replication.throttled.rate"), i64::MAX);
+        b.metrics
+            .throttle_rate
+            .with_label_values(&[side])
+            .set(if rate == i64::MAX { 0 } else { rate });
+    }
     {
         let m = b.cluster.raft.metrics().borrow().clone();
         let q = &b.metrics.quorum;

@@ -1,4 +1,6 @@
-//! The `riffle` broker binary.
+//! The `riffle` broker binary (and `riffle admin …`, its command-line admin client).
+
+mod admin;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,6 +30,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if std::env::args().nth(1).as_deref() == Some("admin") {
+        let cli = admin::AdminCli::parse_from(std::env::args().skip(1));
+        return admin::run(cli).await;
+    }
     let cli = Cli::parse();
     let mut config = Config::load(&cli)?;
     let rpc_listener = bind_rpc(&config).await?;

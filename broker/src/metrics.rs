@@ -64,6 +64,11 @@ pub struct Metrics {
     pub quorum: IntGaugeVec,
     /// Leaderships of this broker's preferred partitions held by other brokers.
     pub preferred_imbalance: IntGauge,
+    /// Cluster operations: reassignments in flight, replicas left on decommissioning
+    /// brokers, brokers in maintenance.
+    pub operations: IntGaugeVec,
+    /// Replication throttle rates in effect on this broker (bytes/s; 0: unthrottled).
+    pub throttle_rate: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -232,6 +237,16 @@ impl Metrics {
                     "Partitions preferring this broker as leader but led elsewhere",
                 )
                 .expect("valid metric"),
+            ),
+            operations: gauge(
+                "riffle_cluster_operations",
+                "reassignments in flight, decommission_replicas_left, brokers in maintenance",
+                &["kind"],
+            ),
+            throttle_rate: gauge(
+                "riffle_replication_throttle_rate_bytes",
+                "Replication throttle in effect (bytes/s, 0 when unthrottled), by side",
+                &["side"],
             ),
             registry: r,
         }

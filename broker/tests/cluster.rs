@@ -543,6 +543,7 @@ async fn bad_rpc_input_is_refused() {
             leader_epoch,
             fetch_offset: 0,
             last_fetched_epoch: -1,
+            max_bytes: 0,
         }],
     };
     let stale = repl

@@ -61,6 +61,9 @@ pub enum Body {
     IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
     DescribeCluster(DescribeClusterRequest),
     ElectLeaders(ElectLeadersRequest),
+    AlterPartitionReassignments(AlterPartitionReassignmentsRequest),
+    ListPartitionReassignments(ListPartitionReassignmentsRequest),
+    DescribeLogDirs(DescribeLogDirsRequest),
     FindCoordinator(FindCoordinatorRequest),
     JoinGroup(JoinGroupRequest),
     SyncGroup(SyncGroupRequest),
@@ -136,6 +139,19 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
         }
         ApiKey::DescribeCluster => body!(DescribeCluster, DescribeClusterRequest),
         ApiKey::ElectLeaders => body!(ElectLeaders, ElectLeadersRequest),
+        ApiKey::AlterPartitionReassignments => {
+            body!(
+                AlterPartitionReassignments,
+                AlterPartitionReassignmentsRequest
+            )
+        }
+        ApiKey::ListPartitionReassignments => {
+            body!(
+                ListPartitionReassignments,
+                ListPartitionReassignmentsRequest
+            )
+        }
+        ApiKey::DescribeLogDirs => body!(DescribeLogDirs, DescribeLogDirsRequest),
         ApiKey::FindCoordinator => body!(FindCoordinator, FindCoordinatorRequest),
         ApiKey::JoinGroup => body!(JoinGroup, JoinGroupRequest),
         ApiKey::SyncGroup => body!(SyncGroup, SyncGroupRequest),

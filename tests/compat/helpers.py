@@ -285,6 +285,15 @@ class Broker:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode("utf-8", "replace")
 
+    def http_request(self, method: str, path: str, timeout: float = 15.0) -> tuple[int, dict]:
+        """A JSON admin call (PUT/DELETE/GET): (status, decoded body)."""
+        req = urllib.request.Request(self.http_base + path, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
     def http_status(self, path: str) -> int | None:
         try:
             return self.http_get(path, timeout=1.0)[0]
@@ -909,6 +918,29 @@ def assert_same_records(expected, got, what: str = "records"):
 
 def which(name: str) -> str | None:
     return shutil.which(name)
+
+
+# -- Apache Kafka's command-line tools (resolved by scripts/setup-java-tools.sh) --
+
+KAFKA_TOOLS_CLASSPATH = REPO_ROOT / "tests" / "java" / "target" / "classpath.txt"
+
+# Short-lived JVMs on a 2-core machine: start fast, stay small.
+JVM_FLAGS = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+
+
+def kafka_tool(main_class: str, *args, timeout: float = 120.0,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """Runs one of Apache Kafka's tools by its main class, as Kafka's bin/*.sh wrappers
+    do (``kafka-configs`` is ``kafka.admin.ConfigCommand``, ...). Output is text."""
+    if not KAFKA_TOOLS_CLASSPATH.is_file():
+        raise RuntimeError(f"{KAFKA_TOOLS_CLASSPATH} missing: run scripts/setup-java-tools.sh")
+    cp = KAFKA_TOOLS_CLASSPATH.read_text().strip()
+    proc = subprocess.run(["java", *JVM_FLAGS, "-cp", cp, main_class, *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{main_class} {' '.join(map(str, args))} exited "
+                             f"{proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
 
 
 # -- topic management through kafka-python (used by the kcat and raw suites) --

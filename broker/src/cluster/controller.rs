@@ -14,10 +14,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::decide;
 use super::image::{
     BrokerId, BrokerInfo, BrokerState, Command, CommandReply, Image, PartitionState,
 };
+use super::{decide, operations, reassign};
 use super::{Import, Raft};
 use crate::config::Config;
 use crate::group::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
@@ -107,6 +107,32 @@ pub enum ControlRequest {
         /// The broker that could not be reached.
         broker: BrokerId,
     },
+    /// AlterPartitionReassignments: a target replica list per partition (`None` cancels).
+    Reassign {
+        /// Whether a target may have another length than the original replica list.
+        allow_rf_change: bool,
+        /// `(topic, partition, target)`.
+        partitions: Vec<(String, i32, Option<Vec<BrokerId>>)>,
+    },
+    /// Starts (`on`) or cancels (recommission) the decommissioning of a broker.
+    Decommission {
+        /// Broker.
+        id: BrokerId,
+        /// Decommission (true) or recommission (false).
+        on: bool,
+    },
+    /// Starts (`on`) or ends maintenance of a broker.
+    Maintenance {
+        /// Broker.
+        id: BrokerId,
+        /// Start (true) or end (false).
+        on: bool,
+    },
+    /// Switches continuous balancing on or off.
+    Balancer {
+        /// On.
+        on: bool,
+    },
     /// Elect leaders: preferred replicas, or (unclean) any live replica of offline partitions.
     ElectLeaders {
         /// Unclean instead of preferred.
@@ -163,6 +189,8 @@ pub enum ControlReply {
     },
     /// Per-partition results of an election (Kafka error codes).
     Elected(Vec<(String, i32, i16)>),
+    /// Per-partition results of a reassignment request (Kafka error code and message).
+    Reassigned(Vec<(String, i32, i16, Option<String>)>),
     /// Refused with a Kafka error code.
     Error {
         /// Kafka error code.
@@ -204,6 +232,10 @@ pub struct Controller {
     offsets_rf: i16,
     /// `min.insync.replicas` of topics that do not set it.
     default_min_isr: i32,
+    /// Most reassignments decommissioning and balancing run at once.
+    max_moves: usize,
+    /// Balancer tolerance, percent of the mean replica count.
+    balance_tolerance: u32,
     last_seen: Mutex<HashMap<BrokerId, Instant>>,
     /// Serialises decide-and-commit so decisions see every earlier commit.
     lock: tokio::sync::Mutex<()>,
@@ -238,6 +270,8 @@ impl Controller {
             default_rf: config.default_replication_factor,
             offsets_rf: config.offsets_topic_replication_factor,
             default_min_isr: config.min_insync_replicas,
+            max_moves: config.max_concurrent_moves.max(1),
+            balance_tolerance: config.balancer_tolerance_percent,
             last_seen: Mutex::default(),
             lock: tokio::sync::Mutex::new(()),
             import: Mutex::new(Some(import)),
@@ -393,9 +427,25 @@ impl Controller {
                 },
                 self.min_isr(&img, &topic),
             ) {
-                Ok(cmd) => self.commit_done(cmd).await,
+                Ok(cmd) => {
+                    let reply = self.commit_done(cmd).await;
+                    // A replica joining the ISR may be the last a reassignment waits for.
+                    self.complete_reassignments().await;
+                    reply
+                }
                 Err((code, message)) => refuse(code, message),
             },
+            ControlRequest::Decommission { id, on } => self.decommission(&img, id, on).await,
+            ControlRequest::Maintenance { id, on } => self.maintenance(&img, id, on).await,
+            ControlRequest::Balancer { on } => {
+                let reply = self.commit_done(Command::SetBalancer { on }).await;
+                self.run_operations().await;
+                reply
+            }
+            ControlRequest::Reassign {
+                allow_rf_change,
+                partitions,
+            } => self.reassign(&img, allow_rf_change, partitions).await,
             ControlRequest::ReportUnreachable { broker } => self.unreachable(&img, broker).await,
             ControlRequest::AllocateProducerIds => match self
                 .commit(Command::AllocateProducerIds {
@@ -723,6 +773,173 @@ impl Controller {
         ControlReply::Elected(results)
     }
 
+    /// Starts or cancels reassignments; each partition succeeds or fails on its own.
+    async fn reassign(
+        &self,
+        img: &Image,
+        allow_rf_change: bool,
+        wanted: Vec<(String, i32, Option<Vec<BrokerId>>)>,
+    ) -> ControlReply {
+        let mut next = img.clone();
+        let mut cmds = Vec::new();
+        let mut results = Vec::with_capacity(wanted.len());
+        for (topic, partition, target) in wanted {
+            let outcome = match next.partition(&topic, partition) {
+                None => Err((
+                    E::UnknownTopicOrPartition.code(),
+                    format!("{topic}-{partition} does not exist"),
+                )),
+                Some(p) => match &target {
+                    Some(t) if !allow_rf_change && t.len() != p.original().len() => Err((
+                        E::InvalidReplicationFactor.code(),
+                        format!(
+                            "The replication factor is changed from {} to {} but \
+                             allowReplicationFactorChange is false",
+                            p.original().len(),
+                            t.len()
+                        ),
+                    )),
+                    Some(t) => reassign::start(&next, p, t),
+                    None => reassign::cancel(&next, p),
+                }
+                .map(|state| decide::change(&topic, partition, p, state)),
+            };
+            match outcome {
+                Ok(cmd) => {
+                    next.apply(&cmd);
+                    cmds.push(cmd);
+                    results.push((topic, partition, 0, None));
+                }
+                Err((code, msg)) => results.push((topic, partition, code, Some(msg))),
+            }
+        }
+        if !cmds.is_empty() {
+            if let Err(r) = self.commit(Command::Batch(cmds)).await {
+                return r;
+            }
+        }
+        ControlReply::Reassigned(results)
+    }
+
+    /// Decommissions a broker (refused when it would lose availability) or recommissions
+    /// it, cancelling the moves in flight off it.
+    async fn decommission(&self, img: &Image, id: BrokerId, on: bool) -> ControlReply {
+        let mut cmds = vec![Command::SetDecommissioning { id, on }];
+        if on {
+            let voters: Vec<BrokerId> = {
+                let m = self.raft.metrics().borrow().clone();
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .map(|v| v as BrokerId)
+                    .collect()
+            };
+            if img.decommissioning.contains(&id) {
+                return ControlReply::Done { log_index: 0 };
+            }
+            if !img.brokers.contains_key(&id) {
+                return refuse(
+                    E::BrokerNotAvailable.code(),
+                    format!("broker {id} is not registered"),
+                );
+            }
+            if let Err(msg) = operations::check_decommission(img, id, &voters) {
+                return refuse(E::InvalidRequest.code(), msg);
+            }
+        } else {
+            if !img.brokers.contains_key(&id) {
+                return refuse(
+                    E::BrokerNotAvailable.code(),
+                    format!("broker {id} is not registered"),
+                );
+            }
+            cmds.extend(
+                reassign::ongoing(img)
+                    .filter(|(_, _, p)| p.removing.contains(&id))
+                    .filter_map(|(t, i, p)| {
+                        Some(decide::change(t, i, p, reassign::cancel(img, p).ok()?))
+                    }),
+            );
+        }
+        let reply = self.commit_done(Command::Batch(cmds)).await;
+        self.run_operations().await;
+        reply
+    }
+
+    /// Starts maintenance (leaderships move away at once) or ends it (the broker's
+    /// preferred leaderships return).
+    async fn maintenance(&self, img: &Image, id: BrokerId, on: bool) -> ControlReply {
+        if on {
+            if !img.brokers.contains_key(&id) {
+                return refuse(
+                    E::BrokerNotAvailable.code(),
+                    format!("broker {id} is not registered"),
+                );
+            }
+            if let Err(msg) = operations::check_maintenance(img, id) {
+                return refuse(E::InvalidRequest.code(), msg);
+            }
+        } else if !img.brokers.contains_key(&id) {
+            return refuse(
+                E::BrokerNotAvailable.code(),
+                format!("broker {id} is not registered"),
+            );
+        }
+        let mut next = img.clone();
+        let first = Command::SetMaintenance { id, on };
+        next.apply(&first);
+        let mut cmds = vec![first];
+        if on {
+            cmds.extend(operations::maintenance_moves(&next));
+        } else {
+            cmds.extend(decide::preferred_elections(&next, None).into_iter().filter(
+                |c| matches!(c, Command::ChangePartition { state, .. } if state.leader == id),
+            ));
+        }
+        self.commit_done(Command::Batch(cmds)).await
+    }
+
+    /// One step of the operations in progress: leaderships off brokers in maintenance,
+    /// moves off decommissioning brokers, completed reassignments, drained brokers
+    /// removed, balancing moves. The caller holds `lock`.
+    async fn run_operations(&self) {
+        self.complete_reassignments().await;
+        // Each step decides from the image the previous ones leave, so that one batch
+        // never changes a partition twice from the same epoch.
+        let mut next = (*self.image()).clone();
+        let mut cmds = Vec::new();
+        let mut take = |next: &mut Image, step: Vec<Command>| {
+            for c in step {
+                next.apply(&c);
+                cmds.push(c);
+            }
+        };
+        let step = operations::maintenance_moves(&next);
+        take(&mut next, step);
+        let step = operations::decommission_moves(&next, self.max_moves);
+        take(&mut next, step);
+        let step = operations::unregistrations(&next);
+        take(&mut next, step);
+        let step = operations::balance_moves(&next, self.balance_tolerance, self.max_moves);
+        take(&mut next, step);
+        let step = operations::leader_moves(&next, self.balance_tolerance);
+        take(&mut next, step);
+        if !cmds.is_empty() {
+            tracing::info!(changes = cmds.len(), "cluster operations step");
+            let _ = self.commit(Command::Batch(cmds)).await;
+        }
+    }
+
+    /// Commits the completion of every reassignment whose target replicas are in sync;
+    /// the caller holds `lock`.
+    async fn complete_reassignments(&self) {
+        let cmds = reassign::completions(&self.image());
+        if !cmds.is_empty() {
+            tracing::info!(partitions = cmds.len(), "completing reassignments");
+            let _ = self.commit(Command::Batch(cmds)).await;
+        }
+    }
+
     /// Timers of the active controller: fence brokers whose heartbeats stopped, set up a
     /// new quorum, balance leaders. Runs until `stop`.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
@@ -751,6 +968,10 @@ impl Controller {
             }
             self.fence_silent_brokers().await;
             self.create_offsets_topic().await;
+            {
+                let _g = self.lock.lock().await;
+                self.run_operations().await;
+            }
             if let Some((every, pct)) = self.timings.rebalance {
                 if Instant::now() >= next_rebalance {
                     next_rebalance = Instant::now() + every;

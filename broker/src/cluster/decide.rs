@@ -23,7 +23,11 @@ pub enum PlaceError {
 /// rack count as one rack of their own each).
 fn rack_alternated(image: &Image) -> Vec<(BrokerId, Option<String>)> {
     let mut by_rack: std::collections::BTreeMap<String, Vec<BrokerId>> = Default::default();
-    for b in image.brokers.values().filter(|b| image.is_active(b.id)) {
+    for b in image
+        .brokers
+        .values()
+        .filter(|b| image.is_active(b.id) && !image.decommissioning.contains(&b.id))
+    {
         let rack = b.rack.clone().unwrap_or_else(|| format!("\0{}", b.id));
         by_rack.entry(rack).or_default().push(b.id);
     }
@@ -94,8 +98,9 @@ pub fn place(
     Ok(out)
 }
 
-/// The first replica, in preference order, that is in `set`, active and not `gone`.
-fn first_active(
+/// The first replica, in preference order, that is in `set`, active and not `gone`;
+/// brokers in maintenance only when no other qualifies.
+pub(super) fn first_active(
     image: &Image,
     p: &PartitionState,
     set: &[BrokerId],
@@ -104,7 +109,8 @@ fn first_active(
     p.replicas
         .iter()
         .copied()
-        .find(|&b| b != gone && set.contains(&b) && image.is_active(b))
+        .filter(|&b| b != gone && set.contains(&b) && image.is_active(b))
+        .min_by_key(|b| image.maintenance.contains(b))
 }
 
 /// `p` led by a new leader once `gone` stops leading: the first active in-sync replica;
@@ -135,7 +141,12 @@ pub fn elect(
     })
 }
 
-fn change(topic: &str, partition: i32, old: &PartitionState, new: PartitionState) -> Command {
+pub(super) fn change(
+    topic: &str,
+    partition: i32,
+    old: &PartitionState,
+    new: PartitionState,
+) -> Command {
     Command::ChangePartition {
         topic: topic.to_string(),
         partition,
@@ -145,7 +156,7 @@ fn change(topic: &str, partition: i32, old: &PartitionState, new: PartitionState
 }
 
 /// A copy of `p` led by `leader`, with the leader epoch bumped if the leader changed.
-fn with_leader(p: &PartitionState, leader: BrokerId) -> PartitionState {
+pub(super) fn with_leader(p: &PartitionState, leader: BrokerId) -> PartitionState {
     PartitionState {
         leader_epoch: if leader != p.leader {
             p.leader_epoch + 1
@@ -256,6 +267,7 @@ pub fn preferred_elections(image: &Image, only_if_above: Option<u32>) -> Vec<Com
             continue;
         };
         if p.leader != preferred
+            && !image.maintenance.contains(&preferred)
             && p.isr.contains(&preferred)
             && image.is_active(preferred)
             && imbalanced(preferred)

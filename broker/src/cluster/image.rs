@@ -5,7 +5,7 @@
 //! controller's decisions (placement, elections, ISR changes) are computed from it and
 //! committed as explicit commands, so applying stays deterministic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -59,6 +59,15 @@ pub struct PartitionState {
     /// small, so they hold every committed record and may lead when no ISR member can.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub elr: Vec<BrokerId>,
+    /// Replicas an ongoing reassignment adds (they are in `replicas`, catching up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding: Vec<BrokerId>,
+    /// Replicas an ongoing reassignment removes once every target replica is in sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing: Vec<BrokerId>,
+    /// The replica list before the ongoing reassignment, in its order (for a cancel).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before: Vec<BrokerId>,
 }
 
 impl PartitionState {
@@ -72,8 +81,35 @@ impl PartitionState {
             leader_epoch: 0,
             partition_epoch: 0,
             elr: Vec::new(),
+            adding: Vec::new(),
+            removing: Vec::new(),
+            before: Vec::new(),
         }
     }
+
+    /// Whether a reassignment is in progress.
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replicas a reassignment moves to (the replicas when none is in progress).
+    pub fn target(&self) -> Vec<BrokerId> {
+        minus(&self.replicas, &self.removing)
+    }
+
+    /// The replicas before the reassignment in progress (the replicas when none is).
+    pub fn original(&self) -> Vec<BrokerId> {
+        if self.before.is_empty() {
+            minus(&self.replicas, &self.adding)
+        } else {
+            self.before.clone()
+        }
+    }
+}
+
+/// `list` without the members of `drop`, order kept.
+pub fn minus(list: &[BrokerId], drop: &[BrokerId]) -> Vec<BrokerId> {
+    list.iter().copied().filter(|b| !drop.contains(b)).collect()
 }
 
 /// A topic in the image.
@@ -101,6 +137,15 @@ pub struct Image {
     /// Dynamic broker configs by resource: `""` is the cluster-wide default, `"<id>"` one broker.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub broker_configs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Brokers being decommissioned: no new replicas go there, theirs move away.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub decommissioning: BTreeSet<BrokerId>,
+    /// Brokers in maintenance: they lead nothing while another replica can.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub maintenance: BTreeSet<BrokerId>,
+    /// Continuous balancing switched off cluster-wide.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub balancer_off: bool,
 }
 
 /// A change to the image, committed through the quorum.
@@ -173,6 +218,30 @@ pub enum Command {
         /// How many.
         count: i64,
     },
+    /// Starts (`on`) or cancels the decommissioning of a registered broker.
+    SetDecommissioning {
+        /// Broker.
+        id: BrokerId,
+        /// Decommissioning from now on.
+        on: bool,
+    },
+    /// Starts (`on`) or ends maintenance of a registered broker.
+    SetMaintenance {
+        /// Broker.
+        id: BrokerId,
+        /// In maintenance from now on.
+        on: bool,
+    },
+    /// Switches continuous balancing on or off.
+    SetBalancer {
+        /// Balancing on.
+        on: bool,
+    },
+    /// Removes a broker that holds no replica from the cluster.
+    UnregisterBroker {
+        /// Broker.
+        id: BrokerId,
+    },
     /// Several commands applied in order, as one log entry.
     Batch(Vec<Command>),
 }
@@ -202,6 +271,29 @@ impl Image {
             }
             Command::RegisterBroker(info) => {
                 self.brokers.insert(info.id, info.clone());
+            }
+            Command::SetDecommissioning { id, on } | Command::SetMaintenance { id, on } => {
+                if !self.brokers.contains_key(id) {
+                    return CommandReply::Rejected(format!("broker {id} is not registered"));
+                }
+                let set = match cmd {
+                    Command::SetDecommissioning { .. } => &mut self.decommissioning,
+                    _ => &mut self.maintenance,
+                };
+                if *on {
+                    set.insert(*id);
+                } else {
+                    set.remove(id);
+                }
+            }
+            Command::SetBalancer { on } => self.balancer_off = !on,
+            Command::UnregisterBroker { id } => {
+                if self.partitions().any(|(_, _, p)| p.replicas.contains(id)) {
+                    return CommandReply::Rejected(format!("broker {id} still holds replicas"));
+                }
+                self.brokers.remove(id);
+                self.decommissioning.remove(id);
+                self.maintenance.remove(id);
             }
             Command::SetBrokerState { id, state } => match self.brokers.get_mut(id) {
                 Some(b) => b.state = *state,

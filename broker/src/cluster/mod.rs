@@ -3,6 +3,8 @@
 //!
 //! - [`image`]: the metadata image and the commands that change it (pure);
 //! - [`decide`]: placement, elections and ISR rules (pure, unit-tested);
+//! - [`reassign`]: partition reassignment steps (pure, unit-tested);
+//! - [`operations`]: decommissioning and maintenance (pure, unit-tested);
 //! - [`store`]: Raft log and state machine in RocksDB;
 //! - `network`/`service`: Raft and controller messages over gRPC;
 //! - `controller`: what the Raft leader does with requests, heartbeats and timers.
@@ -11,6 +13,8 @@ mod controller;
 pub mod decide;
 pub mod image;
 mod network;
+pub mod operations;
+pub mod reassign;
 mod service;
 pub mod store;
 

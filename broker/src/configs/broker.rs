@@ -518,6 +518,14 @@ pub static BROKER_KEYS: &[BrokerKey] = &[
         LONG_MAX,
         "Throttle of replication traffic this broker fetches as a follower, for throttled replicas"
     ),
+    key!(
+        "replica.alter.log.dirs.io.max.bytes.per.second",
+        Long,
+        Check::AtLeast(1),
+        PerBroker,
+        LONG_MAX,
+        "Throttle of moves between log directories (accepted; a Riffle broker has one log directory)"
+    ),
 ];
 
 /// Looks up a broker key.

@@ -11,6 +11,7 @@ mod groups;
 mod metadata;
 mod offsets;
 mod produce;
+mod reassign;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -66,6 +67,10 @@ pub struct Broker {
     pub groups: Arc<Coordinator>,
     /// Turns true when shutdown begins: parked fetches and group calls answer at once.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Throttle of replication traffic this broker serves to out-of-sync throttled replicas.
+    pub leader_throttle: crate::replication::throttle::Throttle,
+    /// Throttle of replication traffic this broker fetches for its throttled replicas.
+    pub follower_throttle: crate::replication::throttle::Throttle,
 }
 
 fn ready(r: Result<Option<Bytes>, EncodeError>) -> Reply {
@@ -142,6 +147,8 @@ impl Broker {
             data_arrived,
             groups,
             stopping: tokio::sync::watch::Sender::new(false),
+            leader_throttle: Default::default(),
+            follower_throttle: Default::default(),
         }))
     }
 
@@ -251,6 +258,11 @@ impl Broker {
             Body::IncrementalAlterConfigs(req) => now!(self.incremental_alter_configs(req).await),
             Body::DescribeCluster(req) => now!(self.describe_cluster(req)),
             Body::ElectLeaders(req) => now!(self.elect_leaders(req).await),
+            Body::AlterPartitionReassignments(req) => {
+                now!(self.alter_partition_reassignments(req).await)
+            }
+            Body::ListPartitionReassignments(req) => now!(self.list_partition_reassignments(req)),
+            Body::DescribeLogDirs(req) => now!(self.describe_log_dirs(req)),
             Body::FindCoordinator(req) => now!(self.find_coordinator(req, v)),
             Body::JoinGroup(req) => self.join_group(req, v, corr, &client_id, peer),
             Body::SyncGroup(req) => self.sync_group(req, v, corr),
@@ -318,6 +330,9 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         ApiKey::DescribeCluster => "DescribeCluster",
         ApiKey::ElectLeaders => "ElectLeaders",
+        ApiKey::AlterPartitionReassignments => "AlterPartitionReassignments",
+        ApiKey::ListPartitionReassignments => "ListPartitionReassignments",
+        ApiKey::DescribeLogDirs => "DescribeLogDirs",
         ApiKey::FindCoordinator => "FindCoordinator",
         ApiKey::JoinGroup => "JoinGroup",
         ApiKey::SyncGroup => "SyncGroup",

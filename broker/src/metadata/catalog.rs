@@ -479,6 +479,15 @@ impl Catalog {
                 if let Some(part) = local.partition(i as i32) {
                     let min_isr = local.config().min_insync_replicas.max(1) as usize;
                     part.apply_state(me, p, min_isr);
+                    if !p.replicas.contains(&me)
+                        && (part.log_end() > 0 || part.offsets().log_start > 0)
+                    {
+                        // Reassigned away: the copy here is stale from now on; free its space.
+                        tracing::info!(topic = %name, partition = i, "removing the replica reassigned away");
+                        if let Err(e) = part.reset_to(0).await {
+                            tracing::warn!(topic = %name, partition = i, error = %e, "could not remove the replica");
+                        }
+                    }
                 }
             }
         }

@@ -18,6 +18,8 @@ use crate::handlers::Broker;
 use crate::log::{LogError, Partition};
 use crate::rpc::{FetchPartition, FetchRequest, FetchedPartition};
 
+use super::throttle;
+
 /// Pause before retrying a failed fetch (also woken by a metadata change).
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -30,6 +32,8 @@ struct Target {
     topic_id: Uuid,
     part: Arc<Partition>,
     leader_epoch: i32,
+    /// Out of sync and listed in the topic's `follower.replication.throttled.replicas`.
+    throttled: bool,
 }
 
 type Targets = Arc<Vec<Target>>;
@@ -58,6 +62,14 @@ fn followed(broker: &Broker, image: &Image) -> HashMap<BrokerId, (String, Vec<Ta
                     topic_id: t.id,
                     part,
                     leader_epoch: p.leader_epoch,
+                    throttled: !p.isr.contains(&me)
+                        && throttle::listed(
+                            t.configs
+                                .get("follower.replication.throttled.replicas")
+                                .map(String::as_str),
+                            i as i32,
+                            me,
+                        ),
                 });
         }
     }
@@ -137,12 +149,40 @@ async fn fetch_loop(
                 continue;
             }
         };
+        // Throttled replicas sit out rounds while the follower throttle is in debt, and
+        // ask for no more than it allows otherwise.
+        let (wait, allowance) = if current.iter().any(|t| t.throttled) {
+            let rate = broker
+                .catalog
+                .broker_configs()
+                .get_i64("follower.replication.throttled.rate", i64::MAX);
+            let th = &broker.follower_throttle;
+            (th.delay(rate), th.allowance(rate))
+        } else {
+            (Duration::ZERO, None)
+        };
+        let fetched: Vec<&Target> = current
+            .iter()
+            .filter(|t| wait.is_zero() || !t.throttled)
+            .collect();
+        if fetched.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                r = targets.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
         let req = FetchRequest {
             cluster_id: broker.cluster.cluster_id.get(),
             replica_id: cfg.node_id,
-            max_wait_ms: cfg.replica_fetch_wait_max_ms as u32,
+            max_wait_ms: if wait.is_zero() {
+                cfg.replica_fetch_wait_max_ms as u32
+            } else {
+                // Come back for the throttled replicas once the debt is paid.
+                (wait.as_millis() as u32).clamp(1, cfg.replica_fetch_wait_max_ms as u32)
+            },
             max_bytes: cfg.replica_fetch_max_bytes,
-            partitions: current
+            partitions: fetched
                 .iter()
                 .map(|t| {
                     let (fetch_offset, last_fetched_epoch) = t.part.fetch_position();
@@ -152,6 +192,7 @@ async fn fetch_loop(
                         leader_epoch: t.leader_epoch,
                         fetch_offset,
                         last_fetched_epoch,
+                        max_bytes: allowance.filter(|_| t.throttled).unwrap_or(0),
                     }
                 })
                 .collect(),
@@ -193,6 +234,9 @@ async fn fetch_loop(
             }) else {
                 continue;
             };
+            if t.throttled {
+                broker.follower_throttle.spend(fp.records.len() as u64);
+            }
             if let Err(e) = apply(&broker, &t.part, fp, sync).await {
                 stale |= matches!(e, LogError::NotLeader);
                 tracing::warn!(topic = %t.part.topic, partition = t.part.index, leader, error = %e, "replication step failed");

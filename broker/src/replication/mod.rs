@@ -5,3 +5,4 @@
 pub mod fetcher;
 pub mod isr;
 pub mod service;
+pub mod throttle;

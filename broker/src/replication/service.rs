@@ -14,6 +14,8 @@ use crate::handlers::Broker;
 use crate::log::{FollowerCheck, LogError, Partition};
 use crate::rpc::{FetchRequest, FetchResponse, FetchedPartition, Replication};
 
+use super::throttle;
+
 /// Longest a follower fetch may wait, whatever it asks.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(10);
 
@@ -27,7 +29,13 @@ struct Item {
     out: FetchedPartition,
     part: Option<Arc<Partition>>,
     offset: i64,
+    /// The follower's limit for this partition (0: none).
+    max_bytes: u32,
     read: bool,
+    /// An out-of-sync follower of a partition listed in `leader.replication.throttled.replicas`.
+    throttled: bool,
+    /// Held back by the throttle this round.
+    held: bool,
 }
 
 fn code(e: &LogError) -> i32 {
@@ -62,6 +70,18 @@ impl Replication for ReplicationService {
                     .and_then(|id| b.catalog.get_by_id(id))
                     .and_then(|t| t.partition(fp.partition));
                 let mut read = false;
+                let throttled = part.as_ref().is_some_and(|p| {
+                    !p.replica_set().2.contains(&req.replica_id)
+                        && b.catalog.get(&p.topic).is_some_and(|t| {
+                            throttle::listed(
+                                t.overrides()
+                                    .get("leader.replication.throttled.replicas")
+                                    .map(String::as_str),
+                                p.index,
+                                b.config.node_id,
+                            )
+                        })
+                });
                 match &part {
                     None => {
                         out.error_code = i32::from(ResponseError::UnknownTopicOrPartition.code())
@@ -95,11 +115,36 @@ impl Replication for ReplicationService {
                 Item {
                     out,
                     part,
+                    max_bytes: fp.max_bytes,
                     offset: fp.fetch_offset,
                     read,
+                    throttled,
+                    held: false,
                 }
             })
             .collect();
+        // While the leader throttle is in debt, throttled partitions get no data, and no
+        // more than it allows otherwise.
+        if items.iter().any(|i| i.throttled) {
+            let rate = b
+                .catalog
+                .broker_configs()
+                .get_i64("leader.replication.throttled.rate", i64::MAX);
+            let in_debt = !b.leader_throttle.delay(rate).is_zero();
+            let allowance = b.leader_throttle.allowance(rate);
+            for i in items.iter_mut().filter(|i| i.throttled && i.read) {
+                if in_debt {
+                    i.read = false;
+                    i.held = true;
+                } else if let Some(a) = allowance {
+                    i.max_bytes = if i.max_bytes == 0 {
+                        a
+                    } else {
+                        i.max_bytes.min(a)
+                    };
+                }
+            }
+        }
         // Long-poll until one partition has data past the follower's position.
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT_CAP);
@@ -107,9 +152,10 @@ impl Replication for ReplicationService {
             let notified = b.data_arrived.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let ready = items
-                .iter()
-                .any(|i| !i.read || i.part.as_ref().is_some_and(|p| p.log_end() > i.offset));
+            let ready = items.iter().any(|i| {
+                (!i.read && !i.held)
+                    || (i.read && i.part.as_ref().is_some_and(|p| p.log_end() > i.offset))
+            });
             if ready || b.is_stopping() || tokio::time::Instant::now() >= deadline {
                 break;
             }
@@ -123,7 +169,11 @@ impl Replication for ReplicationService {
                 if total >= max_bytes {
                     break;
                 }
-                match p.read_for_replica(i.offset, max_bytes - total) {
+                let mut limit = max_bytes - total;
+                if i.max_bytes > 0 {
+                    limit = limit.min(i.max_bytes as usize);
+                }
+                match p.read_for_replica(i.offset, limit) {
                     Ok(batches) => {
                         let size: usize = batches.iter().map(|x| x.len()).sum();
                         let mut buf = BytesMut::with_capacity(size);
@@ -141,6 +191,12 @@ impl Replication for ReplicationService {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
+        let throttled: u64 = items
+            .iter()
+            .filter(|i| i.throttled)
+            .map(|i| i.out.records.len() as u64)
+            .sum();
+        b.leader_throttle.spend(throttled);
         let sent: u64 = items.iter().map(|i| i.out.records.len() as u64).sum();
         b.metrics.replication_bytes_out.inc_by(sent);
         Ok(Response::new(FetchResponse {

@@ -1,0 +1,662 @@
+//! Cluster operations as pure functions over the image: decommissioning a broker (its
+//! replicas move to the other brokers through reassignments, a few at a time, then it is
+//! removed), maintenance (leaderships move off a broker and stay off) and continuous
+//! balancing (replicas move from the fullest brokers to the emptiest).
+
+use std::collections::BTreeMap;
+
+use super::decide::{change, first_active, with_leader};
+use super::image::{BrokerId, BrokerState, Command, Image};
+use super::reassign;
+
+/// Leadership changes taking every partition led by a broker in maintenance to another
+/// active in-sync replica; partitions no other replica can lead stay where they are.
+pub fn maintenance_moves(image: &Image) -> Vec<Command> {
+    image
+        .partitions()
+        .filter(|(_, _, p)| image.maintenance.contains(&p.leader))
+        .filter_map(|(t, i, p)| {
+            let l = first_active(image, p, &p.isr, p.leader)
+                .filter(|b| !image.maintenance.contains(b))?;
+            Some(change(t, i, p, with_leader(p, l)))
+        })
+        .collect()
+}
+
+/// Partitions with a replica on `broker`.
+pub fn replicas_on(image: &Image, broker: BrokerId) -> usize {
+    image
+        .partitions()
+        .filter(|(_, _, p)| p.replicas.contains(&broker))
+        .count()
+}
+
+/// Reassignments moving replicas off decommissioning brokers, started so that at most
+/// `max_in_flight` reassignments run at once. Each replaced replica goes to the active
+/// broker with the fewest replicas, on a rack the partition does not use yet when
+/// there is one; it takes the leaving replica's place in the list, so preferred leaders
+/// keep their order.
+pub fn decommission_moves(image: &Image, max_in_flight: usize) -> Vec<Command> {
+    if image.decommissioning.is_empty() {
+        return Vec::new();
+    }
+    let mut budget = max_in_flight.saturating_sub(reassign::ongoing(image).count());
+    let mut load: BTreeMap<BrokerId, usize> = image
+        .brokers
+        .keys()
+        .filter(|b| image.is_active(**b) && !image.decommissioning.contains(b))
+        .map(|&b| (b, 0))
+        .collect();
+    for (_, _, p) in image.partitions() {
+        for b in &p.replicas {
+            if let Some(n) = load.get_mut(b) {
+                *n += 1;
+            }
+        }
+    }
+    let rack = |b: BrokerId| image.brokers.get(&b).and_then(|i| i.rack.clone());
+    let mut out = Vec::new();
+    for (topic, i, p) in image.partitions() {
+        if budget == 0 {
+            break;
+        }
+        if p.reassigning() || !p.replicas.iter().any(|b| image.decommissioning.contains(b)) {
+            continue;
+        }
+        let mut target = p.replicas.clone();
+        let mut placed = true;
+        for slot in 0..target.len() {
+            if !image.decommissioning.contains(&target[slot]) {
+                continue;
+            }
+            let used: Vec<Option<String>> = target
+                .iter()
+                .filter(|b| !image.decommissioning.contains(b))
+                .map(|&b| rack(b))
+                .collect();
+            let pick = load
+                .iter()
+                .filter(|(b, _)| !target.contains(b))
+                .min_by_key(|&(&b, &n)| (rack(b).is_some() && used.contains(&rack(b)), n, b))
+                .map(|(&b, _)| b);
+            match pick {
+                Some(b) => {
+                    target[slot] = b;
+                    *load.entry(b).or_default() += 1;
+                }
+                None => placed = false,
+            }
+        }
+        if !placed {
+            // Not enough other brokers: leave the partition until there are.
+            continue;
+        }
+        if let Ok(state) = reassign::start(image, p, &target) {
+            out.push(change(topic, i, p, state));
+            budget -= 1;
+        }
+    }
+    out
+}
+
+/// Decommissioned brokers that hold no replica and whose process is gone (fenced): they
+/// leave the cluster.
+pub fn unregistrations(image: &Image) -> Vec<Command> {
+    image
+        .decommissioning
+        .iter()
+        .copied()
+        .filter(|&b| {
+            image
+                .brokers
+                .get(&b)
+                .is_some_and(|i| i.state == BrokerState::Fenced)
+                && replicas_on(image, b) == 0
+        })
+        .map(|id| Command::UnregisterBroker { id })
+        .collect()
+}
+
+/// What keeps the balancer from moving replicas now: switched off, a broker not active,
+/// in maintenance or being decommissioned, or a partition under-replicated.
+pub fn balance_blocker(image: &Image) -> Option<String> {
+    if image.balancer_off {
+        return Some("switched off".into());
+    }
+    if let Some(b) = image
+        .brokers
+        .values()
+        .find(|b| b.state != BrokerState::Active)
+    {
+        return Some(format!("broker {} is {:?}", b.id, b.state));
+    }
+    if let Some(b) = image.maintenance.iter().next() {
+        return Some(format!("broker {b} is in maintenance"));
+    }
+    if let Some(b) = image.decommissioning.iter().next() {
+        return Some(format!("broker {b} is being decommissioned"));
+    }
+    let under = image
+        .partitions()
+        .filter(|(_, _, p)| !p.reassigning() && p.isr.len() < p.replicas.len())
+        .count();
+    (under > 0).then(|| format!("{under} partitions are under-replicated"))
+}
+
+/// Replica counts per broker once the reassignments in progress complete.
+pub fn replica_counts(image: &Image) -> BTreeMap<BrokerId, usize> {
+    let mut counts: BTreeMap<BrokerId, usize> = image.brokers.keys().map(|&b| (b, 0)).collect();
+    for (_, _, p) in image.partitions() {
+        for b in p.target() {
+            *counts.entry(b).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The fewest replica moves that bring every broker within `tolerance_pct` of the mean
+/// replica count (and always within one replica of the next broker), started so that at
+/// most `max_in_flight` reassignments run at once. Each move takes one replica from the
+/// fullest broker to the emptiest one that can take it: not holding the partition
+/// already, and on a rack the partition's other replicas do not use (or the same rack as
+/// the replica it replaces). Followers move before leaders, so leadership rarely moves.
+/// Nothing moves while [`balance_blocker`] says so.
+///
+/// Cost: O(B log B + P·R) to index, then O(B + P_b) per move (B brokers, P partitions, R
+/// replicas each, P_b partitions on the fullest broker).
+pub fn balance_moves(image: &Image, tolerance_pct: u32, max_in_flight: usize) -> Vec<Command> {
+    if balance_blocker(image).is_some() {
+        return Vec::new();
+    }
+    let mut budget = max_in_flight.saturating_sub(reassign::ongoing(image).count());
+    let mut counts = replica_counts(image);
+    if budget == 0 || counts.is_empty() {
+        return Vec::new();
+    }
+    let total: usize = counts.values().sum();
+    let mean = total as f64 / counts.len() as f64;
+    let tol = f64::from(tolerance_pct) / 100.0;
+    let (lower, upper) = (
+        (mean * (1.0 - tol)).floor() as usize,
+        (mean * (1.0 + tol)).ceil() as usize,
+    );
+    let rack = |b: BrokerId| image.brokers.get(&b).and_then(|i| i.rack.as_deref());
+    // Movable partitions by broker; a partition moves at most once per plan.
+    let parts: Vec<(&str, i32, &super::image::PartitionState)> = image
+        .partitions()
+        .filter(|(_, _, p)| !p.reassigning())
+        .collect();
+    let mut on: BTreeMap<BrokerId, Vec<usize>> = BTreeMap::new();
+    for (k, (_, _, p)) in parts.iter().enumerate() {
+        for &b in &p.replicas {
+            on.entry(b).or_default().push(k);
+        }
+    }
+    let mut moved = vec![false; parts.len()];
+    let mut out = Vec::new();
+    while budget > 0 {
+        let mut by_load: Vec<(usize, BrokerId)> = counts.iter().map(|(&b, &n)| (n, b)).collect();
+        by_load.sort_unstable();
+        let (min, max) = (by_load[0].0, by_load[by_load.len() - 1].0);
+        if (max <= upper && min >= lower) || max - min < 2 {
+            break;
+        }
+        let mut step = None;
+        'search: for &(ns, src) in by_load.iter().rev() {
+            for &(nd, dst) in &by_load {
+                if ns < nd + 2 {
+                    break;
+                }
+                let fits = |k: &usize| {
+                    let p = parts[*k].2;
+                    !moved[*k]
+                        && !p.replicas.contains(&dst)
+                        && (rack(dst).is_none()
+                            || rack(dst) == rack(src)
+                            || !p.replicas.iter().any(|&b| b != src && rack(b) == rack(dst)))
+                };
+                let candidates = on.get(&src).map(Vec::as_slice).unwrap_or_default();
+                let pick = candidates
+                    .iter()
+                    .filter(|k| fits(k))
+                    .min_by_key(|&&k| parts[k].2.leader == src);
+                if let Some(&k) = pick {
+                    step = Some((k, src, dst));
+                    break 'search;
+                }
+            }
+        }
+        let Some((k, src, dst)) = step else { break };
+        let (topic, i, p) = parts[k];
+        let target: Vec<BrokerId> = p
+            .replicas
+            .iter()
+            .map(|&b| if b == src { dst } else { b })
+            .collect();
+        moved[k] = true;
+        if let Ok(state) = reassign::start(image, p, &target) {
+            *counts.entry(src).or_default() -= 1;
+            *counts.entry(dst).or_default() += 1;
+            out.push(change(topic, i, p, state));
+            budget -= 1;
+        }
+    }
+    out
+}
+
+/// Leadership moves that bring every broker's count of preferred leaderships within
+/// `tolerance_pct` of the mean (and within one of the next broker): a partition whose
+/// preferred leader is on the busiest broker gets an in-sync replica on the least busy
+/// one as its first replica, and that replica leads at once. No data moves. Only while
+/// no reassignment is in flight and nothing blocks the balancer.
+pub fn leader_moves(image: &Image, tolerance_pct: u32) -> Vec<Command> {
+    if balance_blocker(image).is_some() || reassign::ongoing(image).next().is_some() {
+        return Vec::new();
+    }
+    let mut counts: BTreeMap<BrokerId, usize> = image.brokers.keys().map(|&b| (b, 0)).collect();
+    let parts: Vec<(&str, i32, &super::image::PartitionState)> = image.partitions().collect();
+    for (_, _, p) in &parts {
+        if let Some(n) = p.replicas.first().and_then(|b| counts.get_mut(b)) {
+            *n += 1;
+        }
+    }
+    let mean = parts.len() as f64 / counts.len().max(1) as f64;
+    let tol = f64::from(tolerance_pct) / 100.0;
+    let (lower, upper) = (
+        (mean * (1.0 - tol)).floor() as usize,
+        (mean * (1.0 + tol)).ceil() as usize,
+    );
+    let mut moved = vec![false; parts.len()];
+    let mut out = Vec::new();
+    loop {
+        let mut by_load: Vec<(usize, BrokerId)> = counts.iter().map(|(&b, &n)| (n, b)).collect();
+        by_load.sort_unstable();
+        let (Some(&(min, _)), Some(&(max, _))) = (by_load.first(), by_load.last()) else {
+            break;
+        };
+        if (max <= upper && min >= lower) || max - min < 2 {
+            break;
+        }
+        let step = by_load.iter().rev().find_map(|&(ns, src)| {
+            by_load
+                .iter()
+                .take_while(|&&(nd, _)| ns >= nd + 2)
+                .find_map(|&(_, dst)| {
+                    let k = (0..parts.len()).find(|&k| {
+                        let p = parts[k].2;
+                        !moved[k]
+                            && p.replicas.first() == Some(&src)
+                            && p.isr.contains(&dst)
+                            && image.is_active(dst)
+                    })?;
+                    Some((k, src, dst))
+                })
+        });
+        let Some((k, src, dst)) = step else { break };
+        moved[k] = true;
+        let (topic, i, p) = parts[k];
+        let mut replicas = vec![dst];
+        replicas.extend(p.replicas.iter().copied().filter(|&b| b != dst));
+        let reordered = super::image::PartitionState {
+            replicas,
+            ..with_leader(p, dst)
+        };
+        *counts.entry(src).or_default() -= 1;
+        *counts.entry(dst).or_default() += 1;
+        out.push(change(topic, i, p, reordered));
+    }
+    out
+}
+
+/// Refuses decommissioning what would lose availability: a metadata voter (the quorum
+/// would shrink), or fewer remaining brokers than the largest replication factor.
+pub fn check_decommission(
+    image: &Image,
+    broker: BrokerId,
+    voters: &[BrokerId],
+) -> Result<(), String> {
+    if !image.brokers.contains_key(&broker) {
+        return Err(format!("broker {broker} is not registered"));
+    }
+    if voters.contains(&broker) {
+        return Err(format!(
+            "broker {broker} is a metadata quorum voter: voters cannot be decommissioned"
+        ));
+    }
+    let remaining = image
+        .brokers
+        .keys()
+        .filter(|&&b| b != broker && !image.decommissioning.contains(&b))
+        .count();
+    let max_rf = image
+        .partitions()
+        .map(|(_, _, p)| p.target().len())
+        .max()
+        .unwrap_or(0);
+    if remaining < max_rf {
+        return Err(format!(
+            "decommissioning broker {broker} would leave {remaining} brokers for partitions \
+             with replication factor {max_rf}"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses maintenance on a second broker (two brokers away at once can take a
+/// partition below its `min.insync.replicas`).
+pub fn check_maintenance(image: &Image, broker: BrokerId) -> Result<(), String> {
+    if !image.brokers.contains_key(&broker) {
+        return Err(format!("broker {broker} is not registered"));
+    }
+    match image.maintenance.iter().find(|&&b| b != broker) {
+        Some(other) => Err(format!(
+            "broker {other} is in maintenance: one broker at a time"
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::super::image::tests::{broker, image_with};
+    use super::super::image::{CommandReply, PartitionState};
+    use super::*;
+
+    fn with_topic(mut img: Image, partitions: Vec<Vec<BrokerId>>) -> Image {
+        img.apply(&Command::CreateTopic {
+            name: "t".into(),
+            id: uuid::Uuid::nil(),
+            configs: BTreeMap::new(),
+            partitions: partitions
+                .into_iter()
+                .map(|r| PartitionState::new(r, |_| true))
+                .collect(),
+        });
+        img
+    }
+
+    fn apply_all(img: &mut Image, cmds: &[Command]) {
+        for c in cmds {
+            assert_eq!(img.apply(c), CommandReply::Done, "{c:?}");
+        }
+    }
+
+    /// Every target replica joins the ISR, then reassignments complete.
+    fn catch_up(img: &mut Image) {
+        let joins: Vec<Command> = img
+            .partitions()
+            .filter(|(_, _, p)| p.reassigning())
+            .map(|(t, i, p)| {
+                let mut s = p.clone();
+                s.isr = p.replicas.clone();
+                change(t, i, p, s)
+            })
+            .collect();
+        apply_all(img, &joins);
+        let done = reassign::completions(img);
+        apply_all(img, &done);
+    }
+
+    #[test]
+    fn decommission_drains_a_broker_a_few_partitions_at_a_time() {
+        let parts: Vec<Vec<BrokerId>> = (0..12).map(|i| vec![1 + i % 4, 1 + (i + 1) % 4]).collect();
+        let mut img = with_topic(image_with(&[1, 2, 3, 4]), parts);
+        let before = replicas_on(&img, 4);
+        assert_eq!(before, 6);
+        img.apply(&Command::SetDecommissioning { id: 4, on: true });
+        let mut rounds = 0;
+        while replicas_on(&img, 4) > 0 {
+            let moves = decommission_moves(&img, 2);
+            assert!(!moves.is_empty() && moves.len() <= 2, "{moves:?}");
+            apply_all(&mut img, &moves);
+            assert!(
+                decommission_moves(&img, 2).is_empty(),
+                "two already in flight"
+            );
+            catch_up(&mut img);
+            rounds += 1;
+        }
+        assert_eq!(rounds, 3);
+        // The load spread evenly, and no partition has a broker twice.
+        let counts: Vec<usize> = [1, 2, 3].iter().map(|&b| replicas_on(&img, b)).collect();
+        assert_eq!(counts, vec![8, 8, 8], "{counts:?}");
+        for (_, _, p) in img.partitions() {
+            let mut r = p.replicas.clone();
+            r.sort();
+            r.dedup();
+            assert_eq!(r.len(), 2);
+        }
+        // Still registered while its process runs; removed once it is fenced.
+        assert!(unregistrations(&img).is_empty());
+        img.apply(&Command::SetBrokerState {
+            id: 4,
+            state: BrokerState::Fenced,
+        });
+        let cmds = unregistrations(&img);
+        apply_all(&mut img, &cmds);
+        assert!(!img.brokers.contains_key(&4) && img.decommissioning.is_empty());
+    }
+
+    #[test]
+    fn replacements_go_to_racks_the_partition_does_not_use() {
+        let mut img = Image::default();
+        for (id, rack) in [(1, "a"), (2, "b"), (3, "a"), (4, "c"), (5, "b")] {
+            img.apply(&Command::RegisterBroker(broker(id, Some(rack))));
+        }
+        let mut img = with_topic(img, vec![vec![2, 4]]);
+        img.apply(&Command::SetDecommissioning { id: 4, on: true });
+        let moves = decommission_moves(&img, 10);
+        apply_all(&mut img, &moves);
+        let target = img.partition("t", 0).unwrap().target();
+        // Rack c is leaving; b is used by 2: 1 or 3 (rack a), the least loaded first.
+        assert_eq!(target, vec![2, 1]);
+    }
+
+    #[test]
+    fn a_partition_without_room_elsewhere_waits() {
+        let mut img = with_topic(image_with(&[1, 2]), vec![vec![1, 2]]);
+        img.apply(&Command::SetDecommissioning { id: 2, on: true });
+        assert!(decommission_moves(&img, 5).is_empty());
+        assert_eq!(
+            replicas_on(&img, 2),
+            1,
+            "never reported empty while it holds a replica"
+        );
+    }
+
+    fn cluster(brokers: i32, partitions: Vec<Vec<BrokerId>>) -> Image {
+        with_topic(image_with(&(1..=brokers).collect::<Vec<_>>()), partitions)
+    }
+
+    /// Runs the balancer to the end, catching replicas up after every round.
+    fn balance(img: &mut Image, tolerance: u32, in_flight: usize) -> usize {
+        let mut moves = 0;
+        loop {
+            let step = balance_moves(img, tolerance, in_flight);
+            if step.is_empty() {
+                return moves;
+            }
+            moves += step.len();
+            apply_all(img, &step);
+            catch_up(img);
+        }
+    }
+
+    #[test]
+    fn new_brokers_get_their_share_with_the_fewest_moves() {
+        // 12 partitions x RF3 on brokers 1-3; brokers 4-6 join empty.
+        let parts: Vec<Vec<BrokerId>> = (0..12)
+            .map(|i| vec![1 + i % 3, 1 + (i + 1) % 3, 1 + (i + 2) % 3])
+            .collect();
+        let mut img = cluster(6, parts);
+        assert_eq!(
+            replica_counts(&img).values().copied().collect::<Vec<_>>(),
+            vec![12, 12, 12, 0, 0, 0]
+        );
+        let moves = balance(&mut img, 0, 4);
+        assert_eq!(
+            replica_counts(&img).values().copied().collect::<Vec<_>>(),
+            vec![6; 6]
+        );
+        assert_eq!(
+            moves, 18,
+            "each move fixes one replica of the 18 above the mean"
+        );
+        for (_, _, p) in img.partitions() {
+            let mut r = p.replicas.clone();
+            r.sort();
+            r.dedup();
+            assert_eq!(r.len(), 3, "{p:?}");
+            assert!(p.isr.len() == 3 && !p.reassigning());
+        }
+        assert!(balance_moves(&img, 0, 4).is_empty(), "balanced stays put");
+    }
+
+    #[test]
+    fn preferred_leaderships_spread_to_new_brokers_without_moving_data() {
+        // 6 partitions led by 1, 2, 3; broker 4 holds replicas but leads nothing.
+        let parts: Vec<Vec<BrokerId>> = (0..8).map(|i| vec![1 + i % 3, 4]).collect();
+        let mut img = cluster(4, parts);
+        let moves = leader_moves(&img, 0);
+        apply_all(&mut img, &moves);
+        let leads = |b| {
+            img.partitions()
+                .filter(|(_, _, p)| p.leader == b && p.replicas[0] == b)
+                .count()
+        };
+        assert_eq!([leads(1), leads(2), leads(3), leads(4)], [2, 2, 2, 2]);
+        assert_eq!(moves.len(), 2);
+        for (_, _, p) in img.partitions() {
+            let mut r = p.replicas.clone();
+            r.sort();
+            assert!(r.contains(&4) && r.len() == 2, "same replica sets: {p:?}");
+        }
+        assert!(leader_moves(&img, 0).is_empty());
+    }
+
+    #[test]
+    fn within_tolerance_nothing_moves() {
+        // 7, 6, 5 replicas: mean 6, 20% tolerance allows 4..=8.
+        let parts: Vec<Vec<BrokerId>> = (0..6)
+            .map(|i| match i {
+                0 => vec![1, 2, 3],
+                1 => vec![1, 2, 3],
+                2 => vec![1, 2, 3],
+                3 => vec![1, 2, 3],
+                4 => vec![1, 2, 3],
+                _ => vec![1, 2],
+            })
+            .chain([vec![1]])
+            .collect();
+        let img = cluster(3, parts);
+        assert_eq!(
+            replica_counts(&img).values().copied().collect::<Vec<_>>(),
+            vec![7, 6, 5]
+        );
+        assert!(balance_moves(&img, 20, 10).is_empty());
+        assert_eq!(
+            balance_moves(&img, 0, 10).len(),
+            1,
+            "with no tolerance one move evens it"
+        );
+    }
+
+    #[test]
+    fn balancing_respects_racks_and_waits_for_a_healthy_cluster() {
+        let mut img = Image::default();
+        for (id, rack) in [(1, "a"), (2, "b"), (3, "c"), (4, "a")] {
+            img.apply(&Command::RegisterBroker(broker(id, Some(rack))));
+        }
+        let parts: Vec<Vec<BrokerId>> = (0..4).map(|_| vec![1, 2, 3]).collect();
+        let mut img = with_topic(img, parts);
+        // Broker 4 (rack a) may only replace broker 1 (rack a): racks stay distinct.
+        let moves = balance_moves(&img, 0, 10);
+        assert_eq!(moves.len(), 2);
+        apply_all(&mut img, &moves);
+        catch_up(&mut img);
+        for (_, _, p) in img.partitions() {
+            let racks: std::collections::BTreeSet<_> = p
+                .replicas
+                .iter()
+                .map(|b| img.brokers[b].rack.clone())
+                .collect();
+            assert_eq!(racks.len(), 3, "{p:?}");
+        }
+        // Not while a broker is down, and not when switched off.
+        let mut down = with_topic(image_with(&[1, 2, 3]), vec![vec![1, 2], vec![1, 2]]);
+        down.apply(&Command::SetBrokerState {
+            id: 2,
+            state: BrokerState::Fenced,
+        });
+        assert!(balance_blocker(&down).unwrap().contains("broker 2"));
+        assert!(balance_moves(&down, 0, 10).is_empty());
+        let mut off = cluster(3, vec![vec![1, 2], vec![1, 2]]);
+        off.apply(&Command::SetBalancer { on: false });
+        assert_eq!(balance_blocker(&off).as_deref(), Some("switched off"));
+    }
+
+    #[test]
+    fn the_planner_scales_to_50_brokers_and_10000_partitions() {
+        // 45 full brokers, 5 new empty ones: 10 000 partitions x RF3.
+        let parts: Vec<Vec<BrokerId>> = (0..10_000)
+            .map(|i| (0..3).map(|r| 1 + (i + r * 7) % 45).collect())
+            .collect();
+        let img = cluster(50, parts);
+        let t0 = std::time::Instant::now();
+        let moves = balance_moves(&img, 5, usize::MAX);
+        let took = t0.elapsed();
+        let mut after = img.clone();
+        apply_all(&mut after, &moves);
+        let counts = replica_counts(&after);
+        let (min, max) = (
+            *counts.values().min().unwrap(),
+            *counts.values().max().unwrap(),
+        );
+        // Mean 600 with 5% tolerance: 570..=630.
+        assert!(min >= 570 && max <= 630, "{min}..{max}");
+        assert!(moves.len() <= 3000, "{} moves", moves.len());
+        println!("planned {} moves in {took:?}", moves.len());
+        assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    }
+
+    #[test]
+    fn decommission_refusals() {
+        let img = with_topic(image_with(&[1, 2, 3]), vec![vec![1, 2, 3]]);
+        assert!(check_decommission(&img, 1, &[1])
+            .unwrap_err()
+            .contains("voter"));
+        assert!(check_decommission(&img, 3, &[1])
+            .unwrap_err()
+            .contains("replication factor 3"));
+        let img = with_topic(image_with(&[1, 2, 3, 4]), vec![vec![1, 2, 3]]);
+        assert!(check_decommission(&img, 4, &[1]).is_ok());
+        assert!(check_decommission(&img, 9, &[1]).is_err());
+    }
+
+    #[test]
+    fn maintenance_moves_leaders_off_and_keeps_them_off() {
+        let mut img = with_topic(
+            image_with(&[1, 2, 3]),
+            vec![vec![1, 2, 3], vec![1, 3], vec![1]],
+        );
+        img.apply(&Command::SetMaintenance { id: 1, on: true });
+        let moves = maintenance_moves(&img);
+        apply_all(&mut img, &moves);
+        let leaders: Vec<BrokerId> = img.partitions().map(|(_, _, p)| p.leader).collect();
+        assert_eq!(leaders, vec![2, 3, 1], "a single-replica partition stays");
+        // Preferred-leader balancing leaves it alone; ending maintenance lets it return.
+        assert!(super::super::decide::preferred_elections(&img, None).is_empty());
+        img.apply(&Command::SetMaintenance { id: 1, on: false });
+        assert_eq!(
+            super::super::decide::preferred_elections(&img, None).len(),
+            2
+        );
+        assert!(check_maintenance(&img, 2).is_ok());
+        img.apply(&Command::SetMaintenance { id: 2, on: true });
+        assert!(check_maintenance(&img, 3)
+            .unwrap_err()
+            .contains("one broker at a time"));
+    }
+}

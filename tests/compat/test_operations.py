@@ -1,0 +1,243 @@
+"""Decommissioning and maintenance through the broker's admin API (HTTP, JSON).
+
+Real brokers on 127.0.0.1 under an idempotent acks=all load.  A decommissioned broker
+ends with no replica (its moves run through reassignments, progress visible), then
+leaves the cluster once stopped; refusals (a voter, too few brokers for a replication
+factor) are 409 with the reason; recommissioning cancels the moves in flight.  A broker
+in maintenance leads nothing within seconds and gets its leaderships back afterwards;
+a second broker in maintenance is refused.  No delivery fails and every acknowledged
+record is read back from consistent replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+
+import yaml
+from openapi_schema_validator import OAS30Validator
+from openapi_spec_validator import validate as validate_spec
+
+import kafka_wire as kw
+from helpers import REPO_ROOT, riffle_binary, sample_records, wait_until
+from test_cluster import (
+    FAST, OP_TIMEOUT, ConfluentLoad, ck_admin, create_topic, finish_load, produce_records,
+    verify_acked,
+)
+
+
+SPEC = yaml.safe_load((REPO_ROOT / "docs" / "admin-api.yaml").read_text())
+validate_spec(SPEC)
+
+
+def conforms(status, body, path):
+    """Responses match docs/admin-api.yaml: the schema validates and names every field."""
+    if status >= 400:
+        schema = SPEC["components"]["responses"]["Error"]["content"]["application/json"]["schema"]
+    else:
+        name = ("Decommission" if path.endswith("/decommission") else
+                "Maintenance" if path.endswith("/maintenance") else
+                "Balancer" if path.endswith("/balancer") else "Cluster")
+        schema = SPEC["components"]["schemas"][name]
+    OAS30Validator(schema).validate(body)
+    assert set(body) == set(schema["properties"]), (path, sorted(body))
+    return status, body
+
+
+def put(c, via, path):
+    return conforms(*c.broker(via).http_request("PUT", path), path)
+
+
+def delete(c, via, path):
+    return conforms(*c.broker(via).http_request("DELETE", path), path)
+
+
+def get(c, via, path):
+    return conforms(*c.broker(via).http_request("GET", path), path)
+
+
+def riffle_admin(c, via, *args):
+    """``riffle admin`` against broker ``via``'s HTTP port."""
+    b = c.broker(via)
+    return subprocess.run([str(riffle_binary()), "admin", "--http", f"{b.host}:{b.http_port}",
+                           *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def holders(c, topic, partitions):
+    return {p: c.replicas_of(topic, p) for p in partitions}
+
+
+def test_decommission_under_load_then_the_stopped_broker_leaves(make_cluster):
+    c = make_cluster(n=4, voters=3, extra_args=FAST)
+    topic = create_topic(c, partitions=8, rf=2)
+    parts = range(8)
+    assert any(4 in r for r in holders(c, topic, parts).values())
+
+    # Refusals: a voter; a broker whose loss leaves fewer brokers than a replication factor.
+    status, body = put(c, 1, "/v1/brokers/1/decommission")
+    assert status == 409 and "voter" in body["error"], body
+    wide = create_topic(c, partitions=1, rf=4, prefix="wide")
+    status, body = put(c, 2, "/v1/brokers/4/decommission")
+    assert status == 409 and "replication factor 4" in body["error"], body
+    adm = ck_admin(c)  # must outlive its futures
+    adm.delete_topics([wide], operation_timeout=OP_TIMEOUT)[wide].result(OP_TIMEOUT)
+    wait_until(lambda: wide not in c.metadata(via=1)["topics"], timeout=10, message="topic deleted")
+    assert put(c, 2, "/v1/brokers/9/decommission")[0] == 404
+
+    load = ConfluentLoad(c, topic, partitions=parts).start()
+    try:
+        load.log.wait_acks(500)
+        status, body = put(c, 2, "/v1/brokers/4/decommission")
+        assert status == 200 and body["decommissioning"], body
+        t0 = time.monotonic()
+        seen = []
+
+        def drained():
+            _, st = get(c, 4, "/v1/brokers/4/decommission")
+            seen.append((st["partitions_left"], st["bytes_left"]))
+            return st["drained"]
+        wait_until(drained, timeout=60, interval=0.2, message="broker 4 drained")
+        took = time.monotonic() - t0
+        load.log.wait_acks(load.log.count() + 500)
+    except BaseException:
+        load.abort()
+        raise
+    finish_load(load, check_errors=True)
+    print(f"decommission drained broker 4 in {took:.1f}s; progress (partitions, bytes) "
+          f"{seen[0]} -> {seen[-1]} over {len(seen)} samples")
+    assert seen[0][0] > 0 and seen[-1] == (0, 0)
+    lefts = [s[0] for s in seen]
+    assert lefts == sorted(lefts, reverse=True), "progress only goes down"
+    assert all(4 not in r for r in holders(c, topic, parts).values())
+    verify_acked(c, topic, list(parts), load)
+    c.assert_replicas_consistent(topic, list(parts))
+    # No new replica lands on it while it is decommissioning.
+    fresh = create_topic(c, partitions=6, rf=3, prefix="fresh")
+    assert all(4 not in r for r in holders(c, fresh, range(6)).values())
+
+    # Stopped, it leaves the cluster; the others stay healthy.
+    c.stop_broker(4)
+    wait_until(lambda: 4 not in [b["id"] for b in c.cluster_info(via=1)["brokers"]], timeout=30,
+               message="broker 4 unregistered")
+    wait_until(lambda: c.cluster_info(via=2)["healthy"], timeout=30, message="healthy cluster")
+    conforms(*c.broker(2).http_request("GET", "/v1/cluster"), "/v1/cluster")
+
+
+def test_recommission_cancels_moves_in_flight(make_cluster):
+    c = make_cluster(n=4, voters=3, extra_args=FAST)
+    # Throttled replication (10 KB/s for every out-of-sync replica) keeps moves in flight.
+    topic = create_topic(c, partitions=4, rf=2,
+                         config={"follower.replication.throttled.replicas": "*"})
+    for p in range(4):
+        produce_records(c, topic, sample_records(500, value_size=1000), partition=p)
+    for b in c.ids:
+        with kw.Conn(c.broker(b).port) as conn:
+            assert kw.incremental_alter_configs_v0(
+                conn, kw.RESOURCE_BROKER, str(b),
+                [("follower.replication.throttled.rate", kw.OP_SET, "10000")]) == (0, None)
+    before = holders(c, topic, range(4))
+    on4 = sum(4 in r for r in before.values())
+    assert on4 > 0
+    # Balancing off: recommissioning leaves broker 4 short of replicas, which the balancer
+    # would otherwise even out right away.
+    assert delete(c, 1, "/v1/balancer")[0] == 200
+    status, _ = put(c, 1, "/v1/brokers/4/decommission")
+    assert status == 200
+    wait_until(lambda: get(c, 1, "/v1/brokers/4/decommission")[1]["moves_in_flight"] > 0,
+               timeout=10, message="moves in flight")
+    time.sleep(2)
+    # Moves of this topic's replicas are stuck behind the throttle (other topics' are not).
+    st = get(c, 1, "/v1/brokers/4/decommission")[1]
+    assert st["partitions_left"] >= on4 and st["moves_in_flight"] >= on4 and not st["drained"], st
+    status, body = delete(c, 1, "/v1/brokers/4/decommission")
+    assert status == 200 and not body["decommissioning"] and body["moves_in_flight"] == 0, body
+    assert holders(c, topic, range(4)) == before
+    assert c.cluster_info(via=1)["reassignments"] == 0
+
+
+def test_maintenance_moves_leaders_away_and_back_under_load(make_cluster):
+    c = make_cluster(n=3, extra_args=FAST)
+    topic = create_topic(c, partitions=6, rf=3, config={"min.insync.replicas": 2})
+    c.wait_isr(topic, list(range(6)), c.ids)
+    led_by_2 = lambda: sum(c.leader_of(topic, p, via=1) == 2 for p in range(6))  # noqa: E731
+    assert led_by_2() > 0
+    load = ConfluentLoad(c, topic, partitions=range(6)).start()
+    try:
+        load.log.wait_acks(500)
+        t0 = time.monotonic()
+        status, body = put(c, 1, "/v1/brokers/2/maintenance")
+        assert status == 200 and body["maintenance"], body
+        wait_until(lambda: get(c, 3, "/v1/brokers/2/maintenance")[1]["done"], timeout=10,
+                   interval=0.1, message="broker 2 leads nothing")
+        took = time.monotonic() - t0
+        assert led_by_2() == 0
+        status, body = put(c, 1, "/v1/brokers/3/maintenance")
+        assert status == 409 and "one broker at a time" in body["error"], body
+        # The same from the command line.
+        cli = riffle_admin(c, 3, "maintenance", 3)
+        assert cli.returncode != 0 and "409" in cli.stderr and "one broker at a time" in cli.stderr
+        cli = riffle_admin(c, 3, "maintenance", 2, "--status")
+        assert cli.returncode == 0 and json.loads(cli.stdout)["done"] is True, cli
+        health = json.loads(riffle_admin(c, 1, "health").stdout)
+        assert [b["maintenance"] for b in health["brokers"]] == [False, True, False]
+        load.log.wait_acks(load.log.count() + 500)
+        assert led_by_2() == 0, "leaderships stay off during maintenance"
+        status, body = delete(c, 3, "/v1/brokers/2/maintenance")
+        assert status == 200 and not body["maintenance"], body
+        wait_until(lambda: led_by_2() > 0, timeout=10, message="leaderships back on broker 2")
+        load.log.wait_acks(load.log.count() + 300)
+    except BaseException:
+        load.abort()
+        raise
+    finish_load(load, check_errors=True)
+    print(f"maintenance: broker 2 led nothing {took:.2f}s after the request")
+    verify_acked(c, topic, list(range(6)), load)
+    c.assert_replicas_consistent(topic, list(range(6)))
+
+
+def test_balancer_spreads_replicas_onto_new_brokers_under_load(make_cluster):
+    c = make_cluster(n=3, extra_args=FAST)
+    topic = create_topic(c, partitions=12, rf=2)
+    parts = list(range(12))
+    load = ConfluentLoad(c, topic, partitions=parts).start()
+    try:
+        load.log.wait_acks(500)
+        t0 = time.monotonic()
+        c.add_broker()
+        c.add_broker()
+
+        def balanced():
+            _, st = get(c, 1, "/v1/balancer")
+            return st["status"] == "balanced" and st
+        st = wait_until(balanced, timeout=120, interval=0.5, message="a balanced cluster")
+        took = time.monotonic() - t0
+        load.log.wait_acks(load.log.count() + 500)
+    except BaseException:
+        load.abort()
+        raise
+    finish_load(load, check_errors=True)
+    counts = {int(b): n for b, n in st["replicas"].items()}
+    mean = sum(counts.values()) / len(counts)
+    assert set(counts) == {1, 2, 3, 4, 5}
+    tol = st["tolerance_percent"] / 100
+    lower, upper = math.floor(mean * (1 - tol)), math.ceil(mean * (1 + tol))
+    assert all(lower <= n <= upper for n in counts.values()), (counts, lower, upper)
+    # Leaderships follow: the new brokers lead their share.
+    leaders = wait_until(lambda: (lambda ls: min(ls.values()) > 0 and ls)(
+        {b["id"]: b["leaders"] for b in c.cluster_info(via=1)["brokers"]}),
+        timeout=30, message="leaders on every broker")
+    moved = sum(float(line.split()[1]) for b in (4, 5)
+                for line in c.broker(b).http_get("/metrics")[1].splitlines()
+                if line.startswith("riffle_replication_bytes_in_total "))
+    print(f"balancer: 2 brokers added, balanced in {took:.1f}s, {moved / 1e6:.2f} MB copied, "
+          f"replicas per broker {counts}, leaders {leaders}")
+    verify_acked(c, topic, parts, load)
+    c.assert_replicas_consistent(topic, parts)
+    # Switched off, it stays off (cluster-wide) until switched on again.
+    status, body = delete(c, 2, "/v1/balancer")
+    assert status == 200 and not body["enabled"] and body["status"] == "waiting: switched off"
+    wait_until(lambda: get(c, 5, "/v1/balancer")[1]["enabled"] is False, timeout=10,
+               message="every broker to see the balancer off")
+    assert put(c, 3, "/v1/balancer")[1]["enabled"] is True
