@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import threading
 import time
 
 import yaml
@@ -197,13 +198,53 @@ def test_maintenance_moves_leaders_away_and_back_under_load(make_cluster):
     c.assert_replicas_consistent(topic, list(range(6)))
 
 
+class GroupReader:
+    """A confluent-kafka consumer-group member reading ``topic`` from a thread (auto
+    commit), counting records and any error it sees."""
+
+    def __init__(self, cluster, topic):
+        from confluent_kafka import Consumer
+        self.consumer = Consumer({"bootstrap.servers": cluster.bootstrap,
+                                  "group.id": f"reader-{topic}", "auto.offset.reset": "earliest",
+                                  "broker.address.family": "v4", "session.timeout.ms": 10000})
+        self.consumer.subscribe([topic])
+        self.read, self.errors = 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            for m in self.consumer.consume(num_messages=100, timeout=0.2):
+                if m.error():
+                    self.errors.append(m.error())
+                else:
+                    self.read += 1
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(10)
+        self.consumer.close()
+
+
 def test_balancer_spreads_replicas_onto_new_brokers_under_load(make_cluster):
     c = make_cluster(n=3, extra_args=FAST)
-    topic = create_topic(c, partitions=12, rf=2)
-    parts = list(range(12))
+    topic = create_topic(c, partitions=60, rf=3, config={"min.insync.replicas": 2})
+    parts = list(range(60))
+    # 100 KB of data in every partition (6 MB, 18 MB with replicas) before the load starts.
+    preload = {p: produce_records(c, topic, [(f"pre-{p:02d}-{i:03d}-" * 70).encode()[:1000]
+                                             for i in range(100)], partition=p)
+               for p in parts}
+    # Moves are throttled (cluster-wide default follower rate: 5 MB/s per broker).
+    with kw.Conn(c.broker(1).port) as conn:
+        assert kw.incremental_alter_configs_v0(
+            conn, kw.RESOURCE_BROKER, "",
+            [("follower.replication.throttled.rate", kw.OP_SET, str(5 << 20))]) == (0, None)
     load = ConfluentLoad(c, topic, partitions=parts).start()
+    reader = GroupReader(c, topic)
     try:
-        load.log.wait_acks(500)
+        load.log.wait_acks(2000)
+        wait_until(lambda: reader.read > 500, timeout=60, message="the group to read")
         t0 = time.monotonic()
         c.add_broker()
         c.add_broker()
@@ -211,13 +252,18 @@ def test_balancer_spreads_replicas_onto_new_brokers_under_load(make_cluster):
         def balanced():
             _, st = get(c, 1, "/v1/balancer")
             return st["status"] == "balanced" and st
-        st = wait_until(balanced, timeout=120, interval=0.5, message="a balanced cluster")
+        st = wait_until(balanced, timeout=180, interval=0.5, message="a balanced cluster")
         took = time.monotonic() - t0
         load.log.wait_acks(load.log.count() + 500)
+        read_before = reader.read
+        wait_until(lambda: reader.read > read_before + 200, timeout=30, message="the group reads on")
     except BaseException:
         load.abort()
+        reader.stop()
         raise
     finish_load(load, check_errors=True)
+    reader.stop()
+    assert not reader.errors, reader.errors[:5]
     counts = {int(b): n for b, n in st["replicas"].items()}
     mean = sum(counts.values()) / len(counts)
     assert set(counts) == {1, 2, 3, 4, 5}
@@ -232,8 +278,10 @@ def test_balancer_spreads_replicas_onto_new_brokers_under_load(make_cluster):
                 for line in c.broker(b).http_get("/metrics")[1].splitlines()
                 if line.startswith("riffle_replication_bytes_in_total "))
     print(f"balancer: 2 brokers added, balanced in {took:.1f}s, {moved / 1e6:.2f} MB copied, "
-          f"replicas per broker {counts}, leaders {leaders}")
-    verify_acked(c, topic, parts, load)
+          f"replicas per broker {counts}, leaders {leaders}; the group read {reader.read} records")
+    stored = verify_acked(c, topic, parts, load, check_order=False)  # preload is not numbered
+    for p, acked in preload.items():
+        assert all(stored[(p, o)] == v for o, v in acked), f"partition {p}: preloaded records"
     c.assert_replicas_consistent(topic, parts)
     # Switched off, it stays off (cluster-wide) until switched on again.
     status, body = delete(c, 2, "/v1/balancer")

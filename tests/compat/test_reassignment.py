@@ -61,31 +61,36 @@ def log_dirs(cluster, brokers) -> dict[int, dict[tuple[str, int], int]]:
 
 def test_kafka_reassign_partitions_moves_grows_and_shrinks_under_load(make_cluster, tmp_path):
     c = make_cluster(n=4, voters=3, extra_args=FAST)
-    topic = create_topic(c, partitions=3, rf=2)
+    topic = create_topic(c, partitions=3, rf=1)
     before = {p: c.replicas_of(topic, p) for p in range(3)}
+    others = {p: [b for b in c.ids if b not in before[p]] for p in range(3)}
     load = ConfluentLoad(c, topic, partitions=(0, 1, 2)).start()
     try:
         load.log.wait_acks(600)
-        # p0 moves to the two brokers that do not hold it, p1 grows to 3 replicas,
-        # p2 shrinks to its follower (leadership has to move).
-        spare = [b for b in c.ids if b not in before[0]]
-        targets = {0: spare,
-                   1: before[1] + [next(b for b in c.ids if b not in before[1])],
-                   2: before[2][1:]}
-        plan = plan_file(tmp_path, topic, targets)
+        t0 = time.monotonic()
+        # Step 1: p0 grows from 1 to 3 replicas, p1 moves to another broker, p2 to two
+        # others (its only replica, the leader, goes).
+        step1 = {0: before[0] + others[0][:2], 1: others[1][:1], 2: others[2][:2]}
+        plan = plan_file(tmp_path, topic, step1)
         out = reassign(c, "--execute", "--reassignment-json-file", plan).stdout
         assert "Successfully started partition reassignment" in out, out
-        t0 = time.monotonic()
         report = wait_reassigned(c, plan)
-        took = time.monotonic() - t0
-        for p in targets:
+        for p in step1:
             assert f"Reassignment of partition {topic}-{p} is completed." in report, report
+        load.log.wait_acks(load.log.count() + 300)
+        # Step 2: p0 shrinks from 3 to 2 replicas, dropping its leader.
+        step2 = {0: step1[0][1:]}
+        plan = plan_file(tmp_path, topic, step2)
+        reassign(c, "--execute", "--reassignment-json-file", plan)
+        wait_reassigned(c, plan)
+        took = time.monotonic() - t0
         load.log.wait_acks(load.log.count() + 600)
     except BaseException:
         load.abort()
         raise
     finish_load(load, check_errors=True)
-    print(f"reassigned 3 partitions under load in {took:.1f}s")
+    print(f"reassigned 3 partitions (RF 1->3->2, a move, a leader move) under load in {took:.1f}s")
+    targets = {**step1, **step2}
     verify_acked(c, topic, [0, 1, 2], load)
     for p, want in targets.items():
         assert c.replicas_of(topic, p) == want
@@ -93,7 +98,7 @@ def test_kafka_reassign_partitions_moves_grows_and_shrinks_under_load(make_clust
     c.assert_replicas_consistent(topic, [0, 1, 2])
     # Replicas moved away hold nothing; kafka-log-dirs sees the new ones with data.
     for p, want in targets.items():
-        for b in set(before[p]) - set(want):
+        for b in set(before[p] + step1[p]) - set(want):
             wait_until(lambda: c.partition_state(b, topic, p)["log_end"] == 0, timeout=10,
                        message=f"broker {b} to drop {topic}-{p}")
             assert c.partition_state(b, topic, p)["role"] == "none"

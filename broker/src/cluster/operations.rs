@@ -479,8 +479,18 @@ mod tests {
                 return moves;
             }
             moves += step.len();
+            let isr_before: Vec<usize> = img.partitions().map(|(_, _, p)| p.isr.len()).collect();
+            // A move adds before it removes: no ISR ever shrinks (nor falls below
+            // min.insync.replicas) on the way.
+            let no_shrink = |img: &Image| {
+                img.partitions()
+                    .zip(&isr_before)
+                    .all(|((_, _, p), &b)| p.isr.len() >= b)
+            };
             apply_all(img, &step);
+            assert!(no_shrink(img));
             catch_up(img);
+            assert!(no_shrink(img));
         }
     }
 

@@ -32,7 +32,8 @@ struct Target {
     topic_id: Uuid,
     part: Arc<Partition>,
     leader_epoch: i32,
-    /// Out of sync and listed in the topic's `follower.replication.throttled.replicas`.
+    /// Out of sync, and added by a reassignment or listed in the topic's
+    /// `follower.replication.throttled.replicas`.
     throttled: bool,
 }
 
@@ -62,14 +63,16 @@ fn followed(broker: &Broker, image: &Image) -> HashMap<BrokerId, (String, Vec<Ta
                     topic_id: t.id,
                     part,
                     leader_epoch: p.leader_epoch,
+                    // A replica a reassignment adds is throttled without being listed.
                     throttled: !p.isr.contains(&me)
-                        && throttle::listed(
-                            t.configs
-                                .get("follower.replication.throttled.replicas")
-                                .map(String::as_str),
-                            i as i32,
-                            me,
-                        ),
+                        && (p.adding.contains(&me)
+                            || throttle::listed(
+                                t.configs
+                                    .get("follower.replication.throttled.replicas")
+                                    .map(String::as_str),
+                                i as i32,
+                                me,
+                            )),
                 });
         }
     }

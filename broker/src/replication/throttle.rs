@@ -1,7 +1,8 @@
 //! Replication throttles (Kafka's `leader.replication.throttled.rate` and
-//! `follower.replication.throttled.rate`): bytes per second for replicas that a topic's
-//! `*.replication.throttled.replicas` lists and that are not in sync, so that moving a
-//! replica does not starve clients and in-sync replication.
+//! `follower.replication.throttled.rate`): bytes per second for replicas that are not in
+//! sync and that a topic's `*.replication.throttled.replicas` lists — or, on the follower
+//! side, that a reassignment adds (decommissioning and balancing moves too) — so that
+//! moving a replica does not starve clients and in-sync replication.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
