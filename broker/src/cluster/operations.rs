@@ -143,6 +143,17 @@ pub fn balance_blocker(image: &Image) -> Option<String> {
     (under > 0).then(|| format!("{under} partitions are under-replicated"))
 }
 
+/// The counts a broker may hold when `total` is spread over `brokers` within
+/// `tolerance_pct` of the mean: `(floor(mean·(1−t)), ceil(mean·(1+t)))`.
+fn within(total: usize, brokers: usize, tolerance_pct: u32) -> (usize, usize) {
+    let mean = total as f64 / brokers.max(1) as f64;
+    let tol = f64::from(tolerance_pct) / 100.0;
+    (
+        (mean * (1.0 - tol)).floor() as usize,
+        (mean * (1.0 + tol)).ceil() as usize,
+    )
+}
+
 /// Replica counts per broker once the reassignments in progress complete.
 pub fn replica_counts(image: &Image) -> BTreeMap<BrokerId, usize> {
     let mut counts: BTreeMap<BrokerId, usize> = image.brokers.keys().map(|&b| (b, 0)).collect();
@@ -173,13 +184,7 @@ pub fn balance_moves(image: &Image, tolerance_pct: u32, max_in_flight: usize) ->
     if budget == 0 || counts.is_empty() {
         return Vec::new();
     }
-    let total: usize = counts.values().sum();
-    let mean = total as f64 / counts.len() as f64;
-    let tol = f64::from(tolerance_pct) / 100.0;
-    let (lower, upper) = (
-        (mean * (1.0 - tol)).floor() as usize,
-        (mean * (1.0 + tol)).ceil() as usize,
-    );
+    let (lower, upper) = within(counts.values().sum(), counts.len(), tolerance_pct);
     let rack = |b: BrokerId| image.brokers.get(&b).and_then(|i| i.rack.as_deref());
     // Movable partitions by broker; a partition moves at most once per plan.
     let parts: Vec<(&str, i32, &super::image::PartitionState)> = image
@@ -260,12 +265,7 @@ pub fn leader_moves(image: &Image, tolerance_pct: u32) -> Vec<Command> {
             *n += 1;
         }
     }
-    let mean = parts.len() as f64 / counts.len().max(1) as f64;
-    let tol = f64::from(tolerance_pct) / 100.0;
-    let (lower, upper) = (
-        (mean * (1.0 - tol)).floor() as usize,
-        (mean * (1.0 + tol)).ceil() as usize,
-    );
+    let (lower, upper) = within(parts.len(), counts.len(), tolerance_pct);
     let mut moved = vec![false; parts.len()];
     let mut out = Vec::new();
     loop {
