@@ -14,7 +14,7 @@ use axum::Json;
 use axum::Router;
 use kafka_protocol::error::ResponseError as E;
 
-use crate::cluster::image::{BrokerId, BrokerState, Image};
+use crate::cluster::image::{BrokerId, BrokerState};
 use crate::cluster::{decide, operations, reassign, ControlReply, ControlRequest};
 use crate::handlers::Broker;
 
@@ -68,6 +68,14 @@ async fn cluster(State(s): State<HttpState>) -> impl IntoResponse {
     let b = &s.broker;
     let image = b.cluster.image();
     let m = b.cluster.raft.metrics().borrow().clone();
+    let offline = image
+        .partitions()
+        .filter(|(_, _, p)| p.leader == -1)
+        .count();
+    let under_replicated = image
+        .partitions()
+        .filter(|(_, _, p)| p.isr.len() < p.replicas.len())
+        .count();
     Json(serde_json::json!({
         "cluster_id": image.cluster_id,
         "node_id": b.config.node_id,
@@ -93,23 +101,15 @@ async fn cluster(State(s): State<HttpState>) -> impl IntoResponse {
         })).collect::<Vec<_>>(),
         "partitions": {
             "total": image.partitions().count(),
-            "offline": image.partitions().filter(|(_, _, p)| p.leader == -1).count(),
-            "under_replicated": image.partitions().filter(|(_, _, p)| p.isr.len() < p.replicas.len()).count(),
+            "offline": offline,
+            "under_replicated": under_replicated,
         },
         "reassignments": reassign::ongoing(&image).count(),
-        "healthy": healthy(&image),
+        // Every broker active, every partition led and with a full ISR.
+        "healthy": offline == 0
+            && under_replicated == 0
+            && image.brokers.values().all(|b| b.state == BrokerState::Active),
     }))
-}
-
-/// Every broker active, every partition led and with a full ISR.
-fn healthy(image: &Image) -> bool {
-    image
-        .brokers
-        .values()
-        .all(|b| b.state == BrokerState::Active)
-        && image
-            .partitions()
-            .all(|(_, _, p)| p.leader != -1 && p.isr.len() >= p.replicas.len())
 }
 
 /// Admin operations on a broker.

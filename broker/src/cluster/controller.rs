@@ -824,8 +824,14 @@ impl Controller {
     /// Decommissions a broker (refused when it would lose availability) or recommissions
     /// it, cancelling the moves in flight off it.
     async fn decommission(&self, img: &Image, id: BrokerId, on: bool) -> ControlReply {
+        if let Err(r) = registered(img, id) {
+            return r;
+        }
         let mut cmds = vec![Command::SetDecommissioning { id, on }];
         if on {
+            if img.decommissioning.contains(&id) {
+                return ControlReply::Done { log_index: 0 };
+            }
             let voters: Vec<BrokerId> = {
                 let m = self.raft.metrics().borrow().clone();
                 m.membership_config
@@ -834,25 +840,10 @@ impl Controller {
                     .map(|v| v as BrokerId)
                     .collect()
             };
-            if img.decommissioning.contains(&id) {
-                return ControlReply::Done { log_index: 0 };
-            }
-            if !img.brokers.contains_key(&id) {
-                return refuse(
-                    E::BrokerNotAvailable.code(),
-                    format!("broker {id} is not registered"),
-                );
-            }
             if let Err(msg) = operations::check_decommission(img, id, &voters) {
                 return refuse(E::InvalidRequest.code(), msg);
             }
         } else {
-            if !img.brokers.contains_key(&id) {
-                return refuse(
-                    E::BrokerNotAvailable.code(),
-                    format!("broker {id} is not registered"),
-                );
-            }
             cmds.extend(
                 reassign::ongoing(img)
                     .filter(|(_, _, p)| p.removing.contains(&id))
@@ -869,21 +860,13 @@ impl Controller {
     /// Starts maintenance (leaderships move away at once) or ends it (the broker's
     /// preferred leaderships return).
     async fn maintenance(&self, img: &Image, id: BrokerId, on: bool) -> ControlReply {
+        if let Err(r) = registered(img, id) {
+            return r;
+        }
         if on {
-            if !img.brokers.contains_key(&id) {
-                return refuse(
-                    E::BrokerNotAvailable.code(),
-                    format!("broker {id} is not registered"),
-                );
-            }
             if let Err(msg) = operations::check_maintenance(img, id) {
                 return refuse(E::InvalidRequest.code(), msg);
             }
-        } else if !img.brokers.contains_key(&id) {
-            return refuse(
-                E::BrokerNotAvailable.code(),
-                format!("broker {id} is not registered"),
-            );
         }
         let mut next = img.clone();
         let first = Command::SetMaintenance { id, on };
@@ -1171,6 +1154,18 @@ impl Controller {
             }
             _ => ControlReply::Done { log_index: 0 },
         }
+    }
+}
+
+/// BROKER_NOT_AVAILABLE unless `id` is a registered broker.
+fn registered(img: &Image, id: BrokerId) -> Result<(), ControlReply> {
+    if img.brokers.contains_key(&id) {
+        Ok(())
+    } else {
+        Err(refuse(
+            E::BrokerNotAvailable.code(),
+            format!("broker {id} is not registered"),
+        ))
     }
 }
 

@@ -41,19 +41,8 @@ pub fn decommission_moves(image: &Image, max_in_flight: usize) -> Vec<Command> {
         return Vec::new();
     }
     let mut budget = max_in_flight.saturating_sub(reassign::ongoing(image).count());
-    let mut load: BTreeMap<BrokerId, usize> = image
-        .brokers
-        .keys()
-        .filter(|b| image.is_active(**b) && !image.decommissioning.contains(b))
-        .map(|&b| (b, 0))
-        .collect();
-    for (_, _, p) in image.partitions() {
-        for b in &p.replicas {
-            if let Some(n) = load.get_mut(b) {
-                *n += 1;
-            }
-        }
-    }
+    let mut load = replica_counts(image);
+    load.retain(|b, _| image.is_active(*b) && !image.decommissioning.contains(b));
     let rack = |b: BrokerId| image.brokers.get(&b).and_then(|i| i.rack.clone());
     let mut out = Vec::new();
     for (topic, i, p) in image.partitions() {

@@ -9,7 +9,7 @@
 
 use kafka_protocol::error::ResponseError as E;
 
-use super::decide::{change, with_leader, Refusal};
+use super::decide::{change, first_active, with_leader, Refusal};
 use super::image::{minus, BrokerId, Command, Image, PartitionState};
 
 /// Checks a target replica list as Kafka checks a manual assignment.
@@ -31,14 +31,6 @@ fn check_target(image: &Image, target: &[BrokerId]) -> Result<(), Refusal> {
         }
     }
     Ok(())
-}
-
-/// The first active replica of `candidates` in the ISR of `p`.
-fn in_sync_leader(image: &Image, p: &PartitionState, candidates: &[BrokerId]) -> Option<BrokerId> {
-    candidates
-        .iter()
-        .copied()
-        .find(|&b| p.isr.contains(&b) && image.is_active(b))
 }
 
 /// `p` reassigned to `target` (replacing any reassignment in progress), completed at
@@ -76,7 +68,7 @@ pub fn start(
     }
     if !next.replicas.contains(&next.leader) {
         // A replica an earlier reassignment was adding led: an original in-sync one leads.
-        let l = in_sync_leader(image, &next, &next.replicas).ok_or_else(|| {
+        let l = first_active(image, &next, &next.isr, -1).ok_or_else(|| {
             (
                 E::InvalidReplicaAssignment.code(),
                 "no in-sync replica would remain to lead the partition".to_string(),
@@ -113,7 +105,7 @@ pub fn cancel(image: &Image, p: &PartitionState) -> Result<PartitionState, Refus
         ));
     }
     if !next.replicas.contains(&next.leader) {
-        let l = in_sync_leader(image, &next, &next.replicas.clone()).unwrap_or(-1);
+        let l = first_active(image, &next, &next.isr, -1).unwrap_or(-1);
         next = with_leader(&next, l);
     }
     Ok(next)
@@ -144,7 +136,7 @@ pub fn complete(image: &Image, p: &PartitionState) -> Option<PartitionState> {
     if target.contains(&p.leader) {
         return Some(done);
     }
-    let l = in_sync_leader(image, p, &target)?;
+    let l = first_active(image, &done, &p.isr, -1)?;
     Some(with_leader(&done, l))
 }
 

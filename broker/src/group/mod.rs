@@ -357,7 +357,7 @@ impl Coordinator {
             batch::validate_produced(&raw).map_err(|_| ResponseError::UnknownServerError.code())?;
         let cfg = lead.topic.config();
         let min_isr = cfg.min_insync_replicas.max(1) as usize;
-        if lead.part.replica_set().2.len() < min_isr {
+        if lead.part.isr_len() < min_isr {
             return Err(ResponseError::CoordinatorNotAvailable.code());
         }
         let outcome = lead.part.append(&raw, &header, &cfg, self.sync);

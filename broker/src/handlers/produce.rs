@@ -118,7 +118,7 @@ impl Broker {
             return Err(ResponseError::NotLeaderOrFollower.code());
         }
         let min_isr = cfg.min_insync_replicas.max(1) as usize;
-        if acks == -1 && part.replica_set().2.len() < min_isr {
+        if acks == -1 && part.isr_len() < min_isr {
             return Err(ResponseError::NotEnoughReplicas.code());
         }
         let mut header = check_batch(&records, cfg.max_message_bytes)?;

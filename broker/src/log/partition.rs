@@ -409,6 +409,16 @@ impl Partition {
         (r.leader, r.replicas.clone(), r.isr.clone())
     }
 
+    /// Size of the ISR (without copying it).
+    pub fn isr_len(&self) -> usize {
+        self.replica_lock().isr.len()
+    }
+
+    /// Whether `replica` is in the ISR.
+    pub fn in_sync(&self, replica: i32) -> bool {
+        self.replica_lock().isr.contains(&replica)
+    }
+
     /// Replica state for operators.
     pub fn view(&self) -> ReplicaView {
         let (role, leader_epoch, log_start, epochs) = {

@@ -36,7 +36,7 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
                         partition_epoch: change.partition_epoch,
                         isr: change.isr.clone(),
                     };
-                    let grew = change.isr.len() > part.replica_set().2.len();
+                    let grew = change.isr.len() > part.isr_len();
                     match b.cluster.control(req, Duration::from_secs(5)).await {
                         ControlReply::Done { .. } => {
                             let m = if grew {

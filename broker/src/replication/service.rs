@@ -71,7 +71,7 @@ impl Replication for ReplicationService {
                     .and_then(|t| t.partition(fp.partition));
                 let mut read = false;
                 let throttled = part.as_ref().is_some_and(|p| {
-                    !p.replica_set().2.contains(&req.replica_id)
+                    !p.in_sync(req.replica_id)
                         && b.catalog.get(&p.topic).is_some_and(|t| {
                             throttle::listed(
                                 t.overrides()
