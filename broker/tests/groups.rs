@@ -1,6 +1,7 @@
 //! Group coordinator against a real broker process: committed offsets survive kill -9,
 //! bad commits get Kafka's error codes and do not disturb the group.
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -49,8 +50,25 @@ async fn fetch_committed(
         .with_topics(Some(vec![OffsetFetchRequestTopic::default()
             .with_name(TopicName(s(topic)))
             .with_partition_indexes(vec![partition])]));
-    let resp = c.call(7, &req).await.expect("offset fetch");
+    // After a restart the coordinator answers COORDINATOR_LOAD_IN_PROGRESS until it has
+    // replayed its offsets partition; clients retry, and so does this helper.
+    let load_in_progress = ResponseError::CoordinatorLoadInProgress.code();
+    let mut resp = c.call(7, &req).await.expect("offset fetch");
+    for _ in 0..100 {
+        if resp.error_code != load_in_progress
+            && resp.topics[0].partitions[0].error_code != load_in_progress
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        resp = c.call(7, &req).await.expect("offset fetch");
+    }
     let p = &resp.topics[0].partitions[0];
+    assert_eq!(
+        (resp.error_code, p.error_code),
+        (0, 0),
+        "offset fetch failed"
+    );
     (
         p.committed_offset,
         p.metadata
