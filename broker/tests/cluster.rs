@@ -81,40 +81,25 @@ impl Cluster {
             if !b.is_running() {
                 continue;
             }
-            let Ok(mut c) = Connection::connect(&b.kafka).await else {
-                continue;
-            };
-            let req = MetadataRequest::default().with_topics(Some(vec![
-                metadata_request::MetadataRequestTopic::default().with_name(Some(name(topic))),
-            ]));
-            let Ok(resp) = tokio::time::timeout(Duration::from_secs(2), c.call(9, &req)).await
-            else {
-                continue;
-            };
-            let Ok(resp) = resp else { continue };
-            let part = resp
-                .topics
-                .first()?
-                .partitions
-                .iter()
-                .find(|x| x.partition_index == p)?
-                .clone();
-            return Some((
-                part.leader_id.0,
-                part.isr_nodes.iter().map(|b| b.0).collect(),
-                part.leader_epoch,
-            ));
+            if let Some(found) = partition_on(&b.kafka, topic, p).await {
+                return Some(found);
+            }
         }
         None
     }
 
-    /// Waits for a leader other than `not` with an ISR of at least `isr` brokers.
+    /// Waits for a leader other than `not` with an ISR of at least `isr` brokers,
+    /// as seen by the leader itself too (a broker applies metadata a little after
+    /// the quorum commits it, so another broker's view can run ahead of the leader's).
     async fn wait_leader(&mut self, topic: &str, p: i32, not: i32, isr: usize) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some((leader, in_sync, _)) = self.partition(topic, p).await {
                 if leader >= 0 && leader != not && in_sync.len() >= isr {
-                    return leader;
+                    let own = partition_on(&self.node(leader).kafka.clone(), topic, p).await;
+                    if own.is_some_and(|(l, _, _)| l == leader) {
+                        return leader;
+                    }
                 }
             }
             assert!(Instant::now() < deadline, "no leader for {topic}-{p}");
@@ -140,6 +125,30 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// `(leader, isr, leader_epoch)` of a partition as the broker at `addr` sees it.
+async fn partition_on(addr: &str, topic: &str, p: i32) -> Option<(i32, Vec<i32>, i32)> {
+    let mut c = Connection::connect(addr).await.ok()?;
+    let req = MetadataRequest::default().with_topics(Some(vec![
+        metadata_request::MetadataRequestTopic::default().with_name(Some(name(topic))),
+    ]));
+    let resp = tokio::time::timeout(Duration::from_secs(2), c.call(9, &req))
+        .await
+        .ok()?
+        .ok()?;
+    let part = resp
+        .topics
+        .first()?
+        .partitions
+        .iter()
+        .find(|x| x.partition_index == p)?
+        .clone();
+    Some((
+        part.leader_id.0,
+        part.isr_nodes.iter().map(|b| b.0).collect(),
+        part.leader_epoch,
+    ))
 }
 
 async fn create_topic(
