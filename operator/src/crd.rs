@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Bootstrap","type":"string","jsonPath":".status.bootstrapServers"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("!has(self.voters) || self.replicas >= self.voters").message("replicas cannot be fewer than voters"))]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
     /// Number of brokers.
@@ -57,6 +58,12 @@ pub struct ClusterSpec {
     /// Metrics exposure.
     #[serde(default)]
     pub metrics: MetricsSpec,
+    /// Brokers that vote in the metadata quorum (the lowest ordinals): 1, or 3 to
+    /// survive the loss of one. Default: 3 when the cluster has 3 brokers or more.
+    /// Fixed once the cluster exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 1 || self == 3").message("voters must be 1 or 3"))]
+    pub voters: Option<i32>,
 }
 
 fn default_replicas() -> i32 {
@@ -108,6 +115,10 @@ pub struct ListenerSpec {
     #[serde(default = "default_http_port")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port out of range"))]
     pub http: i32,
+    /// Replication and metadata-quorum port (gRPC, between brokers).
+    #[serde(default = "default_rpc_port")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port out of range"))]
+    pub rpc: i32,
 }
 
 fn default_kafka_port() -> i32 {
@@ -118,11 +129,16 @@ fn default_http_port() -> i32 {
     9644
 }
 
+fn default_rpc_port() -> i32 {
+    9093
+}
+
 impl Default for ListenerSpec {
     fn default() -> Self {
         ListenerSpec {
             kafka: default_kafka_port(),
             http: default_http_port(),
+            rpc: default_rpc_port(),
         }
     }
 }
@@ -192,6 +208,10 @@ pub struct ClusterStatus {
     /// Label selector of the broker pods (for the scale subresource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Metadata quorum voters the brokers were started with (kept even when
+    /// `spec.replicas` changes the default later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voters: Option<i32>,
 }
 
 /// A topic on a Riffle cluster, managed through the Kafka admin API.

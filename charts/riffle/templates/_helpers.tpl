@@ -110,34 +110,34 @@ RBAC rules for managing Clusters, Topics and the objects the operator makes for 
 used in a ClusterRole, or in a Role when the operator watches one namespace.
 */}}
 {{- define "riffle.operatorRules" -}}
+# Exactly what the operator uses (the real-API-server tests compare this with the API
+# server's audit log): it watches its resources and children, changes them only by
+# server-side apply (patch, which creates what is missing), and never deletes children
+# itself: their owner references let the garbage collector do it.
 - apiGroups: ["riffle.dev"]
-  resources: ["clusters", "topics"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  resources: ["clusters"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["riffle.dev"]
+  resources: ["topics"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["riffle.dev"]
   resources: ["clusters/status", "topics/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
+# Owner references that block the owner's deletion need this where the
+# OwnerReferencesPermissionEnforcement admission plugin runs.
 - apiGroups: ["riffle.dev"]
-  resources: ["clusters/finalizers", "topics/finalizers"]
+  resources: ["clusters/finalizers"]
   verbs: ["update"]
-- apiGroups: ["riffle.dev"]
-  resources: ["clusters/scale"]
-  verbs: ["get", "patch", "update"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps", "serviceaccounts"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "delete"]
-- apiGroups: ["", "events.k8s.io"]
+  verbs: ["list", "watch", "create", "patch"]
+- apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}

@@ -27,6 +27,9 @@ pub const RESERVED_CONFIG: &[&str] = &[
     "listen",
     "advertised_listener",
     "http_listen",
+    "rpc_listen",
+    "advertised_rpc",
+    "voters",
     "config",
 ];
 
@@ -72,8 +75,24 @@ pub fn validate(cluster: &Cluster) -> Vec<String> {
             spec.storage.size
         ));
     }
-    if spec.listeners.kafka == spec.listeners.http {
-        errors.push("spec.listeners.kafka and spec.listeners.http must differ".into());
+    let ports = [spec.listeners.kafka, spec.listeners.http, spec.listeners.rpc];
+    if ports.iter().enumerate().any(|(i, p)| ports[..i].contains(p)) {
+        errors.push("spec.listeners.kafka, http and rpc must differ".into());
+    }
+    let started = cluster.status.as_ref().and_then(|s| s.voters);
+    if let (Some(was), Some(now)) = (started, spec.voters) {
+        if was != now {
+            errors.push(format!(
+                "spec.voters cannot change once the cluster exists (started with {was})"
+            ));
+        }
+    }
+    let voters = voters(cluster);
+    if spec.replicas < voters {
+        errors.push(format!(
+            "spec.replicas {} is fewer than the {voters} metadata voters",
+            spec.replicas
+        ));
     }
     for key in spec.config.keys() {
         if RESERVED_CONFIG.contains(&key.as_str()) {
@@ -94,6 +113,23 @@ fn is_quantity(s: &str) -> bool {
             "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E", "m",
         ]
         .contains(&suffix)
+}
+
+/// Metadata quorum voters: what the brokers were started with, else the spec, else
+/// 3 for a cluster of 3 brokers or more and 1 below.
+pub fn voters(cluster: &Cluster) -> i32 {
+    let started = cluster.status.as_ref().and_then(|s| s.voters);
+    started
+        .or(cluster.spec.voters)
+        .unwrap_or(if cluster.spec.replicas >= 3 { 3 } else { 1 })
+}
+
+/// `--voters` value: the lowest ordinals at their stable RPC addresses.
+pub fn voter_list(cluster: &Cluster) -> String {
+    (0..voters(cluster))
+        .map(|id| format!("{id}@{}", pod_address(cluster, id, cluster.spec.listeners.rpc)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Labels every object of a cluster carries; the first three select broker pods.
@@ -158,14 +194,17 @@ pub fn bootstrap_servers(cluster: &Cluster) -> String {
     )
 }
 
-/// Stable address of broker `id`.
+/// Stable Kafka address of broker `id`.
 pub fn broker_address(cluster: &Cluster, id: i32) -> String {
+    pod_address(cluster, id, cluster.spec.listeners.kafka)
+}
+
+fn pod_address(cluster: &Cluster, id: i32, port: i32) -> String {
     format!(
-        "{}-{id}.{}.{}.svc:{}",
+        "{}-{id}.{}.{}.svc:{port}",
         cluster.name_any(),
         headless_name(cluster),
         cluster.namespace().unwrap_or_else(|| "default".into()),
-        cluster.spec.listeners.kafka
     )
 }
 
@@ -194,29 +233,26 @@ pub fn build(cluster: &Cluster) -> Objects {
         .iter()
         .map(|(k, v)| (format!("RIFFLE_{}", k.to_ascii_uppercase()), v.clone()))
         .collect();
-    let ports = |kafka: &str, http: &str| {
-        vec![
-            ServicePort {
-                name: Some(kafka.into()),
-                port: spec.listeners.kafka,
-                target_port: Some(IntOrString::String("kafka".into())),
-                ..Default::default()
-            },
-            ServicePort {
-                name: Some(http.into()),
-                port: spec.listeners.http,
-                target_port: Some(IntOrString::String("http".into())),
-                ..Default::default()
-            },
-        ]
+    let port = |name: &str, port: i32| ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        ..Default::default()
     };
+    let client_ports = vec![
+        port("kafka", spec.listeners.kafka),
+        port("http", spec.listeners.http),
+    ];
+    // Brokers reach each other's RPC port by their per-pod names.
+    let mut broker_ports = client_ports.clone();
+    broker_ports.push(port("rpc", spec.listeners.rpc));
     let headless = Service {
         metadata: meta(cluster, headless_name(cluster)),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(cluster)),
-            ports: Some(ports("kafka", "http")),
+            ports: Some(broker_ports),
             ..Default::default()
         }),
         ..Default::default()
@@ -225,7 +261,7 @@ pub fn build(cluster: &Cluster) -> Objects {
         metadata: meta(cluster, bootstrap_name(cluster)),
         spec: Some(ServiceSpec {
             selector: Some(selector_labels(cluster)),
-            ports: Some(ports("kafka", "http")),
+            ports: Some(client_ports),
             ..Default::default()
         }),
         ..Default::default()
@@ -255,6 +291,16 @@ pub fn build(cluster: &Cluster) -> Objects {
                 spec.listeners.kafka
             ),
         ),
+        plain_env("RIFFLE_RPC_LISTEN", &format!("0.0.0.0:{}", spec.listeners.rpc)),
+        plain_env(
+            "RIFFLE_ADVERTISED_RPC",
+            &format!(
+                "$(POD_NAME).{}.$(POD_NAMESPACE).svc:{}",
+                headless_name(cluster),
+                spec.listeners.rpc
+            ),
+        ),
+        plain_env("RIFFLE_VOTERS", &voter_list(cluster)),
     ];
     let probe = |path: &str, initial: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -289,6 +335,11 @@ pub fn build(cluster: &Cluster) -> Objects {
             ContainerPort {
                 name: Some("http".into()),
                 container_port: spec.listeners.http,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("rpc".into()),
+                container_port: spec.listeners.rpc,
                 ..Default::default()
             },
         ]),
@@ -516,6 +567,26 @@ mod tests {
     }
 
     #[test]
+    fn voters_default_by_size_and_stay_as_started() {
+        let small = cluster(serde_json::json!({"replicas": 2}));
+        assert_eq!(voters(&small), 1);
+        assert_eq!(voter_list(&small), "0@events-0.events-brokers.streaming.svc:9093");
+        let mut c = cluster(serde_json::json!({"replicas": 5}));
+        assert_eq!(voters(&c), 3);
+        // Started with 3 voters: shrinking below them or changing them is refused.
+        c.status = Some(crate::crd::ClusterStatus {
+            voters: Some(3),
+            ..Default::default()
+        });
+        c.spec.replicas = 2;
+        c.spec.voters = Some(1);
+        let errors = validate(&c);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("cannot change") && errors[1].contains("fewer than"));
+        assert_eq!(voters(&c), 3);
+    }
+
+    #[test]
     fn validation_reports_every_problem() {
         let c = cluster(serde_json::json!({
             "replicas": 0,
@@ -524,7 +595,8 @@ mod tests {
             "config": {"node_id": "3", "no_such_setting": "1", "num_partitions": "2"}
         }));
         let errors = validate(&c);
-        assert_eq!(errors.len(), 5, "{errors:?}");
+        // replicas, size, ports, two config keys, fewer brokers than the one voter.
+        assert_eq!(errors.len(), 6, "{errors:?}");
         assert!(validate(&cluster(serde_json::json!({}))).is_empty());
         assert!(is_quantity("1.5Gi") && is_quantity("500M") && !is_quantity("Gi"));
     }

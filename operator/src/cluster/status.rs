@@ -105,6 +105,7 @@ pub fn observed(cluster: &Cluster, sts: Option<&StatefulSetStatus>, now: &Time) 
             .map(|id| build::broker_address(cluster, id))
             .collect(),
         selector: Some(build::selector_string(cluster)),
+        voters: Some(build::voters(cluster)),
     }
 }
 

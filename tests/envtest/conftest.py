@@ -1,0 +1,180 @@
+"""Session fixtures of the real-API-server tier: the control plane, the node simulator,
+the chart installed with helm, and the operator running under the chart's
+ServiceAccount. Run through scripts/envtest.sh (it provides the private /etc/hosts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kube import REPO, ControlPlane, Kube, free_port  # noqa: E402
+from nodesim import NodeSimulator  # noqa: E402
+
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release"
+VENV_BIN = REPO / ".venv" / "bin"
+RELEASE, OPERATOR_NS = "riffle", "riffle-system"
+OPERATOR_SA = f"{RELEASE}-operator"
+NS = "journey"
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 60, every: float = 0.25):
+    """Polls `check` until it returns something truthy; returns that."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as e:  # the condition may not be checkable yet
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last})")
+
+
+class Env:
+    """Everything a test needs: API access, kubectl/helm, the operator process."""
+
+    def __init__(self, cp: ControlPlane, sim: NodeSimulator, workdir: Path):
+        self.cp, self.kube, self.sim, self.dir = cp, cp.admin, sim, workdir
+        self.operator: subprocess.Popen | None = None
+        self.operator_port = free_port()
+        self.helm_home = workdir / "helm"
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None
+                ) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(VENV_BIN / "kubectl"), "--kubeconfig", str(self.cp.kubeconfig),
+                            *args], capture_output=True, text=True, input=input, timeout=120)
+        if check and r.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {r.stderr}")
+        return r
+
+    def helm(self, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HELM_CACHE_HOME": str(self.helm_home / "cache"),
+               "HELM_CONFIG_HOME": str(self.helm_home / "config"),
+               "HELM_DATA_HOME": str(self.helm_home / "data"),
+               "KUBECONFIG": str(self.cp.kubeconfig)}
+        r = subprocess.run([str(VENV_BIN / "helm"), *args], capture_output=True, text=True,
+                           env=env, timeout=300)
+        if r.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed: {r.stderr}")
+        return r
+
+    # --- the operator, as the chart deploys it --------------------------------------
+    def operator_deployment(self) -> dict[str, Any]:
+        return self.kube.get(
+            f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/{OPERATOR_SA}")
+
+    def start_operator(self) -> None:
+        """Runs riffle-operator with the Deployment's args and environment, as its
+        ServiceAccount (a token from the TokenRequest API), so the chart's RBAC is
+        what the operator gets."""
+        assert self.operator is None or self.operator.poll() is not None
+        pod = self.operator_deployment()["spec"]["template"]["spec"]
+        ctr = pod["containers"][0]
+        token = self.cp.token(OPERATOR_NS, pod["serviceAccountName"])
+        kubeconfig = self.cp.write_kubeconfig(self.dir / "operator.kubeconfig",
+                                              {"token": token}, OPERATOR_NS)
+        env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(kubeconfig),
+               "POD_NAME": "riffle-operator-envtest", "POD_NAMESPACE": OPERATOR_NS}
+        for e in ctr.get("env", []):
+            if "value" in e:
+                env[e["name"]] = e["value"]
+        args = [a.replace("0.0.0.0:", "127.0.0.1:").replace(
+            f":{ctr['ports'][0]['containerPort']}", f":{self.operator_port}")
+            for a in ctr.get("args", [])]
+        assert ctr["command"] == ["riffle-operator"], ctr["command"]
+        log = open(self.dir / "operator.log", "ab")
+        self.operator = subprocess.Popen([str(TARGET / "riffle-operator"), *args], env=env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self.operator_ready, "the operator's /readyz", 60)
+
+    def operator_ready(self) -> bool:
+        import urllib.request
+        assert self.operator and self.operator.poll() is None, "operator exited"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.operator_port}/readyz",
+                                    timeout=1) as r:
+            return r.status == 200
+
+    def stop_operator(self, sig: int = 9) -> None:
+        if self.operator and self.operator.poll() is None:
+            self.operator.send_signal(sig)
+            self.operator.wait(30)
+
+    def operator_log(self) -> str:
+        return (self.dir / "operator.log").read_text(errors="replace")
+
+    # --- shortcuts --------------------------------------------------------------------
+    def get(self, path: str) -> Any:
+        return self.kube.get(path)
+
+    def cluster(self, name: str, ns: str = NS) -> dict[str, Any]:
+        return self.kube.get(f"/apis/riffle.dev/v1alpha1/namespaces/{ns}/clusters/{name}")
+
+    def apply(self, doc: dict[str, Any] | str, ns: str = NS, *flags: str,
+              check: bool = True) -> subprocess.CompletedProcess:
+        text = doc if isinstance(doc, str) else yaml.safe_dump(doc)
+        return self.kubectl("apply", "-n", ns, *flags, "-f", "-", input=text, check=check)
+
+
+@pytest.fixture(scope="session")
+def env():
+    if not os.environ.get("RIFFLE_ENVTEST_HOSTS"):
+        pytest.exit("run this tier through scripts/envtest.sh (it owns /etc/hosts)", 2)
+    for binary in ("riffle", "riffle-operator"):
+        assert (TARGET / binary).exists(), f"build {binary} first (cargo build --release)"
+    workdir = Path(tempfile.mkdtemp(prefix="riffle-envtest-"))
+    cp = ControlPlane(workdir / "control-plane").start()
+    print(f"\ncontrol plane started in {cp.started_in:.1f} s ({workdir})")
+    sim = NodeSimulator(cp.admin, workdir / "node", Path("/etc/hosts"),
+                        {"/usr/local/bin/riffle": str(TARGET / "riffle")}).start()
+    e = Env(cp, sim, workdir)
+    try:
+        yield e
+    finally:
+        e.stop_operator()
+        sim.stop()
+        sim.restore_hosts()
+        cp.stop()
+        if os.environ.get("RIFFLE_ENVTEST_KEEP"):
+            print(f"envtest files kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, attach what the operator and the simulator said."""
+    report = yield
+    e = item.funcargs.get("installed") or item.funcargs.get("env")
+    if report.failed and isinstance(e, Env):
+        tail = "\n".join(e.operator_log().splitlines()[-60:]) if e.operator else ""
+        report.sections.append(("operator log (tail)", tail))
+        report.sections.append(("node simulator errors", "\n".join(e.sim.errors[-20:])))
+    return report
+
+
+@pytest.fixture(scope="session")
+def installed(env: Env) -> Env:
+    """The chart installed by helm as users install it, and its operator running."""
+    env.helm("install", RELEASE, str(REPO / "charts" / "riffle"), "--namespace", OPERATOR_NS,
+             "--create-namespace")
+    env.kubectl("create", "namespace", NS)
+    env.start_operator()
+    return env
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True)
