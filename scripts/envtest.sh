@@ -9,6 +9,7 @@ ROOT="$(pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 bash scripts/install-k8s-tools.sh >/dev/null
+command -v openssl >/dev/null || apt-get install -y -qq openssl >/dev/null
 if [[ ! -x "$CARGO_TARGET_DIR/release/riffle" || ! -x "$CARGO_TARGET_DIR/release/riffle-operator" ]]; then
     cargo build --release -p riffle-broker -p riffle-operator
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every test dependency and runs all tests: formatting and lint, Rust unit and
 # integration tests (real broker processes), and the client-compatibility suite
-# (kafka-python, confluent-kafka, aiokafka, kcat against a real broker).
+# (kafka-python, confluent-kafka, aiokafka, kcat against a real broker), the Kubernetes
+# manifests, and the operator against a real API server.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
@@ -27,3 +28,5 @@ echo "== client compatibility suite"
 echo "== Kubernetes manifests (helm lint/template, schema validation)"
 bash scripts/install-k8s-tools.sh
 "$ROOT/.venv/bin/python" -m pytest tests/k8s -q
+echo "== Operator and chart against a real API server (etcd, kube-apiserver, kube-controller-manager)"
+bash scripts/envtest.sh

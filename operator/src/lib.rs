@@ -3,4 +3,5 @@
 pub mod cluster;
 pub mod context;
 pub mod crd;
+pub mod leader;
 pub mod topic;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::routing::get;
@@ -17,6 +18,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
 use riffle_operator::context::{Context, MANAGER};
+use riffle_operator::leader::Elector;
 use riffle_operator::crd::{self, Cluster, Topic};
 use riffle_operator::{cluster, topic};
 
@@ -42,6 +44,10 @@ struct Cli {
     /// Watch only this namespace (all namespaces when unset).
     #[arg(long, env = "RIFFLE_OPERATOR_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Elect one active replica through a Lease in the operator's namespace
+    /// (POD_NAMESPACE); the others stand by.
+    #[arg(long, env = "RIFFLE_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
     /// Kafka bootstrap address to use instead of each cluster's Service (development).
     #[arg(long, env = "RIFFLE_OPERATOR_BOOTSTRAP_OVERRIDE")]
     bootstrap_override: Option<String>,
@@ -142,6 +148,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
     });
 
+    let elector = cli.leader_election.then(|| {
+        let lease_ns =
+            std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().into());
+        let me = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| MANAGER.into());
+        Elector::new(
+            Api::namespaced(client.clone(), &lease_ns),
+            me,
+            Duration::from_secs(15),
+        )
+    });
+    if let Some(e) = &elector {
+        tokio::select! {
+            _ = e.acquire() => {}
+            _ = shutdown_signal() => return Ok(()),
+        }
+    }
+
     let clusters = Controller::new(api::<Cluster>(&client, &ns), wc.clone())
         .owns(api::<StatefulSet>(&client, &ns), wc.clone())
         .owns(api::<Service>(&client, &ns), wc.clone())
@@ -156,7 +181,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .run(timed_topic, topic_error, ctx.clone())
         .for_each(|_| async {});
     tracing::info!(namespace = ?ns, "riffle-operator running");
-    tokio::join!(clusters, topics);
+    let lost = async {
+        match &elector {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(clusters, topics) } => {}
+        // Another replica may lead now: stop at once, and let the restart stand by.
+        e = lost => return Err(e.into()),
+    }
+    if let Some(e) = &elector {
+        e.release().await;
+    }
     let _ = http.await;
     tracing::info!("shutdown complete");
     Ok(())

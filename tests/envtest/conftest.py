@@ -78,28 +78,32 @@ class Env:
             f"/apis/apps/v1/namespaces/{OPERATOR_NS}/deployments/{OPERATOR_SA}")
 
     def start_operator(self) -> None:
-        """Runs riffle-operator with the Deployment's args and environment, as its
-        ServiceAccount (a token from the TokenRequest API), so the chart's RBAC is
-        what the operator gets."""
+        """Runs riffle-operator as the chart deploys it (see `spawn_operator`)."""
         assert self.operator is None or self.operator.poll() is not None
+        self.operator = self.spawn_operator("riffle-operator-envtest", self.operator_port)
+        wait_for(self.operator_ready, "the operator's /readyz", 60)
+
+    def spawn_operator(self, pod_name: str, port: int) -> subprocess.Popen:
+        """riffle-operator with the Deployment's args and environment, as its
+        ServiceAccount (a token from the TokenRequest API), so the chart's RBAC is what
+        the operator gets; `pod_name` is its identity in leader election."""
         pod = self.operator_deployment()["spec"]["template"]["spec"]
         ctr = pod["containers"][0]
         token = self.cp.token(OPERATOR_NS, pod["serviceAccountName"])
-        kubeconfig = self.cp.write_kubeconfig(self.dir / "operator.kubeconfig",
+        kubeconfig = self.cp.write_kubeconfig(self.dir / f"{pod_name}.kubeconfig",
                                               {"token": token}, OPERATOR_NS)
         env = {"PATH": os.environ["PATH"], "KUBECONFIG": str(kubeconfig),
-               "POD_NAME": "riffle-operator-envtest", "POD_NAMESPACE": OPERATOR_NS}
+               "POD_NAME": pod_name, "POD_NAMESPACE": OPERATOR_NS}
         for e in ctr.get("env", []):
             if "value" in e:
                 env[e["name"]] = e["value"]
         args = [a.replace("0.0.0.0:", "127.0.0.1:").replace(
-            f":{ctr['ports'][0]['containerPort']}", f":{self.operator_port}")
+            f":{ctr['ports'][0]['containerPort']}", f":{port}")
             for a in ctr.get("args", [])]
         assert ctr["command"] == ["riffle-operator"], ctr["command"]
-        log = open(self.dir / "operator.log", "ab")
-        self.operator = subprocess.Popen([str(TARGET / "riffle-operator"), *args], env=env,
-                                         stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self.operator_ready, "the operator's /readyz", 60)
+        log = open(self.dir / f"{pod_name}.log", "ab")
+        return subprocess.Popen([str(TARGET / "riffle-operator"), *args], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
 
     def operator_ready(self) -> bool:
         import urllib.request
@@ -114,7 +118,7 @@ class Env:
             self.operator.wait(30)
 
     def operator_log(self) -> str:
-        return (self.dir / "operator.log").read_text(errors="replace")
+        return (self.dir / "riffle-operator-envtest.log").read_text(errors="replace")
 
     # --- shortcuts --------------------------------------------------------------------
     def get(self, path: str) -> Any:

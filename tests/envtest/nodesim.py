@@ -71,6 +71,7 @@ class NodeSimulator:
         self.stop_flag = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="node-simulator", daemon=True)
         self.errors: list[str] = []
+        self.terminating: set[str] = set()
         self.hosts_original = hosts_file.read_text() if hosts_file.exists() else ""
 
     # --- lifecycle -------------------------------------------------------------------
@@ -128,10 +129,11 @@ class NodeSimulator:
                 del self.running[key]
                 c = None
             if meta.get("deletionTimestamp"):
-                if c:
-                    self._kill(c, meta.get("deletionGracePeriodSeconds") or 30)
-                    del self.running[key]
-                self._remove(pod)
+                # Pods stop in parallel, as on a real node.
+                if key not in self.terminating:
+                    self.terminating.add(key)
+                    threading.Thread(target=self._terminate, args=(pod, key), daemon=True,
+                                     name=f"terminate {key}").start()
                 continue
             if c is None:
                 c = self._start(pod)
@@ -143,7 +145,7 @@ class NodeSimulator:
                 self.running[key] = c
             self._report(pod, c)
         for key in list(self.running):
-            if key not in seen:  # force-deleted
+            if key not in seen and key not in self.terminating:  # force-deleted
                 self._kill(self.running.pop(key), 0)
         self._write_hosts(pods)
 
@@ -314,6 +316,19 @@ class NodeSimulator:
         except subprocess.TimeoutExpired:
             os.killpg(c.proc.pid, signal.SIGKILL)
             c.proc.wait()
+
+    def _terminate(self, pod: dict[str, Any], key: str) -> None:
+        """SIGTERM, up to the grace period, SIGKILL; then the Pod object goes."""
+        try:
+            c = self.running.get(key)
+            if c and c.uid == pod["metadata"]["uid"]:
+                self._kill(c, pod["metadata"].get("deletionGracePeriodSeconds") or 30)
+                self.running.pop(key, None)
+            self._remove(pod)
+        except Exception as e:
+            self.errors.append(f"terminating {key}: {e!r}")
+        finally:
+            self.terminating.discard(key)
 
     def _remove(self, pod: dict[str, Any]) -> None:
         m = pod["metadata"]

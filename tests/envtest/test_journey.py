@@ -12,7 +12,7 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from conftest import NS, OPERATOR_NS, OPERATOR_SA, REPO, Env, dump, wait_for
+from conftest import NS, OPERATOR_NS, OPERATOR_SA, REPO, Env, dump, free_port, wait_for
 
 CLUSTER = "riffle"
 # Every object the operator owns for the Cluster.
@@ -233,19 +233,62 @@ def test_children_recreated_after_operator_restart(installed: Env):
         "the PodDisruptionBudget recreated", 60)
 
 
-def test_deleting_the_cluster_collects_its_children_and_keeps_claims(installed: Env):
+def lease_holder(e: Env) -> str:
+    lease = e.get(f"/apis/coordination.k8s.io/v1/namespaces/{OPERATOR_NS}/leases/riffle-operator")
+    return lease["spec"].get("holderIdentity") or ""
+
+
+def test_one_operator_replica_leads_and_a_standby_takes_over(installed: Env):
     e = installed
-    pvcs = lambda: [p["metadata"]["name"] for p in e.get(
-        f"/api/v1/namespaces/{NS}/persistentvolumeclaims")["items"]]
-    assert sorted(pvcs()) == [f"data-{CLUSTER}-{i}" for i in range(4)]
-    e.kubectl("delete", "-n", NS, "cluster", CLUSTER, "--wait=true", "--timeout=60s")
+    assert lease_holder(e) == "riffle-operator-envtest"
+    standby = e.spawn_operator("riffle-operator-standby", free_port())
+    try:
+        time.sleep(4)
+        assert standby.poll() is None
+        assert lease_holder(e) == "riffle-operator-envtest"
+        assert "standing by" in (e.dir / "riffle-operator-standby.log").read_text()
+        # The leader dies without releasing: the standby takes over once the lease expires.
+        e.stop_operator()
+        started = time.monotonic()
+        wait_for(lambda: lease_holder(e) == "riffle-operator-standby", "the standby to lead", 40)
+        took = time.monotonic() - started
+        assert took < 25, f"took over after {took:.1f} s"
+        e.kubectl("delete", "-n", NS, "configmap", f"{CLUSTER}-config")
+        wait_for(lambda: e.kube.get_or_none(
+            f"/api/v1/namespaces/{NS}/configmaps/{CLUSTER}-config"),
+            "the new leader to recreate the ConfigMap", 60)
+        # A graceful stop hands the lease back at once.
+        standby.terminate()
+        standby.wait(30)
+        assert lease_holder(e) == ""
+    finally:
+        if standby.poll() is None:
+            standby.kill()
+    e.start_operator()
+    wait_for(lambda: lease_holder(e) == "riffle-operator-envtest", "the operator to lead again", 30)
+
+
+def test_deleting_clusters_collects_children_and_claims_per_delete_claim(installed: Env):
+    e = installed
+    claims = lambda: sorted(p["metadata"]["name"] for p in e.get(
+        f"/api/v1/namespaces/{NS}/persistentvolumeclaims")["items"])
+    # A one-broker Cluster whose volumes go with it.
+    e.apply({"apiVersion": "riffle.dev/v1alpha1", "kind": "Cluster",
+             "metadata": {"name": "scratch"},
+             "spec": {"replicas": 1, "storage": {"size": "1Gi", "deleteClaim": True}}})
+    wait_for(lambda: e.cluster("scratch").get("status", {}).get("readyReplicas") == 1,
+             "the scratch broker ready", 90)
+    assert claims() == sorted([f"data-{CLUSTER}-{i}" for i in range(4)] + ["data-scratch-0"])
+    for name in (CLUSTER, "scratch"):
+        e.kubectl("delete", "-n", NS, "cluster", name, "--wait=true", "--timeout=60s")
     for path in CHILDREN:
         wait_for(lambda: e.kube.get_or_none(path) is None, f"{path} garbage-collected", 90)
     wait_for(lambda: not e.get(f"/api/v1/namespaces/{NS}/pods")["items"],
              "the broker pods gone", 90)
     wait_for(lambda: not e.sim.running, "the broker processes stopped", 30)
-    # deleteClaim: false keeps the volumes (and the data).
-    assert sorted(pvcs()) == [f"data-{CLUSTER}-{i}" for i in range(4)]
+    # deleteClaim: false keeps the volumes (and the data); true deletes them.
+    wait_for(lambda: "data-scratch-0" not in claims(), "the scratch claim deleted", 60)
+    assert claims() == [f"data-{CLUSTER}-{i}" for i in range(4)]
 
 
 # Permissions the audit log cannot show in use, and why the chart still needs them.
