@@ -105,6 +105,11 @@ async fn cluster(State(s): State<HttpState>) -> impl IntoResponse {
             "under_replicated": under_replicated,
         },
         "reassignments": reassign::ongoing(&image).count(),
+        "max_replication_factor": image
+            .partitions()
+            .map(|(_, _, p)| p.target().len())
+            .max()
+            .unwrap_or(0),
         // Every broker active, every partition led and with a full ISR.
         "healthy": offline == 0
             && under_replicated == 0

@@ -88,8 +88,10 @@ pub struct Context {
     /// Kafka bootstrap address to use instead of the cluster's Service (for running the
     /// operator outside the cluster, e.g. during development).
     pub bootstrap_override: Option<String>,
-    /// Connect timeout for the Kafka admin connection.
+    /// Connect timeout for the Kafka admin connection (and the brokers' admin API).
     pub kafka_timeout: Duration,
+    /// How long a restarted broker may take to be ready before a rolling restart stops.
+    pub restart_timeout: Duration,
 }
 
 impl Context {
@@ -108,6 +110,7 @@ impl Context {
             metrics: Metrics::new(),
             bootstrap_override,
             kafka_timeout: Duration::from_secs(5),
+            restart_timeout: Duration::from_secs(300),
         }
     }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -212,6 +212,15 @@ pub struct ClusterStatus {
     /// `spec.replicas` changes the default later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voters: Option<i32>,
+    /// What the operator is doing or waiting for (scaling, rolling restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// Broker being restarted by a rolling restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarting: Option<i32>,
+    /// When that restart began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarting_since: Option<Time>,
 }
 
 /// A topic on a Riffle cluster, managed through the Kafka admin API.

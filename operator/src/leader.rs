@@ -44,7 +44,13 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Step {
 }
 
 /// The Lease after `step` by `me` at `now`.
-fn next(spec: Option<&LeaseSpec>, step: &Step, me: &str, ttl: Duration, now: Timestamp) -> LeaseSpec {
+fn next(
+    spec: Option<&LeaseSpec>,
+    step: &Step,
+    me: &str,
+    ttl: Duration,
+    now: Timestamp,
+) -> LeaseSpec {
     let mut s = spec.cloned().unwrap_or_default();
     if *step != Step::Renew {
         s.acquire_time = Some(MicroTime(now));
@@ -87,7 +93,9 @@ impl Elector {
             metadata: ObjectMeta {
                 name: Some(LEASE_NAME.into()),
                 // Optimistic concurrency: a competing write in between gets a conflict.
-                resource_version: lease.as_ref().and_then(|l| l.metadata.resource_version.clone()),
+                resource_version: lease
+                    .as_ref()
+                    .and_then(|l| l.metadata.resource_version.clone()),
                 ..ObjectMeta::default()
             },
             spec: Some(next(spec, &step, &self.me, self.ttl, now)),

@@ -18,8 +18,8 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
 use riffle_operator::context::{Context, MANAGER};
-use riffle_operator::leader::Elector;
 use riffle_operator::crd::{self, Cluster, Topic};
+use riffle_operator::leader::Elector;
 use riffle_operator::{cluster, topic};
 
 #[derive(Parser)]
@@ -48,6 +48,14 @@ struct Cli {
     /// (POD_NAMESPACE); the others stand by.
     #[arg(long, env = "RIFFLE_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
+    /// Seconds a restarted broker may take to be ready again before a rolling restart
+    /// stops and reports it (Strimzi's operation timeout is the same 5 minutes).
+    #[arg(
+        long,
+        env = "RIFFLE_OPERATOR_BROKER_RESTART_TIMEOUT",
+        default_value_t = 300
+    )]
+    broker_restart_timeout: u64,
     /// Kafka bootstrap address to use instead of each cluster's Service (development).
     #[arg(long, env = "RIFFLE_OPERATOR_BOOTSTRAP_OVERRIDE")]
     bootstrap_override: Option<String>,
@@ -127,7 +135,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.apply_crds {
         apply_crds(&client).await?;
     }
-    let ctx = Arc::new(Context::new(client.clone(), cli.bootstrap_override.clone()));
+    let mut ctx = Context::new(client.clone(), cli.bootstrap_override.clone());
+    ctx.restart_timeout = Duration::from_secs(cli.broker_restart_timeout);
+    let ctx = Arc::new(ctx);
     let ns = cli.watch_namespace.clone();
     let wc = watcher::Config::default();
 

@@ -158,6 +158,15 @@ def env():
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "finale: runs after every other test of the tier")
+
+
+def pytest_collection_modifyitems(items):
+    """The chart's RBAC audit and its uninstall end the session, after every test."""
+    items.sort(key=lambda i: i.get_closest_marker("finale") is not None)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """On a failure, attach what the operator and the simulator said."""

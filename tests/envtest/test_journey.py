@@ -313,6 +313,7 @@ def granted_rules(e: Env) -> set[tuple[str, str, str]]:
     return out
 
 
+@pytest.mark.finale
 def test_chart_rbac_grants_exactly_what_the_operator_uses(installed: Env):
     """Least privilege, shown with the API server's audit log of the whole journey: the
     operator was never denied, and every permission the chart grants was used."""
@@ -335,6 +336,7 @@ def test_chart_rbac_grants_exactly_what_the_operator_uses(installed: Env):
     assert not unused, f"granted but never used: {sorted(unused)}"
 
 
+@pytest.mark.finale
 def test_helm_upgrade_and_uninstall(installed: Env):
     e = installed
     e.helm("upgrade", "riffle", str(REPO / "charts" / "riffle"), "--namespace", OPERATOR_NS,

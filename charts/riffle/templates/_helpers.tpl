@@ -130,7 +130,11 @@ used in a ClusterRole, or in a Role when the operator watches one namespace.
   verbs: ["update"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Rolling restarts: the operator deletes one broker Pod at a time.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "delete"]
 - apiGroups: [""]
   resources: ["services", "configmaps", "serviceaccounts"]
   verbs: ["list", "watch", "create", "patch"]

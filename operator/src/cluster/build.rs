@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
@@ -75,8 +76,16 @@ pub fn validate(cluster: &Cluster) -> Vec<String> {
             spec.storage.size
         ));
     }
-    let ports = [spec.listeners.kafka, spec.listeners.http, spec.listeners.rpc];
-    if ports.iter().enumerate().any(|(i, p)| ports[..i].contains(p)) {
+    let ports = [
+        spec.listeners.kafka,
+        spec.listeners.http,
+        spec.listeners.rpc,
+    ];
+    if ports
+        .iter()
+        .enumerate()
+        .any(|(i, p)| ports[..i].contains(p))
+    {
         errors.push("spec.listeners.kafka, http and rpc must differ".into());
     }
     let started = cluster.status.as_ref().and_then(|s| s.voters);
@@ -127,7 +136,12 @@ pub fn voters(cluster: &Cluster) -> i32 {
 /// `--voters` value: the lowest ordinals at their stable RPC addresses.
 pub fn voter_list(cluster: &Cluster) -> String {
     (0..voters(cluster))
-        .map(|id| format!("{id}@{}", pod_address(cluster, id, cluster.spec.listeners.rpc)))
+        .map(|id| {
+            format!(
+                "{id}@{}",
+                pod_address(cluster, id, cluster.spec.listeners.rpc)
+            )
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -199,7 +213,8 @@ pub fn broker_address(cluster: &Cluster, id: i32) -> String {
     pod_address(cluster, id, cluster.spec.listeners.kafka)
 }
 
-fn pod_address(cluster: &Cluster, id: i32, port: i32) -> String {
+/// `host:port` of broker `id`'s Pod (stable DNS name through the headless Service).
+pub fn pod_address(cluster: &Cluster, id: i32, port: i32) -> String {
     format!(
         "{}-{id}.{}.{}.svc:{port}",
         cluster.name_any(),
@@ -224,8 +239,12 @@ pub struct Objects {
     pub stateful_set: StatefulSet,
 }
 
-/// Builds every object for `cluster`.
-pub fn build(cluster: &Cluster) -> Objects {
+/// Annotation on a Cluster whose every change restarts all brokers, one at a time.
+pub const RESTART_ANNOTATION: &str = "riffle.dev/restart";
+
+/// Builds every object for `cluster`, with a StatefulSet of `replicas` brokers (the
+/// spec's count, or more while a scale-down drains the highest brokers).
+pub fn build(cluster: &Cluster, replicas: i32) -> Objects {
     let name = cluster.name_any();
     let spec = &cluster.spec;
     let env_config: BTreeMap<String, String> = spec
@@ -291,7 +310,10 @@ pub fn build(cluster: &Cluster) -> Objects {
                 spec.listeners.kafka
             ),
         ),
-        plain_env("RIFFLE_RPC_LISTEN", &format!("0.0.0.0:{}", spec.listeners.rpc)),
+        plain_env(
+            "RIFFLE_RPC_LISTEN",
+            &format!("0.0.0.0:{}", spec.listeners.rpc),
+        ),
         plain_env(
             "RIFFLE_ADVERTISED_RPC",
             &format!(
@@ -374,11 +396,20 @@ pub fn build(cluster: &Cluster) -> Objects {
         "riffle.dev/config-hash".into(),
         format!("{:016x}", fnv1a(&format!("{env_config:?}"))),
     );
+    if let Some(restart) = cluster.annotations().get(RESTART_ANNOTATION) {
+        annotations.insert(RESTART_ANNOTATION.into(), restart.clone());
+    }
     let stateful_set = StatefulSet {
         metadata: meta(cluster, name.clone()),
         spec: Some(StatefulSetSpec {
-            replicas: Some(spec.replicas),
+            replicas: Some(replicas),
             service_name: Some(headless_name(cluster)),
+            // The operator restarts brokers itself, one at a time, once each has
+            // handed its leaderships over (see `plan`).
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            }),
             pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(cluster)),
@@ -533,7 +564,7 @@ mod tests {
 
     #[test]
     fn default_cluster_objects() {
-        insta::assert_snapshot!(yaml(&build(&cluster(serde_json::json!({})))));
+        insta::assert_snapshot!(yaml(&build(&cluster(serde_json::json!({})), 3)));
     }
 
     #[test]
@@ -547,16 +578,19 @@ mod tests {
             "metrics": {"enabled": false},
             "resources": {"requests": {"cpu": "1", "memory": "2Gi"}}
         }));
-        insta::assert_snapshot!(yaml(&build(&c)));
+        insta::assert_snapshot!(yaml(&build(&c, c.spec.replicas)));
     }
 
     #[test]
     fn building_is_deterministic_and_config_changes_roll_pods() {
         let a = cluster(serde_json::json!({"config": {"num_partitions": "3"}}));
         let b = cluster(serde_json::json!({"config": {"num_partitions": "4"}}));
-        assert_eq!(yaml(&build(&a)), yaml(&build(&a)));
+        assert_eq!(
+            yaml(&build(&a, a.spec.replicas)),
+            yaml(&build(&a, a.spec.replicas))
+        );
         let hash = |c: &Cluster| {
-            build(c)
+            build(c, c.spec.replicas)
                 .stateful_set
                 .spec
                 .and_then(|s| s.template.metadata)
@@ -570,7 +604,10 @@ mod tests {
     fn voters_default_by_size_and_stay_as_started() {
         let small = cluster(serde_json::json!({"replicas": 2}));
         assert_eq!(voters(&small), 1);
-        assert_eq!(voter_list(&small), "0@events-0.events-brokers.streaming.svc:9093");
+        assert_eq!(
+            voter_list(&small),
+            "0@events-0.events-brokers.streaming.svc:9093"
+        );
         let mut c = cluster(serde_json::json!({"replicas": 5}));
         assert_eq!(voters(&c), 3);
         // Started with 3 voters: shrinking below them or changing them is refused.

@@ -1,6 +1,8 @@
 //! Cluster reconciliation.
 
+pub mod admin;
 pub mod build;
+pub mod plan;
 pub mod status;
 
 use std::fmt::Debug;
@@ -8,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -18,6 +21,8 @@ use serde::Serialize;
 
 use crate::context::{Context, MANAGER};
 use crate::crd::{Cluster, ClusterStatus};
+use admin::Admin;
+use plan::{Observed, Step};
 
 /// Reconcile failure.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,9 @@ pub enum Error {
     /// Cluster objects are namespaced.
     #[error("object has no namespace")]
     NoNamespace,
+    /// A broker's admin API refused or did not answer.
+    #[error("broker admin API: {0}")]
+    Admin(#[from] admin::Error),
 }
 
 impl Error {
@@ -36,6 +44,7 @@ impl Error {
         match self {
             Error::Kube(_) => "KubeApi",
             Error::NoNamespace => "NoNamespace",
+            Error::Admin(_) => "BrokerAdmin",
         }
     }
 }
@@ -68,7 +77,17 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<Cluster> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = serde_json::json!({ "status": status });
+    let mut fields = serde_json::to_value(&status).unwrap_or_default();
+    // A merge patch keeps what it does not mention: fields now unset are sent as null.
+    if let (Some(new), Ok(serde_json::Value::Object(old))) = (
+        fields.as_object_mut(),
+        serde_json::to_value(&cluster.status),
+    ) {
+        for key in old.keys() {
+            new.entry(key.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    let patch = serde_json::json!({ "status": fields });
     api.patch_status(
         &cluster.name_any(),
         &PatchParams::default(),
@@ -78,7 +97,11 @@ async fn write_status(
     Ok(())
 }
 
-/// One reconcile pass: validate, apply every object in order, report status.
+/// Requeue interval while a scale or a roll is under way.
+const STEP_INTERVAL: Duration = Duration::from_secs(3);
+
+/// One reconcile pass: validate, decide the next step of any scale or roll, apply every
+/// object in order, take the step, report status.
 pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = cluster.namespace().ok_or(Error::NoNamespace)?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -89,22 +112,155 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
         write_status(&ctx, &cluster, &ns, status::invalid(&cluster, &msg, &now)).await?;
         return Ok(Action::await_change());
     }
-    let objs = build::build(&cluster);
+    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = sts_api.get_opt(&cluster.name_any()).await?;
+    let (observed, admin) = observe(&ctx, &cluster, &ns, current.as_ref(), &now).await?;
+    let step = plan::next(cluster.spec.replicas, &observed, ctx.restart_timeout);
+    let replicas = match step {
+        Step::Resize(n) => n,
+        _ => observed.sts_replicas,
+    };
+    let objs = build::build(&cluster, replicas);
     apply(&ctx, &ns, &objs.service_account).await?;
     apply(&ctx, &ns, &objs.config_map).await?;
     apply(&ctx, &ns, &objs.headless).await?;
     apply(&ctx, &ns, &objs.bootstrap).await?;
     apply(&ctx, &ns, &objs.pdb).await?;
     let sts: StatefulSet = apply(&ctx, &ns, &objs.stateful_set).await?;
+    let restarting = take_step(&ctx, &cluster, &ns, &step, admin, &now).await?;
     write_status(
         &ctx,
         &cluster,
         &ns,
-        status::observed(&cluster, sts.status.as_ref(), &now),
+        status::observed(&cluster, sts.status.as_ref(), &step, restarting, &now),
     )
     .await?;
-    // Owned objects trigger reconciles on change; the resync catches anything else.
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(match step {
+        // Owned objects trigger reconciles on change; the resync catches anything else.
+        Step::Steady => Action::requeue(Duration::from_secs(300)),
+        _ => Action::requeue(STEP_INTERVAL),
+    })
+}
+
+/// The StatefulSet, its Pods and the brokers' own view, as the planner needs them; and
+/// the admin API of a broker that answered.
+async fn observe(
+    ctx: &Context,
+    cluster: &Cluster,
+    ns: &str,
+    sts: Option<&StatefulSet>,
+    now: &Time,
+) -> Result<(Observed, Option<Admin>), Error> {
+    let Some(sts) = sts else {
+        return Ok((Observed::default(), None));
+    };
+    let revision = sts.status.as_ref().and_then(|s| s.update_revision.clone());
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let listed = pods
+        .list(&ListParams::default().labels(&build::selector_string(cluster)))
+        .await?;
+    let pods: Vec<plan::Pod> = listed
+        .items
+        .iter()
+        .filter_map(|p| {
+            let labels = p.metadata.labels.as_ref()?;
+            let ordinal = labels.get("apps.kubernetes.io/pod-index")?.parse().ok()?;
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Some(plan::Pod {
+                ordinal,
+                ready,
+                updated: revision.is_some()
+                    && labels.get("controller-revision-hash") == revision.as_ref(),
+                terminating: p.metadata.deletion_timestamp.is_some(),
+            })
+        })
+        .collect();
+    // Any ready broker answers for the cluster.
+    let mut view = None;
+    let mut answered = None;
+    for p in pods.iter().filter(|p| p.ready && !p.terminating) {
+        let addr = build::pod_address(cluster, p.ordinal, cluster.spec.listeners.http);
+        let admin = Admin::new(&addr, ctx.kafka_timeout);
+        match admin.cluster().await {
+            Ok(v) => {
+                view = Some(v);
+                answered = Some(admin);
+                break;
+            }
+            Err(e) => tracing::debug!(error = %e, "broker admin API"),
+        }
+    }
+    let restarting = cluster.status.as_ref().and_then(|s| {
+        let since = s.restarting_since.as_ref()?;
+        let elapsed = now.0.duration_since(since.0).unsigned_abs();
+        Some((s.restarting?, elapsed))
+    });
+    let observed = Observed {
+        sts_replicas: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        pods,
+        view,
+        restarting,
+    };
+    Ok((observed, answered))
+}
+
+/// Takes `step` (admin API calls, Pod deletion, events); returns the broker being
+/// restarted and since when, for the status.
+async fn take_step(
+    ctx: &Context,
+    cluster: &Cluster,
+    ns: &str,
+    step: &Step,
+    admin: Option<Admin>,
+    now: &Time,
+) -> Result<Option<(i32, Time)>, Error> {
+    let status = cluster.status.clone().unwrap_or_default();
+    let mut restarting = status.restarting.zip(status.restarting_since);
+    // Steps that call the admin API are only planned from a view some broker gave.
+    let admin = || admin.as_ref().ok_or(admin::Error::NoBroker);
+    match step {
+        Step::Decommission(id) => admin()?.decommission(*id, true).await?,
+        Step::Recommission(id) => admin()?.decommission(*id, false).await?,
+        Step::EnterMaintenance(id) => {
+            admin()?.maintenance(*id, true).await?;
+            if restarting.as_ref().map(|r| r.0) != Some(*id) {
+                restarting = Some((*id, now.clone()));
+            }
+        }
+        Step::ExitMaintenance(id) => {
+            admin()?.maintenance(*id, false).await?;
+            restarting = None;
+        }
+        Step::Restart(id) => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            let name = format!("{}-{id}", cluster.name_any());
+            match pods.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Step::Steady | Step::Resize(_) | Step::Wait(_) | Step::Refuse(_) => {}
+    }
+    let note = status::describe(step);
+    let changed = status.operation.as_deref() != Some(note.as_str());
+    match step {
+        Step::Steady | Step::Wait(_) | Step::Resize(_) => {}
+        Step::Refuse(_) if changed => ctx.event(cluster, true, "OperationStopped", note).await,
+        Step::Refuse(_) => {}
+        _ => ctx.event(cluster, false, "Operation", note).await,
+    }
+    if restarting
+        .as_ref()
+        .is_some_and(|r| r.0 >= cluster.spec.replicas)
+    {
+        restarting = None;
+    }
+    Ok(restarting)
 }
 
 #[cfg(test)]
@@ -174,7 +330,30 @@ mod tests {
         value
     }
 
+    /// Asserts a GET of `path` and answers that the object does not exist.
+    async fn expect_not_found(handle: &mut ApiHandle, path: &str) {
+        let (req, send) = handle.next_request().await.expect("a request");
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri().path(), path);
+        let status = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": "not found",
+        });
+        send.send_response(
+            Response::builder()
+                .status(404)
+                .body(Body::from(serde_json::to_vec(&status).expect("json")))
+                .expect("response"),
+        );
+    }
+
     async fn expect_objects_applied(handle: &mut ApiHandle) {
+        // A new cluster: no StatefulSet yet, so no scale or roll to plan.
+        expect_not_found(
+            handle,
+            "/apis/apps/v1/namespaces/streaming/statefulsets/events",
+        )
+        .await;
         let ns = "/api/v1/namespaces/streaming";
         expect(
             handle,
@@ -244,7 +423,8 @@ mod tests {
             assert_no_more_requests(&mut handle).await;
         });
         let action = reconcile(c, ctx).await.expect("reconcile");
-        assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+        // Just created: looked at again soon, until the brokers are up.
+        assert_eq!(action, Action::requeue(STEP_INTERVAL));
         verifier.await.expect("verifier");
     }
 
@@ -253,7 +433,7 @@ mod tests {
         let (ctx, mut handle) = setup();
         let mut c = cluster(serde_json::json!({}));
         let then = Time("2026-01-01T00:00:00Z".parse().expect("time"));
-        c.status = Some(status::observed(&c, None, &then));
+        c.status = Some(status::observed(&c, None, &Step::Resize(3), None, &then));
         let verifier = tokio::spawn(async move {
             expect_objects_applied(&mut handle).await;
             assert_no_more_requests(&mut handle).await;

@@ -1,9 +1,10 @@
-//! Cluster status from what the StatefulSet reports (pure).
+//! Cluster status from what the StatefulSet reports and what the operator does (pure).
 
 use k8s_openapi::api::apps::v1::StatefulSetStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::build;
+use super::plan::Step;
 use crate::crd::{Cluster, ClusterStatus};
 
 /// Sets a condition `(status, reason, message)`, keeping its transition time when its
@@ -54,8 +55,15 @@ pub fn invalid(cluster: &Cluster, message: &str, now: &Time) -> ClusterStatus {
     }
 }
 
-/// Status of a reconciled cluster.
-pub fn observed(cluster: &Cluster, sts: Option<&StatefulSetStatus>, now: &Time) -> ClusterStatus {
+/// Status of a reconciled cluster: the StatefulSet's counts, and what the operator is
+/// doing (`step`) with the broker it is restarting, if any.
+pub fn observed(
+    cluster: &Cluster,
+    sts: Option<&StatefulSetStatus>,
+    step: &Step,
+    restarting: Option<(i32, Time)>,
+    now: &Time,
+) -> ClusterStatus {
     let previous = cluster.status.clone().unwrap_or_default();
     let generation = cluster.metadata.generation;
     let want = cluster.spec.replicas;
@@ -64,13 +72,28 @@ pub fn observed(cluster: &Cluster, sts: Option<&StatefulSetStatus>, now: &Time) 
     let updated = sts.and_then(|s| s.updated_replicas).unwrap_or(0);
     let all_ready = ready == want && updated == want && replicas == want;
     let msg = format!("{ready}/{want} brokers ready");
-    let (ready_reason, progress_reason) = if all_ready {
-        ("AllBrokersReady", "Stable")
-    } else {
-        ("BrokersNotReady", "RollingOut")
+    let (stable, operation) = match step {
+        Step::Steady => (all_ready, None),
+        Step::Wait(why) | Step::Refuse(why) => (false, Some(why.clone())),
+        other => (false, Some(describe(other))),
     };
+    let progress_reason = match step {
+        Step::Steady if all_ready => "Stable",
+        Step::Steady | Step::Resize(_) => "RollingOut",
+        Step::Decommission(_) | Step::Recommission(_) => "Scaling",
+        Step::Wait(_) if replicas > want => "Scaling",
+        Step::Refuse(_) => "Stopped",
+        _ => "RollingRestart",
+    };
+    let progress_msg = operation.clone().unwrap_or_else(|| msg.clone());
+    let refused = matches!(step, Step::Refuse(_));
     let mut conditions = Vec::new();
     let prev = &previous.conditions;
+    let ready_reason = if all_ready {
+        "AllBrokersReady"
+    } else {
+        "BrokersNotReady"
+    };
     set_condition(
         &mut conditions,
         prev,
@@ -83,18 +106,17 @@ pub fn observed(cluster: &Cluster, sts: Option<&StatefulSetStatus>, now: &Time) 
         &mut conditions,
         prev,
         "Progressing",
-        (!all_ready, progress_reason, &msg),
+        (!stable && !refused, progress_reason, &progress_msg),
         generation,
         now,
     );
-    set_condition(
-        &mut conditions,
-        prev,
-        "Degraded",
-        (false, "AsExpected", ""),
-        generation,
-        now,
-    );
+    let degraded = if refused {
+        (true, "OperationStopped", progress_msg.as_str())
+    } else {
+        (false, "AsExpected", "")
+    };
+    set_condition(&mut conditions, prev, "Degraded", degraded, generation, now);
+    let (restarting, restarting_since) = restarting.unzip();
     ClusterStatus {
         observed_generation: generation,
         conditions,
@@ -106,6 +128,23 @@ pub fn observed(cluster: &Cluster, sts: Option<&StatefulSetStatus>, now: &Time) 
             .collect(),
         selector: Some(build::selector_string(cluster)),
         voters: Some(build::voters(cluster)),
+        operation,
+        restarting,
+        restarting_since,
+    }
+}
+
+/// What a step does, for people.
+pub fn describe(step: &Step) -> String {
+    match step {
+        Step::Steady => "nothing to do".into(),
+        Step::Resize(n) => format!("setting the StatefulSet to {n} brokers"),
+        Step::Decommission(id) => format!("decommissioning broker {id}"),
+        Step::Recommission(id) => format!("cancelling the decommission of broker {id}"),
+        Step::EnterMaintenance(id) => format!("moving leaderships off broker {id} to restart it"),
+        Step::ExitMaintenance(id) => format!("broker {id} restarted"),
+        Step::Restart(id) => format!("restarting broker {id}"),
+        Step::Wait(why) | Step::Refuse(why) => why.clone(),
     }
 }
 
@@ -138,7 +177,13 @@ mod tests {
             updated_replicas: Some(3),
             ..Default::default()
         };
-        let s1 = observed(&c, Some(&sts), &t("2026-01-01T00:00:00Z"));
+        let s1 = observed(
+            &c,
+            Some(&sts),
+            &Step::Steady,
+            None,
+            &t("2026-01-01T00:00:00Z"),
+        );
         assert_eq!(s1.ready_replicas, 3);
         assert_eq!(s1.conditions[0].status, "True");
         assert_eq!(
@@ -149,7 +194,16 @@ mod tests {
         assert_eq!(s1.observed_generation, Some(4));
         // Same observation later: identical status, so nothing needs writing.
         c.status = Some(s1.clone());
-        assert_eq!(observed(&c, Some(&sts), &t("2026-01-01T01:00:00Z")), s1);
+        assert_eq!(
+            observed(
+                &c,
+                Some(&sts),
+                &Step::Steady,
+                None,
+                &t("2026-01-01T01:00:00Z")
+            ),
+            s1
+        );
     }
 
     #[test]
@@ -161,7 +215,13 @@ mod tests {
             updated_replicas: Some(3),
             ..Default::default()
         };
-        let s = observed(&c, Some(&sts), &t("2026-01-01T00:00:00Z"));
+        let s = observed(
+            &c,
+            Some(&sts),
+            &Step::Steady,
+            None,
+            &t("2026-01-01T00:00:00Z"),
+        );
         assert_eq!(
             (
                 s.conditions[0].status.as_str(),

@@ -1,0 +1,203 @@
+"""Changing a running Cluster's shape through the operator, with real brokers and a
+producer (acks=all, idempotent) running throughout: scale-down drains brokers before
+their Pods go, scaling below the replication factor is refused, a rolling restart goes
+one broker at a time (leaderships moved first, the controller last), and at the end
+every acknowledged record is there."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import Env, wait_for
+
+NS, NAME, TOPIC = "ops", "ops", "events"
+
+
+def cluster(e: Env) -> dict:
+    return e.cluster(NAME, NS)
+
+
+def brokers_view(broker: int = 0) -> dict:
+    url = f"http://{NAME}-{broker}.{NAME}-brokers.{NS}.svc:9644/v1/cluster"
+    with urllib.request.urlopen(url, timeout=3) as r:
+        return json.loads(r.read())
+
+
+def any_view() -> dict:
+    for b in range(5):
+        try:
+            return brokers_view(b)
+        except OSError:
+            continue
+    raise AssertionError("no broker answers")
+
+
+def sts(e: Env) -> dict:
+    return e.get(f"/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}")
+
+
+def pods(e: Env) -> dict[str, dict]:
+    items = e.get(f"/api/v1/namespaces/{NS}/pods")["items"]
+    return {p["metadata"]["name"]: p for p in items}
+
+
+def ready(p: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in p.get("status", {}).get("conditions", []))
+
+
+class Load:
+    """A producer thread: acks=all, idempotent; keeps what was acknowledged."""
+
+    def __init__(self, bootstrap: str):
+        self.p = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                           "enable.idempotence": True, "linger.ms": 5,
+                           "message.timeout.ms": 120000})
+        self.acked: set[str] = set()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        i = 0
+        while not self.stop.is_set():
+            value = f"r{i}"
+
+            def done(err, msg, value=value):
+                if err is not None:
+                    self.errors.append(str(err))
+                else:
+                    self.acked.add(value)
+
+            try:
+                self.p.produce(TOPIC, value=value.encode(), on_delivery=done)
+                i += 1
+            except BufferError:
+                pass
+            self.p.poll(0.01)
+        self.p.flush(120)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.t.join(180)
+
+
+@pytest.fixture(scope="module")
+def ops(installed: Env):
+    e = installed
+    e.kubectl("create", "namespace", NS)
+    e.apply({"apiVersion": "riffle.dev/v1alpha1", "kind": "Cluster",
+             "metadata": {"name": NAME},
+             "spec": {"replicas": 4, "voters": 3,
+                      "config": {"min_insync_replicas": "2"}}}, NS)
+    wait_for(lambda: cluster(e).get("status", {}).get("readyReplicas") == 4, "4 brokers", 120)
+    wait_for(lambda: len(any_view()["brokers"]) == 4, "4 registered brokers", 60)
+    bootstrap = cluster(e)["status"]["bootstrapServers"]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(TOPIC, 8, 3)])[TOPIC].result(30)
+    load = Load(bootstrap)
+    yield e, load
+    load.finish()
+
+
+def conditions(e: Env) -> dict[str, dict]:
+    return {c["type"]: c for c in cluster(e)["status"]["conditions"]}
+
+
+def test_scale_below_the_replication_factor_is_refused(ops):
+    e, load = ops
+    admin = AdminClient({"bootstrap.servers": cluster(e)["status"]["bootstrapServers"]})
+    admin.create_topics([NewTopic("wide", 1, 4)])["wide"].result(30)
+    e.kubectl("scale", "-n", NS, f"rfc/{NAME}", "--replicas=3")
+    cond = wait_for(lambda: (lambda c: c["Degraded"]["status"] == "True" and c["Degraded"])(
+        conditions(e)), "the Degraded condition", 30)
+    assert cond["reason"] == "OperationStopped" and "4 replicas" in cond["message"], cond
+    events = e.get(f"/apis/events.k8s.io/v1/namespaces/{NS}/events")["items"]
+    assert any(ev["reason"] == "OperationStopped" for ev in events)
+    assert sts(e)["spec"]["replicas"] == 4
+    assert not any(b["decommissioning"] for b in any_view()["brokers"])
+    # Fewer brokers than metadata voters: refused by the API server already.
+    r = e.kubectl("scale", "-n", NS, f"rfc/{NAME}", "--replicas=2", check=False)
+    assert r.returncode != 0 and "fewer than voters" in r.stderr, r.stderr
+    admin.delete_topics(["wide"])["wide"].result(30)
+
+
+def test_scale_down_drains_the_highest_broker_before_its_pod_goes(ops):
+    e, load = ops
+    wait_for(lambda: len(load.acked) > 200, "records flowing", 60)
+    # Asked for 3 brokers in the previous test: now that nothing needs 4, broker 3 drains.
+    assert cluster(e)["spec"]["replicas"] == 3
+    seen_draining = False
+    deadline = time.monotonic() + 180
+    while sts(e)["spec"]["replicas"] != 3:
+        assert time.monotonic() < deadline, cluster(e).get("status")
+        op = cluster(e).get("status", {}).get("operation") or ""
+        seen_draining |= "broker 3" in op
+        # The Pod stays until broker 3 holds nothing.
+        assert f"{NAME}-3" in pods(e), "pod deleted before the StatefulSet was lowered"
+        time.sleep(0.2)
+    left = next((b for b in any_view()["brokers"] if b["id"] == 3), None)
+    assert left is None or left["replicas"] == 0, left
+    assert seen_draining
+    wait_for(lambda: f"{NAME}-3" not in pods(e), "pod 3 gone", 60)
+    wait_for(lambda: [b["id"] for b in any_view()["brokers"]] == [0, 1, 2],
+             "broker 3 unregistered", 60)
+    st = wait_for(lambda: (lambda s: s.get("operation") is None and s)(cluster(e)["status"]),
+                  "the operation finished", 60)
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert (conds["Ready"], conds["Degraded"]) == ("True", "False"), st
+    assert not load.errors, load.errors[:5]
+
+
+def test_rolling_restart_one_broker_at_a_time_controller_last(ops):
+    e, load = ops
+    before = {n: p["metadata"]["uid"] for n, p in pods(e).items()}
+    controller = any_view()["controller"]
+    acked_before = len(load.acked)
+    e.kubectl("annotate", "-n", NS, f"rfc/{NAME}", "riffle.dev/restart=1")
+    order: list[str] = []
+    deadline = time.monotonic() + 300
+    while len(order) < 3:
+        assert time.monotonic() < deadline, (order, cluster(e).get("status"))
+        now = pods(e)
+        not_ready = [n for n, p in now.items() if not ready(p)]
+        assert len(not_ready) <= 1, f"more than one broker down: {not_ready}"
+        for n, p in now.items():
+            if p["metadata"]["uid"] != before[n] and n not in order:
+                order.append(n)
+        time.sleep(0.2)
+    assert order[-1] == f"{NAME}-{controller}", (order, controller)
+    assert order == sorted(order[:-1], reverse=True) + [order[-1]]
+    wait_for(lambda: cluster(e)["status"].get("operation") is None
+             and all(ready(p) for p in pods(e).values()), "the roll finished", 120)
+    assert not any(b["maintenance"] for b in any_view()["brokers"])
+    assert len(load.acked) > acked_before
+    assert not load.errors, load.errors[:5]
+
+
+def test_every_acknowledged_record_is_there(ops):
+    e, load = ops
+    load.finish()
+    assert not load.errors, load.errors[:5]
+    c = Consumer({"bootstrap.servers": cluster(e)["status"]["bootstrapServers"],
+                  "group.id": "ops-check", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    c.subscribe([TOPIC])
+    got: set[str] = set()
+    deadline = time.monotonic() + 120
+    while not load.acked <= got and time.monotonic() < deadline:
+        m = c.poll(1)
+        if m is not None and m.error() is None:
+            got.add(m.value().decode())
+    c.close()
+    missing = load.acked - got
+    assert not missing, f"{len(missing)} acknowledged records missing, e.g. {sorted(missing)[:5]}"
+    print(f"{len(load.acked)} acknowledged records, all read back")
