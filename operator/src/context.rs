@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Field manager for server-side apply and the event reporter name.
 pub const MANAGER: &str = "riffle-operator";
@@ -18,6 +20,10 @@ pub struct Metrics {
     pub failures: IntCounterVec,
     /// Reconcile duration by controller.
     pub duration: HistogramVec,
+    /// The step each Cluster is at (1 for the current kind, 0 for the others).
+    pub cluster_step: IntGaugeVec,
+    /// Steps taken per Cluster and kind (decommissions, restarts, ...).
+    pub cluster_steps: IntCounterVec,
 }
 
 impl Metrics {
@@ -48,10 +54,28 @@ impl Metrics {
             &["controller"],
         )
         .expect("valid metric");
+        let cluster_step = IntGaugeVec::new(
+            Opts::new(
+                "riffle_operator_cluster_step",
+                "Current step of each Cluster's scale or roll (1 = current kind)",
+            ),
+            &["namespace", "cluster", "step"],
+        )
+        .expect("valid metric");
+        let cluster_steps = IntCounterVec::new(
+            Opts::new(
+                "riffle_operator_cluster_steps_total",
+                "Scale and roll steps taken, by Cluster and kind",
+            ),
+            &["namespace", "cluster", "step"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(duration.clone()),
+            Box::new(cluster_step.clone()),
+            Box::new(cluster_steps.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -60,6 +84,8 @@ impl Metrics {
             reconciles,
             failures,
             duration,
+            cluster_step,
+            cluster_steps,
         }
     }
 

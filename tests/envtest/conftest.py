@@ -19,7 +19,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kube import REPO, ControlPlane, Kube, free_port  # noqa: E402
+from kube import REPO, ControlPlane, free_port  # noqa: E402
 from nodesim import NodeSimulator  # noqa: E402
 
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release"

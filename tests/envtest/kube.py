@@ -7,7 +7,6 @@ the KUBECONFIG to export and runs until interrupted.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -19,7 +18,6 @@ import sys
 import tempfile
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -309,10 +307,6 @@ class ControlPlane:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def b64(s: str) -> str:
-    return base64.b64encode(s.encode()).decode()
 
 
 if __name__ == "__main__":

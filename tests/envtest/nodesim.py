@@ -28,7 +28,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path

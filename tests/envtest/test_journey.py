@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from conftest import NS, OPERATOR_NS, OPERATOR_SA, REPO, Env, dump, free_port, wait_for

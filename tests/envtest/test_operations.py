@@ -7,6 +7,7 @@ every acknowledged record is there."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import urllib.request
@@ -96,10 +97,10 @@ def ops(installed: Env):
     e.kubectl("create", "namespace", NS)
     e.apply({"apiVersion": "riffle.dev/v1alpha1", "kind": "Cluster",
              "metadata": {"name": NAME},
-             "spec": {"replicas": 4, "voters": 3,
+             "spec": {"replicas": 3, "voters": 3,
                       "config": {"min_insync_replicas": "2"}}}, NS)
-    wait_for(lambda: cluster(e).get("status", {}).get("readyReplicas") == 4, "4 brokers", 120)
-    wait_for(lambda: len(any_view()["brokers"]) == 4, "4 registered brokers", 60)
+    wait_for(lambda: cluster(e).get("status", {}).get("readyReplicas") == 3, "3 brokers", 120)
+    wait_for(lambda: len(any_view()["brokers"]) == 3, "3 registered brokers", 60)
     bootstrap = cluster(e)["status"]["bootstrapServers"]
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(TOPIC, 8, 3)])[TOPIC].result(30)
@@ -110,6 +111,27 @@ def ops(installed: Env):
 
 def conditions(e: Env) -> dict[str, dict]:
     return {c["type"]: c for c in cluster(e)["status"]["conditions"]}
+
+
+def test_scale_up_spreads_replicas_onto_the_new_broker(ops):
+    e, load = ops
+    wait_for(lambda: len(load.acked) > 100, "records flowing", 60)
+    started = time.monotonic()
+    e.kubectl("scale", "-n", NS, f"rfc/{NAME}", "--replicas=4")
+    wait_for(lambda: cluster(e)["status"].get("readyReplicas") == 4, "4 ready brokers", 120)
+
+    def balanced():
+        counts = [b["replicas"] for b in any_view()["brokers"]]
+        # Every broker within the balancer's tolerance (10 %) of the mean, offsets
+        # topic included.
+        mean = sum(counts) / 4
+        ok = len(counts) == 4 and all(math.floor(mean * 0.9) <= c <= math.ceil(mean * 1.1)
+                                      for c in counts)
+        return ok and counts
+
+    counts = wait_for(balanced, "replicas spread over 4 brokers", 120)
+    print(f"3 -> 4 brokers balanced in {time.monotonic() - started:.1f} s: {counts}")
+    assert not load.errors, load.errors[:5]
 
 
 def test_scale_below_the_replication_factor_is_refused(ops):
@@ -136,14 +158,20 @@ def test_scale_down_drains_the_highest_broker_before_its_pod_goes(ops):
     # Asked for 3 brokers in the previous test: now that nothing needs 4, broker 3 drains.
     assert cluster(e)["spec"]["replicas"] == 3
     seen_draining = False
-    deadline = time.monotonic() + 180
+    started = time.monotonic()
+    deadline = started + 180
     while sts(e)["spec"]["replicas"] != 3:
         assert time.monotonic() < deadline, cluster(e).get("status")
         op = cluster(e).get("status", {}).get("operation") or ""
-        seen_draining |= "broker 3" in op
+        if "broker 3" in op and not seen_draining:
+            # The operator dies mid-drain; a new one carries on from the status.
+            seen_draining = True
+            e.stop_operator()
+            e.start_operator()
         # The Pod stays until broker 3 holds nothing.
         assert f"{NAME}-3" in pods(e), "pod deleted before the StatefulSet was lowered"
         time.sleep(0.2)
+    print(f"broker 3 drained and its Pod released in {time.monotonic() - started:.1f} s")
     left = next((b for b in any_view()["brokers"] if b["id"] == 3), None)
     assert left is None or left["replicas"] == 0, left
     assert seen_draining
@@ -164,7 +192,8 @@ def test_rolling_restart_one_broker_at_a_time_controller_last(ops):
     acked_before = len(load.acked)
     e.kubectl("annotate", "-n", NS, f"rfc/{NAME}", "riffle.dev/restart=1")
     order: list[str] = []
-    deadline = time.monotonic() + 300
+    started = time.monotonic()
+    deadline = started + 300
     while len(order) < 3:
         assert time.monotonic() < deadline, (order, cluster(e).get("status"))
         now = pods(e)
@@ -173,12 +202,23 @@ def test_rolling_restart_one_broker_at_a_time_controller_last(ops):
         for n, p in now.items():
             if p["metadata"]["uid"] != before[n] and n not in order:
                 order.append(n)
+                if len(order) == 1:
+                    # The operator dies mid-roll; a new one carries on from the status.
+                    e.stop_operator()
+                    e.start_operator()
         time.sleep(0.2)
     assert order[-1] == f"{NAME}-{controller}", (order, controller)
     assert order == sorted(order[:-1], reverse=True) + [order[-1]]
     wait_for(lambda: cluster(e)["status"].get("operation") is None
              and all(ready(p) for p in pods(e).values()), "the roll finished", 120)
+    print(f"rolling restart of 3 brokers in {time.monotonic() - started:.1f} s: {order}")
     assert not any(b["maintenance"] for b in any_view()["brokers"])
+    # The operator (restarted after the first broker) counts the restarts it did.
+    with urllib.request.urlopen(f"http://127.0.0.1:{e.operator_port}/metrics", timeout=3) as r:
+        metrics = r.read().decode()
+    restarts = f'riffle_operator_cluster_steps_total{{cluster="{NAME}",namespace="{NS}",step="restart"}}'
+    counted = [int(m.split()[-1]) for m in metrics.splitlines() if m.startswith(restarts)]
+    assert counted and 1 <= counted[0] <= 2, metrics
     assert len(load.acked) > acked_before
     assert not load.errors, load.errors[:5]
 

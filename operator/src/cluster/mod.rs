@@ -116,6 +116,13 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     let current = sts_api.get_opt(&cluster.name_any()).await?;
     let (observed, admin) = observe(&ctx, &cluster, &ns, current.as_ref(), &now).await?;
     let step = plan::next(cluster.spec.replicas, &observed, ctx.restart_timeout);
+    let name = cluster.name_any();
+    for kind in Step::KINDS {
+        ctx.metrics
+            .cluster_step
+            .with_label_values(&[ns.as_str(), name.as_str(), kind])
+            .set(i64::from(kind == step.kind()));
+    }
     let replicas = match step {
         Step::Resize(n) => n,
         _ => observed.sts_replicas,
@@ -245,6 +252,12 @@ async fn take_step(
             }
         }
         Step::Steady | Step::Resize(_) | Step::Wait(_) | Step::Refuse(_) => {}
+    }
+    if !matches!(step, Step::Steady | Step::Wait(_) | Step::Refuse(_)) {
+        ctx.metrics
+            .cluster_steps
+            .with_label_values(&[ns, cluster.name_any().as_str(), step.kind()])
+            .inc();
     }
     let note = status::describe(step);
     let changed = status.operation.as_deref() != Some(note.as_str());

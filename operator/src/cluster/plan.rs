@@ -82,6 +82,36 @@ pub enum Step {
     Refuse(String),
 }
 
+impl Step {
+    /// Every kind of step, as metric labels.
+    pub const KINDS: [&'static str; 9] = [
+        "steady",
+        "resize",
+        "decommission",
+        "recommission",
+        "enter_maintenance",
+        "exit_maintenance",
+        "restart",
+        "wait",
+        "stopped",
+    ];
+
+    /// This step's kind (one of `KINDS`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Steady => "steady",
+            Step::Resize(_) => "resize",
+            Step::Decommission(_) => "decommission",
+            Step::Recommission(_) => "recommission",
+            Step::EnterMaintenance(_) => "enter_maintenance",
+            Step::ExitMaintenance(_) => "exit_maintenance",
+            Step::Restart(_) => "restart",
+            Step::Wait(_) => "wait",
+            Step::Refuse(_) => "stopped",
+        }
+    }
+}
+
 /// Decides the next step towards `want` brokers, all at the current revision.
 /// `restart_timeout` bounds how long a restarted broker may take to be back.
 pub fn next(want: i32, obs: &Observed, restart_timeout: Duration) -> Step {
