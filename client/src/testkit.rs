@@ -45,9 +45,18 @@ fn free_port() -> u16 {
 impl TestBroker {
     /// Starts the broker binary at `binary` with extra flags; waits until it accepts connections.
     pub fn start(binary: impl Into<PathBuf>, args: &[&str]) -> TestBroker {
-        let mut b = TestBroker::launch(binary, args);
-        b.wait_serving();
-        b
+        let binary = binary.into();
+        // A port found free can be taken by another process before the broker binds it;
+        // the broker then exits at once and is started again on other ports.
+        for _ in 0..3 {
+            let mut b = TestBroker::launch(binary.clone(), args);
+            match b.serving() {
+                Ok(()) => return b,
+                Err(log) if log.contains("in use") => continue,
+                Err(log) => panic!("broker exited:\n{log}"),
+            }
+        }
+        panic!("no free ports for the broker after 3 attempts");
     }
 
     /// Starts the broker without waiting for it to serve (cluster members serve only once
@@ -82,6 +91,13 @@ impl TestBroker {
 
     /// Waits until the Kafka listener accepts connections.
     pub fn wait_serving(&mut self) {
+        if let Err(log) = self.serving() {
+            panic!("broker exited:\n{log}");
+        }
+    }
+
+    /// Waits until the Kafka listener accepts connections; the log if the process exits.
+    fn serving(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(&self.kafka).is_err() {
             assert!(
@@ -94,10 +110,11 @@ impl TestBroker {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("broker exited with {status}:\n{}", self.log());
+                return Err(format!("{status}\n{}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     fn log_path(&self) -> PathBuf {
