@@ -165,7 +165,11 @@ struct Replicas {
     isr: Vec<i32>,
     partition_epoch: i32,
     followers: HashMap<i32, Follower>,
-    isr_change_pending: bool,
+    /// ISR proposed to the controller and not yet committed. Until it is, the high
+    /// watermark also waits for the replicas it adds (Kafka's "maximal ISR"): the
+    /// controller may make one of them leader as soon as it commits, so it must hold
+    /// every record acknowledged meanwhile.
+    pending_isr: Option<Vec<i32>>,
     /// Smallest ISR over which the high watermark advances (`min.insync.replicas`,
     /// capped at the replica count): replicas that left a smaller ISR must still hold
     /// everything below it to be eligible leaders.
@@ -378,7 +382,7 @@ impl Partition {
                 isr: Vec::new(),
                 partition_epoch: -1,
                 followers: HashMap::new(),
-                isr_change_pending: false,
+                pending_isr: None,
                 min_isr: 1,
             }),
         })
@@ -509,7 +513,7 @@ impl Partition {
             r.replicas = replicas.to_vec();
             r.isr = isr.to_vec();
             r.partition_epoch = partition_epoch;
-            r.isr_change_pending = false;
+            r.pending_isr = None;
             r.min_isr = min_isr.clamp(1, replicas.len().max(1));
         }
         if role == Role::Leader {
@@ -527,7 +531,7 @@ impl Partition {
             if r.isr.len() < r.min_isr {
                 return;
             }
-            for b in &r.isr {
+            for b in r.isr.iter().chain(r.pending_isr.iter().flatten()) {
                 if let Some(f) = r.followers.get(b) {
                     hw = hw.min(f.log_end);
                 }
@@ -614,7 +618,7 @@ impl Partition {
         }
         let hw = self.high_watermark.load(Ordering::Acquire);
         let mut r = self.replica_lock();
-        if r.isr_change_pending {
+        if r.pending_isr.is_some() {
             return None;
         }
         let now = Instant::now();
@@ -650,7 +654,7 @@ impl Partition {
         if sorted == current {
             return None;
         }
-        r.isr_change_pending = true;
+        r.pending_isr = Some(isr.clone());
         Some(IsrChange {
             isr,
             leader_epoch,
@@ -687,7 +691,7 @@ impl Partition {
 
     /// An ISR change was not committed: allow the next attempt.
     pub fn isr_change_failed(&self) {
-        self.replica_lock().isr_change_pending = false;
+        self.replica_lock().pending_isr = None;
     }
 
     /// Waits until the high watermark reaches `end` while this broker still leads at
