@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -106,7 +107,6 @@ class Env:
                                 stdout=log, stderr=subprocess.STDOUT)
 
     def operator_ready(self) -> bool:
-        import urllib.request
         assert self.operator and self.operator.poll() is None, "operator exited"
         with urllib.request.urlopen(f"http://127.0.0.1:{self.operator_port}/readyz",
                                     timeout=1) as r:
