@@ -127,16 +127,18 @@ impl Admin {
 
     /// Starts (`on`) or cancels decommissioning broker `id`.
     pub async fn decommission(&self, id: i32, on: bool) -> Result<(), Error> {
-        let method = if on { Method::PUT } else { Method::DELETE };
-        self.call(method, &format!("/v1/brokers/{id}/decommission"))
-            .await
-            .map(drop)
+        self.switch(id, "decommission", on).await
     }
 
     /// Puts broker `id` into maintenance (`on`) or takes it out.
     pub async fn maintenance(&self, id: i32, on: bool) -> Result<(), Error> {
+        self.switch(id, "maintenance", on).await
+    }
+
+    /// PUT (on) or DELETE (off) of a broker operation.
+    async fn switch(&self, id: i32, operation: &str, on: bool) -> Result<(), Error> {
         let method = if on { Method::PUT } else { Method::DELETE };
-        self.call(method, &format!("/v1/brokers/{id}/maintenance"))
+        self.call(method, &format!("/v1/brokers/{id}/{operation}"))
             .await
             .map(drop)
     }

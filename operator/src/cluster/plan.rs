@@ -261,6 +261,13 @@ mod tests {
         }
     }
 
+    fn broker(o: &mut Observed, id: i32) -> &mut Broker {
+        o.view
+            .as_mut()
+            .and_then(|v| v.brokers.get_mut(&id))
+            .expect("broker in the view")
+    }
+
     #[test]
     fn creation_and_scale_up_resize_at_once() {
         let none = Observed::default();
@@ -279,22 +286,12 @@ mod tests {
     fn scale_down_drains_the_highest_broker_before_its_pod_goes() {
         let mut o = obs(5, 5);
         assert_eq!(next(3, &o, T), Step::Decommission(4));
-        let b4 = o
-            .view
-            .as_mut()
-            .and_then(|v| v.brokers.get_mut(&4))
-            .expect("b4");
-        b4.decommissioning = true;
+        broker(&mut o, 4).decommissioning = true;
         assert_eq!(
             next(3, &o, T),
             Step::Wait("draining broker 4: 10 replicas left".into())
         );
-        let b4 = o
-            .view
-            .as_mut()
-            .and_then(|v| v.brokers.get_mut(&4))
-            .expect("b4");
-        b4.replicas = 0;
+        broker(&mut o, 4).replicas = 0;
         assert_eq!(next(3, &o, T), Step::Resize(4));
         // Pod 4 gone; broker 4 unregistered once its process stopped; then broker 3.
         let mut o = obs(4, 4);
@@ -319,11 +316,7 @@ mod tests {
     #[test]
     fn growing_again_recommissions_a_broker_being_drained() {
         let mut o = obs(5, 5);
-        o.view
-            .as_mut()
-            .and_then(|v| v.brokers.get_mut(&4))
-            .expect("b4")
-            .decommissioning = true;
+        broker(&mut o, 4).decommissioning = true;
         assert_eq!(next(5, &o, T), Step::Recommission(4));
         assert_eq!(
             next(4, &o, T),
@@ -362,21 +355,12 @@ mod tests {
         outdated(&mut o, &[0, 1, 2]);
         o.restarting = Some((2, Duration::from_secs(1)));
         assert_eq!(next(3, &o, T), Step::EnterMaintenance(2));
-        let b2 = o
-            .view
-            .as_mut()
-            .and_then(|v| v.brokers.get_mut(&2))
-            .expect("b2");
-        b2.maintenance = true;
+        broker(&mut o, 2).maintenance = true;
         assert_eq!(
             next(3, &o, T),
             Step::Wait("moving 3 leaderships off broker 2".into())
         );
-        o.view
-            .as_mut()
-            .and_then(|v| v.brokers.get_mut(&2))
-            .expect("b2")
-            .leaders = 0;
+        broker(&mut o, 2).leaders = 0;
         assert_eq!(next(3, &o, T), Step::Restart(2));
         o.pods[2].terminating = true;
         assert_eq!(next(3, &o, T), Step::Wait("broker 2 is restarting".into()));
