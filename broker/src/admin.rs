@@ -61,6 +61,9 @@ pub enum AdminCommand {
         #[arg(long, conflicts_with = "off")]
         status: bool,
     },
+    /// Move leadership back to preferred replicas (the first of each partition's
+    /// replicas) wherever they are in sync.
+    ElectPreferred,
 }
 
 /// Runs an admin command; prints the broker's JSON answers.
@@ -99,6 +102,7 @@ pub async fn run(cli: AdminCli) -> anyhow::Result<()> {
             },
             format!("/v1/brokers/{id}/maintenance"),
         ),
+        AdminCommand::ElectPreferred => ("POST", "/v1/leaders/preferred".to_string()),
     };
     let mut body = call(&cli.http, method, &path).await?;
     println!("{}", serde_json::to_string_pretty(&body)?);

@@ -1,7 +1,7 @@
 //! HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, JSON views of the cluster
 //! (`/v1/cluster`) and of a partition's local replica (`/v1/partitions/{topic}/{partition}`),
-//! and the admin API for decommissioning and maintenance (`/v1/brokers/{id}/...`,
-//! forwarded to the active controller; see `docs/admin-api.yaml`).
+//! and the admin API for decommissioning, maintenance, balancing and preferred-leader
+//! elections (forwarded to the active controller; see `docs/admin-api.yaml`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Json;
 use axum::Router;
 use kafka_protocol::error::ResponseError as E;
@@ -47,6 +47,7 @@ pub fn router(state: HttpState) -> Router {
                 .put(|s, id| operation(s, id, Op::Maintenance, true))
                 .delete(|s, id| operation(s, id, Op::Maintenance, false)),
         )
+        .route("/v1/leaders/preferred", post(elect_preferred))
         .route(
             "/v1/balancer",
             get(balancer_status)
@@ -76,6 +77,10 @@ async fn cluster(State(s): State<HttpState>) -> impl IntoResponse {
         .partitions()
         .filter(|(_, _, p)| p.isr.len() < p.replicas.len())
         .count();
+    let non_preferred = image
+        .partitions()
+        .filter(|(_, _, p)| p.leader != -1 && p.replicas.first() != Some(&p.leader))
+        .count();
     Json(serde_json::json!({
         "cluster_id": image.cluster_id,
         "node_id": b.config.node_id,
@@ -103,6 +108,7 @@ async fn cluster(State(s): State<HttpState>) -> impl IntoResponse {
             "total": image.partitions().count(),
             "offline": offline,
             "under_replicated": under_replicated,
+            "non_preferred_leaders": non_preferred,
         },
         "reassignments": reassign::ongoing(&image).count(),
         "max_replication_factor": image
@@ -138,28 +144,59 @@ async fn operation(
         Op::Maintenance => ControlRequest::Maintenance { id, on },
         Op::Balancer => ControlRequest::Balancer { on },
     };
-    let timeout = std::time::Duration::from_secs(10);
-    match s.broker.cluster.control(req, timeout).await {
-        ControlReply::Error { code, message } => {
-            let status = if code == E::BrokerNotAvailable.code() {
-                StatusCode::NOT_FOUND
-            } else if code == E::InvalidRequest.code() {
-                StatusCode::CONFLICT
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            (status, Json(serde_json::json!({ "error": message }))).into_response()
-        }
-        ControlReply::NotController => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "error": "no active controller" })),
-        )
-            .into_response(),
+    match s.broker.cluster.control(req, CONTROL_TIMEOUT).await {
+        reply @ (ControlReply::Error { .. } | ControlReply::NotController) => refused(reply),
         _ => match op {
             Op::Decommission => decommission_status(State(s), Path(id)).await,
             Op::Maintenance => maintenance_status(State(s), Path(id)).await,
             Op::Balancer => balancer_status(State(s)).await,
         },
+    }
+}
+
+/// How long an admin call waits for the controller.
+const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A controller's refusal as an HTTP answer: 404 for an unknown broker, 409 for a request
+/// that contradicts the cluster's state, 503 when no controller decides.
+fn refused(reply: ControlReply) -> axum::response::Response {
+    let (status, message) = match reply {
+        ControlReply::Error { code, message } if code == E::BrokerNotAvailable.code() => {
+            (StatusCode::NOT_FOUND, message)
+        }
+        ControlReply::Error { code, message } if code == E::InvalidRequest.code() => {
+            (StatusCode::CONFLICT, message)
+        }
+        ControlReply::Error { message, .. } => (StatusCode::SERVICE_UNAVAILABLE, message),
+        ControlReply::NotController => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no active controller".to_string(),
+        ),
+        other => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected controller answer {other:?}"),
+        ),
+    };
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Moves leadership back to each partition's preferred replica (its first) wherever that
+/// replica is active, in sync and not in maintenance; answers the partitions moved.
+async fn elect_preferred(State(s): State<HttpState>) -> axum::response::Response {
+    let req = ControlRequest::ElectLeaders {
+        unclean: false,
+        partitions: None,
+    };
+    match s.broker.cluster.control(req, CONTROL_TIMEOUT).await {
+        ControlReply::Elected(moved) => Json(serde_json::json!({
+            "elected": moved.len(),
+            "partitions": moved
+                .iter()
+                .map(|(t, p, _)| serde_json::json!({ "topic": t, "partition": p }))
+                .collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        other => refused(other),
     }
 }
 

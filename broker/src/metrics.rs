@@ -81,6 +81,12 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let r = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes, open fds: what the
+        // operator's autoscaler and capacity dashboards read.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metrics register once");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &r,

@@ -64,8 +64,12 @@ pub struct TopicDescription {
 
 /// Resource type of topics in config APIs.
 const TOPIC_RESOURCE: i8 = 2;
+/// Resource type of brokers in config APIs (name `""`: the cluster-wide default).
+const BROKER_RESOURCE: i8 = 4;
 /// Config source of per-topic overrides.
 const TOPIC_CONFIG_SOURCE: i8 = 1;
+/// Config source of cluster-wide dynamic broker defaults.
+const DYNAMIC_DEFAULT_BROKER_SOURCE: i8 = 3;
 
 impl Connection {
     /// Describes a topic; `None` if it does not exist.
@@ -171,9 +175,45 @@ impl Connection {
         &mut self,
         name: &str,
     ) -> Result<BTreeMap<String, String>, AdminFailure> {
+        self.configs_from(TOPIC_RESOURCE, name, TOPIC_CONFIG_SOURCE)
+            .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) topic configs incrementally.
+    pub async fn alter_topic_configs(
+        &mut self,
+        name: &str,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<(), AdminFailure> {
+        self.alter_configs(TOPIC_RESOURCE, name, changes).await
+    }
+
+    /// The cluster-wide dynamic broker defaults (`BROKER ""`), by Kafka name.
+    pub async fn cluster_broker_defaults(
+        &mut self,
+    ) -> Result<BTreeMap<String, String>, AdminFailure> {
+        self.configs_from(BROKER_RESOURCE, "", DYNAMIC_DEFAULT_BROKER_SOURCE)
+            .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) cluster-wide dynamic broker defaults.
+    pub async fn alter_cluster_broker_defaults(
+        &mut self,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<(), AdminFailure> {
+        self.alter_configs(BROKER_RESOURCE, "", changes).await
+    }
+
+    /// A resource's configs that come from `source`.
+    async fn configs_from(
+        &mut self,
+        resource_type: i8,
+        name: &str,
+        source: i8,
+    ) -> Result<BTreeMap<String, String>, AdminFailure> {
         let req = DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default()
-                .with_resource_type(TOPIC_RESOURCE)
+                .with_resource_type(resource_type)
                 .with_resource_name(s(name))
                 .with_configuration_keys(None),
         ]);
@@ -185,7 +225,7 @@ impl Connection {
         check(r.error_code, r.error_message.as_ref())?;
         Ok(r.configs
             .iter()
-            .filter(|c| c.config_source == TOPIC_CONFIG_SOURCE)
+            .filter(|c| c.config_source == source)
             .filter_map(|c| {
                 c.value
                     .as_ref()
@@ -194,9 +234,10 @@ impl Connection {
             .collect())
     }
 
-    /// Sets (`Some`) or removes (`None`) topic configs incrementally.
-    pub async fn alter_topic_configs(
+    /// IncrementalAlterConfigs of one resource: SET for `Some`, DELETE for `None`.
+    async fn alter_configs(
         &mut self,
+        resource_type: i8,
         name: &str,
         changes: &BTreeMap<String, Option<String>>,
     ) -> Result<(), AdminFailure> {
@@ -211,7 +252,7 @@ impl Connection {
             .collect();
         let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
             AlterConfigsResource::default()
-                .with_resource_type(TOPIC_RESOURCE)
+                .with_resource_type(resource_type)
                 .with_resource_name(s(name))
                 .with_configs(configs),
         ]);

@@ -8,6 +8,13 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use riffle_client::Connection;
+
+use crate::cluster::autoscale::Tracker;
+use crate::cluster::build;
+use crate::cluster::plan::Limits;
+use crate::crd::Cluster;
+
 /// Field manager for server-side apply and the event reporter name.
 pub const MANAGER: &str = "riffle-operator";
 
@@ -24,6 +31,12 @@ pub struct Metrics {
     pub cluster_step: IntGaugeVec,
     /// Steps taken per Cluster and kind (decommissions, restarts, ...).
     pub cluster_steps: IntCounterVec,
+    /// Partitions not led by their preferred replica, per Cluster.
+    pub non_preferred_leaders: IntGaugeVec,
+    /// Leaderships moved back to preferred replicas by the operator, per Cluster.
+    pub preferred_elections: IntCounterVec,
+    /// Brokers the built-in autoscaler's last reading asks for, per Cluster.
+    pub recommended_replicas: IntGaugeVec,
 }
 
 impl Metrics {
@@ -70,12 +83,39 @@ impl Metrics {
             &["namespace", "cluster", "step"],
         )
         .expect("valid metric");
+        let non_preferred_leaders = IntGaugeVec::new(
+            Opts::new(
+                "riffle_operator_cluster_non_preferred_leaders",
+                "Partitions led by a replica other than their preferred one (leader imbalance)",
+            ),
+            &["namespace", "cluster"],
+        )
+        .expect("valid metric");
+        let preferred_elections = IntCounterVec::new(
+            Opts::new(
+                "riffle_operator_preferred_leader_elections_total",
+                "Leaderships the operator moved back to preferred replicas",
+            ),
+            &["namespace", "cluster"],
+        )
+        .expect("valid metric");
+        let recommended_replicas = IntGaugeVec::new(
+            Opts::new(
+                "riffle_operator_autoscaler_recommended_replicas",
+                "Brokers the built-in autoscaler's last load reading asks for",
+            ),
+            &["namespace", "cluster"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(cluster_step.clone()),
             Box::new(cluster_steps.clone()),
+            Box::new(non_preferred_leaders.clone()),
+            Box::new(preferred_elections.clone()),
+            Box::new(recommended_replicas.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -86,6 +126,9 @@ impl Metrics {
             duration,
             cluster_step,
             cluster_steps,
+            non_preferred_leaders,
+            preferred_elections,
+            recommended_replicas,
         }
     }
 
@@ -116,8 +159,10 @@ pub struct Context {
     pub bootstrap_override: Option<String>,
     /// Connect timeout for the Kafka admin connection (and the brokers' admin API).
     pub kafka_timeout: Duration,
-    /// How long a restarted broker may take to be ready before a rolling restart stops.
-    pub restart_timeout: Duration,
+    /// Time limits of the Cluster planner.
+    pub limits: Limits,
+    /// Load samples and recommendations of the built-in autoscaler.
+    pub autoscaler: Tracker,
 }
 
 impl Context {
@@ -136,7 +181,24 @@ impl Context {
             metrics: Metrics::new(),
             bootstrap_override,
             kafka_timeout: Duration::from_secs(5),
-            restart_timeout: Duration::from_secs(300),
+            limits: Limits {
+                restart_timeout: Duration::from_secs(300),
+                leader_election_interval: Duration::from_secs(300),
+            },
+            autoscaler: Tracker::default(),
+        }
+    }
+
+    /// A Kafka connection to `cluster` (its bootstrap Service, or the override).
+    pub async fn kafka(&self, cluster: &Cluster) -> Result<Connection, String> {
+        let addr = self
+            .bootstrap_override
+            .clone()
+            .unwrap_or_else(|| build::bootstrap_servers(cluster));
+        match tokio::time::timeout(self.kafka_timeout, Connection::connect(&addr)).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("{addr}: {e}")),
+            Err(_) => Err(format!("{addr}: connect timed out")),
         }
     }
 

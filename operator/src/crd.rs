@@ -64,6 +64,65 @@ pub struct ClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 1 || self == 3").message("voters must be 1 or 3"))]
     pub voters: Option<i32>,
+    /// Built-in autoscaling from the brokers' own load: the operator sets `replicas`
+    /// (through the scale subresource) between `minReplicas` and `maxReplicas`. Do not
+    /// combine with a HorizontalPodAutoscaler on the same Cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// Built-in autoscaling policy. Brokers needed = the Cluster's total load over the
+/// per-broker target, rounded up (the larger of the two when both targets are set).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas cannot exceed maxReplicas"))]
+#[x_kube(validation = Rule::new("has(self.targetBytesInPerBroker) || has(self.targetCpuMillisPerBroker)").message("set targetBytesInPerBroker, targetCpuMillisPerBroker or both"))]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Fewest brokers (at least the voters and the largest replication factor).
+    #[x_kube(validation = Rule::new("self >= 1").message("minReplicas must be at least 1"))]
+    pub min_replicas: i32,
+    /// Most brokers.
+    pub max_replicas: i32,
+    /// Produced bytes per second each broker should take on average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("targetBytesInPerBroker must be positive"))]
+    pub target_bytes_in_per_broker: Option<i64>,
+    /// CPU each broker should use on average, in millicores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("targetCpuMillisPerBroker must be positive"))]
+    pub target_cpu_millis_per_broker: Option<i64>,
+    /// Seconds the load must ask for more brokers before a scale-out.
+    #[serde(default = "default_scale_up_window")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must not be negative"))]
+    pub scale_up_window_seconds: i64,
+    /// Seconds the load must ask for fewer brokers before a scale-in.
+    #[serde(default = "default_scale_down_window")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must not be negative"))]
+    pub scale_down_window_seconds: i64,
+    /// Seconds after any scale before the next one.
+    #[serde(default = "default_cooldown")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must not be negative"))]
+    pub cooldown_seconds: i64,
+    /// Seconds between two readings of the brokers' metrics.
+    #[serde(default = "default_autoscaling_interval")]
+    #[x_kube(validation = Rule::new("self >= 1").message("intervalSeconds must be at least 1"))]
+    pub interval_seconds: i64,
+}
+
+fn default_scale_up_window() -> i64 {
+    120
+}
+
+fn default_scale_down_window() -> i64 {
+    600
+}
+
+fn default_cooldown() -> i64 {
+    300
+}
+
+fn default_autoscaling_interval() -> i64 {
+    15
 }
 
 fn default_replicas() -> i32 {
@@ -221,6 +280,38 @@ pub struct ClusterStatus {
     /// When that restart began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarting_since: Option<Time>,
+    /// Partitions led by a replica other than their preferred one (leader imbalance),
+    /// as the brokers last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_preferred_leaders: Option<i32>,
+    /// When the operator last triggered a preferred-leader election (cleared when a
+    /// broker restart ends, so that one follows every roll).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_leader_election: Option<Time>,
+    /// What the built-in autoscaler measured and decided last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
+/// The built-in autoscaler's last reading and decision.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// Produced bytes per second, all brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_in_per_second: Option<i64>,
+    /// CPU millicores, all brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<i64>,
+    /// Brokers the current load asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended_replicas: Option<i32>,
+    /// The last decision, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// When the autoscaler last changed `spec.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
 }
 
 /// A topic on a Riffle cluster, managed through the Kafka admin API.

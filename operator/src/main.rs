@@ -17,6 +17,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use riffle_operator::cluster::plan::Limits;
 use riffle_operator::context::{Context, MANAGER};
 use riffle_operator::crd::{self, Cluster, Topic};
 use riffle_operator::leader::Elector;
@@ -56,6 +57,15 @@ struct Cli {
         default_value_t = 300
     )]
     broker_restart_timeout: u64,
+    /// Least seconds between two preferred-leader elections the operator triggers in a
+    /// Cluster whose leaderships drifted (one is also due after each rolling restart);
+    /// as Kafka's `leader.imbalance.check.interval.seconds`.
+    #[arg(
+        long,
+        env = "RIFFLE_OPERATOR_LEADER_ELECTION_INTERVAL",
+        default_value_t = 300
+    )]
+    leader_election_interval: u64,
     /// Kafka bootstrap address to use instead of each cluster's Service (development).
     #[arg(long, env = "RIFFLE_OPERATOR_BOOTSTRAP_OVERRIDE")]
     bootstrap_override: Option<String>,
@@ -136,7 +146,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         apply_crds(&client).await?;
     }
     let mut ctx = Context::new(client.clone(), cli.bootstrap_override.clone());
-    ctx.restart_timeout = Duration::from_secs(cli.broker_restart_timeout);
+    ctx.limits = Limits {
+        restart_timeout: Duration::from_secs(cli.broker_restart_timeout),
+        leader_election_interval: Duration::from_secs(cli.leader_election_interval),
+    };
     let ctx = Arc::new(ctx);
     let ns = cli.watch_namespace.clone();
     let wc = watcher::Config::default();

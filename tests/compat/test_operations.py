@@ -5,7 +5,8 @@ ends with no replica (its moves run through reassignments, progress visible), th
 leaves the cluster once stopped; refusals (a voter, too few brokers for a replication
 factor) are 409 with the reason; recommissioning cancels the moves in flight.  A broker
 in maintenance leads nothing within seconds and gets its leaderships back afterwards;
-a second broker in maintenance is refused.  No delivery fails and every acknowledged
+a second broker in maintenance is refused.  A preferred-leader election gives a
+restarted broker back the leaderships it lost.  No delivery fails and every acknowledged
 record is read back from consistent replicas.
 """
 
@@ -40,7 +41,8 @@ def conforms(status, body, path):
     else:
         name = ("Decommission" if path.endswith("/decommission") else
                 "Maintenance" if path.endswith("/maintenance") else
-                "Balancer" if path.endswith("/balancer") else "Cluster")
+                "Balancer" if path.endswith("/balancer") else
+                "Elected" if path.endswith("/preferred") else "Cluster")
         schema = SPEC["components"]["schemas"][name]
     OAS30Validator(schema).validate(body)
     assert set(body) == set(schema["properties"]), (path, sorted(body))
@@ -57,6 +59,10 @@ def delete(c, via, path):
 
 def get(c, via, path):
     return conforms(*c.broker(via).http_request("GET", path), path)
+
+
+def post(c, via, path):
+    return conforms(*c.broker(via).http_request("POST", path), path)
 
 
 def riffle_admin(c, via, *args):
@@ -196,6 +202,47 @@ def test_maintenance_moves_leaders_away_and_back_under_load(make_cluster):
     print(f"maintenance: broker 2 led nothing {took:.2f}s after the request")
     verify_acked(c, topic, list(range(6)), load)
     c.assert_replicas_consistent(topic, list(range(6)))
+
+
+def test_preferred_leader_election_returns_leaderships_under_load(make_cluster):
+    # Automatic rebalancing off: only the election moves leadership back.
+    c = make_cluster(n=3, extra_args=(*FAST, "--auto-leader-rebalance-enable", "false"))
+    parts = list(range(6))
+    topic = create_topic(c, partitions=6, rf=3, config={"min.insync.replicas": 2})
+    c.wait_isr(topic, parts, c.ids)
+    preferred = {p: c.replicas_of(topic, p)[0] for p in parts}
+    non_preferred = lambda: get(c, 1, "/v1/cluster")[1]["partitions"]["non_preferred_leaders"]  # noqa: E731
+    wait_until(lambda: non_preferred() == 0, timeout=10, message="preferred leaders at start")
+    load = ConfluentLoad(c, topic, partitions=parts).start()
+    try:
+        load.log.wait_acks(300)
+        c.restart(2, kill=True)
+        c.wait_isr(topic, parts, c.ids)
+        lost = [p for p in parts if preferred[p] == 2]
+        # (The count covers every topic, the offsets topic too.)
+        drifted = non_preferred()
+        assert lost and drifted >= len(lost)
+        assert all(c.leader_of(topic, p, via=1) != 2 for p in parts)
+        load.log.wait_acks(load.log.count() + 300)
+        status, body = post(c, 3, "/v1/leaders/preferred")
+        assert status == 200 and len(lost) <= body["elected"] <= drifted, body
+        assert sorted(x["partition"] for x in body["partitions"] if x["topic"] == topic) == lost
+        wait_until(lambda: all(c.leader_of(topic, p, via=1) == preferred[p] for p in parts),
+                   timeout=10, message="every partition led by its preferred replica")
+        # Offsets-topic partitions whose preferred replica was still catching up follow
+        # at a later election.
+        wait_until(lambda: post(c, 2, "/v1/leaders/preferred")[1]["elected"] == 0
+                   and non_preferred() == 0, timeout=30, message="no leadership left to move")
+        # Nothing left to move: the command line says so.
+        cli = riffle_admin(c, 1, "elect-preferred")
+        assert cli.returncode == 0 and json.loads(cli.stdout)["elected"] == 0, cli
+        load.log.wait_acks(load.log.count() + 300)
+    except BaseException:
+        load.abort()
+        raise
+    finish_load(load, check_errors=True)
+    verify_acked(c, topic, parts, load)
+    c.assert_replicas_consistent(topic, parts)
 
 
 class GroupReader:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,69 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60, every: fl
             last = e
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last})")
+
+
+class Load:
+    """A producer thread (acks=all, idempotent) that keeps what was acknowledged: as
+    fast as it goes, or `rate` records of `size` bytes per second."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: float | None = None, size: int = 0):
+        from confluent_kafka import Producer
+        self.p = Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                           "enable.idempotence": True, "linger.ms": 5,
+                           "message.timeout.ms": 120000})
+        self.topic, self.rate, self.size = topic, rate, size
+        self.acked: set[str] = set()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        i, started = 0, time.monotonic()
+        while not self.stop.is_set():
+            if self.rate and i >= (time.monotonic() - started) * self.rate:
+                self.p.poll(0.005)
+                continue
+            value = f"r{i}"
+
+            def done(err, msg, value=value):
+                if err is not None:
+                    self.errors.append(str(err))
+                else:
+                    self.acked.add(value)
+
+            try:
+                self.p.produce(self.topic, value=value.encode().ljust(self.size, b"."),
+                               on_delivery=done)
+                i += 1
+            except BufferError:
+                pass
+            self.p.poll(0 if self.rate else 0.01)
+        self.p.flush(120)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.t.join(180)
+
+    def read_back(self, bootstrap: str, group: str) -> None:
+        """Asserts that every acknowledged record can be consumed."""
+        from confluent_kafka import Consumer
+        self.finish()
+        assert not self.errors, self.errors[:5]
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.subscribe([self.topic])
+        got: set[str] = set()
+        deadline = time.monotonic() + 120
+        while not self.acked <= got and time.monotonic() < deadline:
+            m = c.poll(1)
+            if m is not None and m.error() is None:
+                got.add(m.value().rstrip(b".").decode())
+        c.close()
+        missing = self.acked - got
+        assert not missing, f"{len(missing)} acknowledged records missing, e.g. {sorted(missing)[:5]}"
+        print(f"{len(self.acked)} acknowledged records, all read back")
 
 
 class Env:
@@ -182,8 +246,11 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def installed(env: Env) -> Env:
     """The chart installed by helm as users install it, and its operator running."""
+    # Shorter than the defaults (300 s each) so that the tier sees a stuck roll stop and
+    # the operator's preferred-leader elections within seconds.
     env.helm("install", RELEASE, str(REPO / "charts" / "riffle"), "--namespace", OPERATOR_NS,
-             "--create-namespace")
+             "--create-namespace", "--set",
+             "extraArgs={--broker-restart-timeout=30,--leader-election-interval=2}")
     env.kubectl("create", "namespace", NS)
     env.start_operator()
     return env

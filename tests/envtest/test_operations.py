@@ -1,22 +1,23 @@
 """Changing a running Cluster's shape through the operator, with real brokers and a
 producer (acks=all, idempotent) running throughout: scale-down drains brokers before
 their Pods go, scaling below the replication factor is refused, a rolling restart goes
-one broker at a time (leaderships moved first, the controller last), and at the end
+one broker at a time (leaderships moved first, the controller last) and stops at a
+broker that does not come back until the spec is fixed, dynamic settings change without
+a restart, leaderships that drifted go back to their preferred replicas, and at the end
 every acknowledged record is there."""
 
 from __future__ import annotations
 
 import json
 import math
-import threading
+import signal
 import time
 import urllib.request
 
 import pytest
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from conftest import Env, wait_for
+from conftest import Env, Load, wait_for
 
 NS, NAME, TOPIC = "ops", "ops", "events"
 
@@ -54,43 +55,6 @@ def ready(p: dict) -> bool:
                for c in p.get("status", {}).get("conditions", []))
 
 
-class Load:
-    """A producer thread: acks=all, idempotent; keeps what was acknowledged."""
-
-    def __init__(self, bootstrap: str):
-        self.p = Producer({"bootstrap.servers": bootstrap, "acks": "all",
-                           "enable.idempotence": True, "linger.ms": 5,
-                           "message.timeout.ms": 120000})
-        self.acked: set[str] = set()
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self.run, daemon=True)
-        self.t.start()
-
-    def run(self):
-        i = 0
-        while not self.stop.is_set():
-            value = f"r{i}"
-
-            def done(err, msg, value=value):
-                if err is not None:
-                    self.errors.append(str(err))
-                else:
-                    self.acked.add(value)
-
-            try:
-                self.p.produce(TOPIC, value=value.encode(), on_delivery=done)
-                i += 1
-            except BufferError:
-                pass
-            self.p.poll(0.01)
-        self.p.flush(120)
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.t.join(180)
-
-
 @pytest.fixture(scope="module")
 def ops(installed: Env):
     e = installed
@@ -98,13 +62,14 @@ def ops(installed: Env):
     e.apply({"apiVersion": "riffle.dev/v1alpha1", "kind": "Cluster",
              "metadata": {"name": NAME},
              "spec": {"replicas": 3, "voters": 3,
-                      "config": {"min_insync_replicas": "2"}}}, NS)
+                      "config": {"min_insync_replicas": "2",
+                                 "auto_leader_rebalance_enable": "false"}}}, NS)
     wait_for(lambda: cluster(e).get("status", {}).get("readyReplicas") == 3, "3 brokers", 120)
     wait_for(lambda: len(any_view()["brokers"]) == 3, "3 registered brokers", 60)
     bootstrap = cluster(e)["status"]["bootstrapServers"]
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(TOPIC, 8, 3)])[TOPIC].result(30)
-    load = Load(bootstrap)
+    load = Load(bootstrap, TOPIC)
     yield e, load
     load.finish()
 
@@ -223,21 +188,104 @@ def test_rolling_restart_one_broker_at_a_time_controller_last(ops):
     assert not load.errors, load.errors[:5]
 
 
+def operator_metric(e: Env, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{e.operator_port}/metrics", timeout=3) as r:
+        lines = r.read().decode().splitlines()
+    series = f'{name}{{cluster="{NAME}",namespace="{NS}"}}'
+    return sum(float(x.split()[-1]) for x in lines if x.startswith(series))
+
+
+def test_operator_moves_leaderships_back_to_preferred_replicas(ops):
+    e, load = ops
+    # The brokers' own rebalancing is off in this Cluster: only the operator moves them.
+    wait_for(lambda: any_view()["partitions"]["non_preferred_leaders"] == 0,
+             "preferred leaders after the roll", 60)
+    elected_before = operator_metric(e, "riffle_operator_preferred_leader_elections_total")
+    # Broker 1 frozen past its session timeout: fenced, its leaderships move away.
+    proc = e.sim.running[f"{NS}/{NAME}-1"].proc
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        drifted = wait_for(lambda: any_view()["partitions"]["non_preferred_leaders"],
+                           "leaderships moved off the frozen broker", 60)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    print(f"{drifted} partitions led away from their preferred replica")
+    started = time.monotonic()
+    wait_for(lambda: any_view()["partitions"]["non_preferred_leaders"] == 0,
+             "leaderships back on their preferred replicas", 120)
+    print(f"preferred leaders back {time.monotonic() - started:.1f} s after broker 1 returned")
+    events = e.get(f"/apis/events.k8s.io/v1/namespaces/{NS}/events")["items"]
+    assert any(ev["reason"] == "PreferredLeaderElection" for ev in events)
+    assert operator_metric(e, "riffle_operator_preferred_leader_elections_total") > elected_before
+    wait_for(lambda: cluster(e)["status"].get("nonPreferredLeaders") == 0,
+             "the imbalance in the status", 30)
+    assert operator_metric(e, "riffle_operator_cluster_non_preferred_leaders") == 0
+    assert not load.errors, load.errors[:5]
+
+
+def broker_setting(e: Env, broker: int, name: str) -> tuple[str, int]:
+    """(value, source) of a broker setting as DescribeConfigs gives it."""
+    admin = AdminClient({"bootstrap.servers": cluster(e)["status"]["bootstrapServers"]})
+    res = ConfigResource(ResourceType.BROKER, str(broker))
+    entry = admin.describe_configs([res])[res].result(10)[name]
+    return entry.value, getattr(entry.source, "value", entry.source)
+
+
+DYNAMIC_DEFAULT = 3  # Kafka's DYNAMIC_DEFAULT_BROKER_CONFIG source
+
+
+def test_dynamic_settings_apply_without_a_restart(ops):
+    e, load = ops
+    before = {n: p["metadata"]["uid"] for n, p in pods(e).items()}
+    revision = sts(e)["status"]["updateRevision"]
+    e.kubectl("patch", "-n", NS, f"rfc/{NAME}", "--type", "merge",
+              "-p", '{"spec": {"config": {"log_retention_ms": "3600000"}}}')
+    wait_for(lambda: all(broker_setting(e, b, "log.retention.ms") == ("3600000", DYNAMIC_DEFAULT)
+                         for b in range(3)), "the setting on every broker", 60)
+    events = e.get(f"/apis/events.k8s.io/v1/namespaces/{NS}/events")["items"]
+    assert any(ev["reason"] == "ConfigApplied" and "log.retention.ms=3600000" in ev.get("note", "")
+               for ev in events)
+    # Removed from the spec: back to the default, still without a restart.
+    e.kubectl("patch", "-n", NS, f"rfc/{NAME}", "--type", "json",
+              "-p", '[{"op": "remove", "path": "/spec/config/log_retention_ms"}]')
+    wait_for(lambda: broker_setting(e, 1, "log.retention.ms")[1] != DYNAMIC_DEFAULT,
+             "the setting removed", 60)
+    assert broker_setting(e, 1, "log.retention.ms")[0] == "604800000"
+    time.sleep(3)
+    assert {n: p["metadata"]["uid"] for n, p in pods(e).items()} == before
+    assert sts(e)["status"]["updateRevision"] == revision
+    assert not load.errors, load.errors[:5]
+
+
+def test_a_broker_that_does_not_come_back_stops_the_roll_until_fixed(ops):
+    e, load = ops
+    before = {n: p["metadata"]["uid"] for n, p in pods(e).items()}
+    # A value the brokers cannot start with: the first restarted broker stays down.
+    e.kubectl("patch", "-n", NS, f"rfc/{NAME}", "--type", "merge",
+              "-p", '{"spec": {"config": {"replica_fetch_max_bytes": "lots"}}}')
+    cond = wait_for(lambda: (lambda c: c["Degraded"]["status"] == "True" and c["Degraded"])(
+        conditions(e)), "the roll to stop", 180)
+    assert cond["reason"] == "OperationStopped" and "not back" in cond["message"], cond
+    replaced = [n for n, p in pods(e).items() if p["metadata"]["uid"] != before[n]]
+    assert len(replaced) == 1, f"the roll went on past a broker that did not come back: {replaced}"
+    events = e.get(f"/apis/events.k8s.io/v1/namespaces/{NS}/events")["items"]
+    assert any(ev["reason"] == "OperationStopped" and "not back" in ev.get("note", "")
+               for ev in events)
+    time.sleep(5)
+    assert [n for n, p in pods(e).items() if p["metadata"]["uid"] != before[n]] == replaced
+    # Fixed: the stuck broker is restarted at the new revision and the roll completes.
+    e.kubectl("patch", "-n", NS, f"rfc/{NAME}", "--type", "json",
+              "-p", '[{"op": "remove", "path": "/spec/config/replica_fetch_max_bytes"}]')
+    wait_for(lambda: (lambda s, p: s.get("operation") is None
+                      and s.get("readyReplicas") == 3
+                      and all(ready(x) for x in p.values())
+                      and all(x["metadata"]["uid"] != before[n] for n, x in p.items()))(
+        cluster(e)["status"], pods(e)), "the roll to finish after the fix", 240)
+    conds = conditions(e)
+    assert conds["Degraded"]["status"] == "False", conds
+    assert not load.errors, load.errors[:5]
+
+
 def test_every_acknowledged_record_is_there(ops):
     e, load = ops
-    load.finish()
-    assert not load.errors, load.errors[:5]
-    c = Consumer({"bootstrap.servers": cluster(e)["status"]["bootstrapServers"],
-                  "group.id": "ops-check", "auto.offset.reset": "earliest",
-                  "enable.auto.commit": False})
-    c.subscribe([TOPIC])
-    got: set[str] = set()
-    deadline = time.monotonic() + 120
-    while not load.acked <= got and time.monotonic() < deadline:
-        m = c.poll(1)
-        if m is not None and m.error() is None:
-            got.add(m.value().decode())
-    c.close()
-    missing = load.acked - got
-    assert not missing, f"{len(missing)} acknowledged records missing, e.g. {sorted(missing)[:5]}"
-    print(f"{len(load.acked)} acknowledged records, all read back")
+    load.read_back(cluster(e)["status"]["bootstrapServers"], "ops-check")

@@ -135,6 +135,7 @@ OPERATOR_RULES = [
     {"apiGroups": ["riffle.dev"], "resources": ["clusters"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["riffle.dev"], "resources": ["topics"], "verbs": ["list", "watch", "patch"]},
     {"apiGroups": ["riffle.dev"], "resources": ["clusters/status", "topics/status"], "verbs": ["patch"]},
+    {"apiGroups": ["riffle.dev"], "resources": ["clusters/scale"], "verbs": ["patch"]},
     {"apiGroups": ["riffle.dev"], "resources": ["clusters/finalizers"], "verbs": ["update"]},
     {"apiGroups": ["apps"], "resources": ["statefulsets"],
      "verbs": ["get", "list", "watch", "create", "patch"]},

@@ -123,6 +123,10 @@ used in a ClusterRole, or in a Role when the operator watches one namespace.
 - apiGroups: ["riffle.dev"]
   resources: ["clusters/status", "topics/status"]
   verbs: ["patch"]
+# The built-in autoscaler sets a Cluster's size as an HPA would.
+- apiGroups: ["riffle.dev"]
+  resources: ["clusters/scale"]
+  verbs: ["patch"]
 # Owner references that block the owner's deletion need this where the
 # OwnerReferencesPermissionEnforcement admission plugin runs.
 - apiGroups: ["riffle.dev"]

@@ -1,5 +1,6 @@
 //! The brokers' admin HTTP API (`docs/admin-api.yaml`), as the Cluster controller uses
-//! it: read the cluster's state, and start or stop decommission and maintenance.
+//! it: read the cluster's state, start or stop decommission and maintenance, and trigger
+//! preferred-leader elections.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -43,6 +44,7 @@ struct ClusterJson {
     brokers: Vec<BrokerJson>,
     partitions: PartitionsJson,
     max_replication_factor: usize,
+    reassignments: usize,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +60,12 @@ struct BrokerJson {
 struct PartitionsJson {
     offline: usize,
     under_replicated: usize,
+    non_preferred_leaders: usize,
+}
+
+#[derive(Deserialize)]
+struct ElectedJson {
+    elected: usize,
 }
 
 impl Admin {
@@ -122,7 +130,24 @@ impl Admin {
             controller: c.controller,
             under_replicated: c.partitions.under_replicated + c.partitions.offline,
             max_replication_factor: c.max_replication_factor,
+            non_preferred_leaders: c.partitions.non_preferred_leaders,
+            reassignments: c.reassignments,
         })
+    }
+
+    /// The broker's Prometheus text exposition.
+    pub async fn metrics(&self) -> Result<String, Error> {
+        let body = self.call(Method::GET, "/metrics").await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Moves leaderships back to preferred replicas; answers how many moved.
+    pub async fn elect_preferred(&self) -> Result<usize, Error> {
+        let path = "/v1/leaders/preferred";
+        let body = self.call(Method::POST, path).await?;
+        let e: ElectedJson = serde_json::from_slice(&body)
+            .map_err(|e| Error::Invalid(format!("{}{path}", self.base), e.to_string()))?;
+        Ok(e.elected)
     }
 
     /// Starts (`on`) or cancels decommissioning broker `id`.

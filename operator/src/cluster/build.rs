@@ -53,7 +53,66 @@ pub const BROKER_CONFIG_KEYS: &[&str] = &[
     "group_min_session_timeout_ms",
     "group_max_session_timeout_ms",
     "offsets_retention_minutes",
+    "offsets_topic_replication_factor",
+    "broker_heartbeat_interval_ms",
+    "broker_session_timeout_ms",
+    "raft_heartbeat_interval_ms",
+    "raft_election_timeout_ms",
+    "replica_lag_time_max_ms",
+    "replica_fetch_wait_max_ms",
+    "replica_fetch_max_bytes",
+    "auto_leader_rebalance_enable",
+    "leader_imbalance_per_broker_percentage",
+    "leader_imbalance_check_interval_seconds",
+    "controlled_shutdown_timeout_ms",
+    "max_concurrent_moves",
+    "balancer_tolerance_percent",
 ];
+
+/// Settings the brokers take at runtime as cluster-wide dynamic defaults (Kafka's
+/// IncrementalAlterConfigs on `BROKER ""`), with their Kafka names: changing one of them
+/// in a spec applies it without a rolling restart.
+pub const DYNAMIC_CONFIG: &[(&str, &str)] = &[
+    ("auto_create_topics_enable", "auto.create.topics.enable"),
+    ("log_retention_bytes", "log.retention.bytes"),
+    (
+        "log_retention_check_interval_ms",
+        "log.retention.check.interval.ms",
+    ),
+    ("log_retention_ms", "log.retention.ms"),
+    ("log_roll_ms", "log.roll.ms"),
+    ("log_segment_bytes", "log.segment.bytes"),
+    ("message_max_bytes", "message.max.bytes"),
+    ("min_insync_replicas", "min.insync.replicas"),
+];
+
+/// The spec's dynamic settings by Kafka name.
+pub fn dynamic_config(cluster: &Cluster) -> BTreeMap<String, String> {
+    DYNAMIC_CONFIG
+        .iter()
+        .filter_map(|(key, kafka)| {
+            Some((kafka.to_string(), cluster.spec.config.get(*key)?.clone()))
+        })
+        .collect()
+}
+
+/// What to change in the brokers' dynamic defaults (`current`, by Kafka name) so that the
+/// settings this operator manages are as `want`: set (`Some`) what differs, delete
+/// (`None`) what `want` no longer has. Other keys are left alone.
+pub fn config_changes(
+    want: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+) -> BTreeMap<String, Option<String>> {
+    DYNAMIC_CONFIG
+        .iter()
+        .filter_map(|(_, name)| match (want.get(*name), current.get(*name)) {
+            (Some(w), Some(c)) if w == c => None,
+            (Some(w), _) => Some((name.to_string(), Some(w.clone()))),
+            (None, Some(_)) => Some((name.to_string(), None)),
+            (None, None) => None,
+        })
+        .collect()
+}
 
 /// Where brokers keep their data inside the pod.
 const DATA_PATH: &str = "/var/lib/riffle";
@@ -102,6 +161,14 @@ pub fn validate(cluster: &Cluster) -> Vec<String> {
             "spec.replicas {} is fewer than the {voters} metadata voters",
             spec.replicas
         ));
+    }
+    if let Some(a) = &spec.autoscaling {
+        if a.min_replicas < voters {
+            errors.push(format!(
+                "spec.autoscaling.minReplicas {} is fewer than the {voters} metadata voters",
+                a.min_replicas
+            ));
+        }
     }
     for key in spec.config.keys() {
         if RESERVED_CONFIG.contains(&key.as_str()) {
@@ -247,9 +314,13 @@ pub const RESTART_ANNOTATION: &str = "riffle.dev/restart";
 pub fn build(cluster: &Cluster, replicas: i32) -> Objects {
     let name = cluster.name_any();
     let spec = &cluster.spec;
+    // Dynamic settings reach the brokers through the metadata quorum (a starting broker
+    // has them as soon as it caught up), not through the ConfigMap: a change or removal
+    // of one then needs no restart and leaves no stale static value behind.
     let env_config: BTreeMap<String, String> = spec
         .config
         .iter()
+        .filter(|(k, _)| !DYNAMIC_CONFIG.iter().any(|(d, _)| d == k))
         .map(|(k, v)| (format!("RIFFLE_{}", k.to_ascii_uppercase()), v.clone()))
         .collect();
     let port = |name: &str, port: i32| ServicePort {
@@ -598,6 +669,51 @@ mod tests {
                 .and_then(|a| a.get("riffle.dev/config-hash").cloned())
         };
         assert_ne!(hash(&a), hash(&b));
+        // Dynamic settings change no pod: they are applied at runtime.
+        let c = cluster(serde_json::json!({"config": {"num_partitions": "3",
+            "log_retention_ms": "60000", "min_insync_replicas": "2"}}));
+        assert_eq!(hash(&a), hash(&c));
+        assert_eq!(
+            dynamic_config(&c),
+            BTreeMap::from([
+                ("log.retention.ms".to_string(), "60000".to_string()),
+                ("min.insync.replicas".to_string(), "2".to_string()),
+            ])
+        );
+        let cm = build(&c, 3).config_map.data.unwrap_or_default();
+        assert_eq!(cm.keys().collect::<Vec<_>>(), ["RIFFLE_NUM_PARTITIONS"]);
+    }
+
+    #[test]
+    fn dynamic_changes_set_what_differs_and_delete_what_is_gone() {
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let want = m(&[("log.retention.ms", "60000"), ("min.insync.replicas", "2")]);
+        let current = m(&[
+            ("min.insync.replicas", "2"),
+            ("log.segment.bytes", "1048576"),
+            ("leader.replication.throttled.rate", "1000"),
+        ]);
+        assert_eq!(
+            config_changes(&want, &current),
+            BTreeMap::from([
+                ("log.retention.ms".to_string(), Some("60000".to_string())),
+                ("log.segment.bytes".to_string(), None),
+            ]),
+            "throttles set by someone else stay"
+        );
+        assert!(config_changes(&want, &want).is_empty());
+    }
+
+    #[test]
+    fn every_dynamic_setting_is_a_broker_setting() {
+        for (key, _) in DYNAMIC_CONFIG {
+            assert!(BROKER_CONFIG_KEYS.contains(key), "{key}");
+        }
     }
 
     #[test]
@@ -629,11 +745,14 @@ mod tests {
             "replicas": 0,
             "storage": {"size": "lots"},
             "listeners": {"kafka": 9092, "http": 9092},
-            "config": {"node_id": "3", "no_such_setting": "1", "num_partitions": "2"}
+            "config": {"node_id": "3", "no_such_setting": "1", "num_partitions": "2"},
+            "voters": 1,
+            "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "targetBytesInPerBroker": 1000}
         }));
         let errors = validate(&c);
-        // replicas, size, ports, two config keys, fewer brokers than the one voter.
-        assert_eq!(errors.len(), 6, "{errors:?}");
+        // replicas, size, ports, two config keys, fewer brokers than the one voter, an
+        // autoscaling minimum below it.
+        assert_eq!(errors.len(), 7, "{errors:?}");
         assert!(validate(&cluster(serde_json::json!({}))).is_empty());
         assert!(is_quantity("1.5Gi") && is_quantity("500M") && !is_quantity("Gi"));
     }

@@ -1,13 +1,15 @@
 //! Cluster reconciliation.
 
 pub mod admin;
+pub mod autoscale;
 pub mod build;
 pub mod plan;
 pub mod status;
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -20,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::context::{Context, MANAGER};
-use crate::crd::{Cluster, ClusterStatus};
+use crate::crd::{AutoscalerStatus, Cluster, ClusterStatus};
 use admin::Admin;
 use plan::{Observed, Step};
 
@@ -115,8 +117,15 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let current = sts_api.get_opt(&cluster.name_any()).await?;
     let (observed, admin) = observe(&ctx, &cluster, &ns, current.as_ref(), &now).await?;
-    let step = plan::next(cluster.spec.replicas, &observed, ctx.restart_timeout);
+    let step = plan::next(cluster.spec.replicas, &observed, &ctx.limits);
     let name = cluster.name_any();
+    let non_preferred = observed.view.as_ref().map(|v| v.non_preferred_leaders);
+    if let Some(n) = non_preferred {
+        ctx.metrics
+            .non_preferred_leaders
+            .with_label_values(&[ns.as_str(), name.as_str()])
+            .set(n as i64);
+    }
     for kind in Step::KINDS {
         ctx.metrics
             .cluster_step
@@ -134,19 +143,136 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     apply(&ctx, &ns, &objs.bootstrap).await?;
     apply(&ctx, &ns, &objs.pdb).await?;
     let sts: StatefulSet = apply(&ctx, &ns, &objs.stateful_set).await?;
-    let restarting = take_step(&ctx, &cluster, &ns, &step, admin, &now).await?;
-    write_status(
-        &ctx,
-        &cluster,
-        &ns,
-        status::observed(&cluster, sts.status.as_ref(), &step, restarting, &now),
-    )
-    .await?;
-    Ok(match step {
+    if admin.is_some() {
+        apply_dynamic_config(&ctx, &cluster).await;
+    }
+    let progress = take_step(&ctx, &cluster, &ns, &step, admin, &now).await?;
+    let mut status = status::observed(&cluster, sts.status.as_ref(), &step, progress, &now);
+    status.non_preferred_leaders = non_preferred.map(|n| n as i32);
+    status.autoscaler = autoscale(&ctx, &cluster, &ns, &observed, &step, &now).await?;
+    write_status(&ctx, &cluster, &ns, status).await?;
+    Ok(match (&step, &cluster.spec.autoscaling) {
+        (Step::Steady, Some(a)) => {
+            Action::requeue(Duration::from_secs(a.interval_seconds.max(1) as u64))
+        }
         // Owned objects trigger reconciles on change; the resync catches anything else.
-        Step::Steady => Action::requeue(Duration::from_secs(300)),
+        (Step::Steady, None) => Action::requeue(Duration::from_secs(300)),
         _ => Action::requeue(STEP_INTERVAL),
     })
+}
+
+/// Brings the brokers' cluster-wide dynamic defaults in line with the spec's dynamic
+/// settings, without a restart. A failure is logged and retried at the next reconcile;
+/// it holds nothing else up.
+async fn apply_dynamic_config(ctx: &Context, cluster: &Cluster) {
+    let applied = async {
+        let mut conn = ctx.kafka(cluster).await?;
+        let current = conn
+            .cluster_broker_defaults()
+            .await
+            .map_err(|e| e.to_string())?;
+        let changes = build::config_changes(&build::dynamic_config(cluster), &current);
+        if !changes.is_empty() {
+            conn.alter_cluster_broker_defaults(&changes)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(changes)
+    }
+    .await;
+    match applied {
+        Ok(changes) if !changes.is_empty() => {
+            let list: Vec<String> = changes
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => format!("{k} removed"),
+                })
+                .collect();
+            let note = format!("applied without restart: {}", list.join(", "));
+            ctx.event(cluster, false, "ConfigApplied", note).await;
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "applying dynamic broker settings"),
+    }
+}
+
+/// The built-in autoscaler's turn: reads every ready broker's counters, records what the
+/// load asks for and, when the policy decides so, sets `spec.replicas` through the scale
+/// subresource (the scale itself then runs like any other). Returns its status.
+async fn autoscale(
+    ctx: &Context,
+    cluster: &Cluster,
+    ns: &str,
+    observed: &Observed,
+    step: &Step,
+    now: &Time,
+) -> Result<Option<AutoscalerStatus>, Error> {
+    let Some(spec) = &cluster.spec.autoscaling else {
+        return Ok(None);
+    };
+    let name = cluster.name_any();
+    let key = format!("{ns}/{name}");
+    let policy = autoscale::Policy::from(spec);
+    let at = Instant::now();
+    let mut counters = BTreeMap::new();
+    for p in observed.pods.iter().filter(|p| p.ready && !p.terminating) {
+        let addr = build::pod_address(cluster, p.ordinal, cluster.spec.listeners.http);
+        match Admin::new(&addr, ctx.kafka_timeout).metrics().await {
+            Ok(text) => {
+                counters.insert(p.ordinal, autoscale::parse_counters(&text));
+            }
+            Err(e) => tracing::debug!(error = %e, "broker metrics"),
+        }
+    }
+    let previous = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.autoscaler.clone())
+        .unwrap_or_default();
+    let Some(load) = ctx.autoscaler.sample(&key, at, counters) else {
+        return Ok(Some(AutoscalerStatus {
+            decision: Some("measuring the load".into()),
+            ..previous
+        }));
+    };
+    let recommended = autoscale::recommend(&policy, load);
+    ctx.metrics
+        .recommended_replicas
+        .with_label_values(&[ns, name.as_str()])
+        .set(i64::from(recommended));
+    let keep = policy.up_window.max(policy.down_window)
+        + Duration::from_secs(spec.interval_seconds.max(1) as u64);
+    let history = ctx.autoscaler.recommend(&key, at, recommended, keep);
+    let since_scale = previous
+        .last_scale_time
+        .as_ref()
+        .map(|t| now.0.duration_since(t.0).unsigned_abs());
+    let busy = autoscale::busy(step, observed.view.as_ref());
+    let current = cluster.spec.replicas;
+    let mut last_scale_time = previous.last_scale_time;
+    let decision = match autoscale::decide(&policy, current, &history, since_scale, busy.as_deref())
+    {
+        autoscale::Decision::Hold(why) => why,
+        autoscale::Decision::Scale(to, why) => {
+            let api: Api<Cluster> = Api::namespaced(ctx.client.clone(), ns);
+            let patch = serde_json::json!({ "spec": { "replicas": to } });
+            api.patch_scale(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            ctx.autoscaler.clear_history(&key);
+            last_scale_time = Some(now.clone());
+            let note = format!("{current} -> {to} brokers: {why}");
+            ctx.event(cluster, false, "Autoscaled", note.clone()).await;
+            note
+        }
+    };
+    Ok(Some(AutoscalerStatus {
+        bytes_in_per_second: Some(load.bytes_in.round() as i64),
+        cpu_millis: Some(load.cpu_millis.round() as i64),
+        recommended_replicas: Some(recommended),
+        decision: Some(decision),
+        last_scale_time,
+    }))
 }
 
 /// The StatefulSet, its Pods and the brokers' own view, as the planner needs them; and
@@ -201,22 +327,22 @@ async fn observe(
             Err(e) => tracing::debug!(error = %e, "broker admin API"),
         }
     }
-    let restarting = cluster.status.as_ref().and_then(|s| {
-        let since = s.restarting_since.as_ref()?;
-        let elapsed = now.0.duration_since(since.0).unsigned_abs();
-        Some((s.restarting?, elapsed))
-    });
+    let status = cluster.status.as_ref();
+    let since = |t: &Time| now.0.duration_since(t.0).unsigned_abs();
     let observed = Observed {
         sts_replicas: sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
         pods,
         view,
-        restarting,
+        restarting: status.and_then(|s| Some((s.restarting?, since(s.restarting_since.as_ref()?)))),
+        since_leader_election: status
+            .and_then(|s| s.last_leader_election.as_ref())
+            .map(since),
     };
     Ok((observed, answered))
 }
 
-/// Takes `step` (admin API calls, Pod deletion, events); returns the broker being
-/// restarted and since when, for the status.
+/// Takes `step` (admin API calls, Pod deletion, events); returns what the status keeps
+/// of the operation.
 async fn take_step(
     ctx: &Context,
     cluster: &Cluster,
@@ -224,9 +350,10 @@ async fn take_step(
     step: &Step,
     admin: Option<Admin>,
     now: &Time,
-) -> Result<Option<(i32, Time)>, Error> {
+) -> Result<status::Progress, Error> {
     let status = cluster.status.clone().unwrap_or_default();
     let mut restarting = status.restarting.zip(status.restarting_since);
+    let mut last_leader_election = status.last_leader_election;
     // Steps that call the admin API are only planned from a view some broker gave.
     let admin = || admin.as_ref().ok_or(admin::Error::NoBroker);
     match step {
@@ -241,8 +368,24 @@ async fn take_step(
         Step::ExitMaintenance(id) => {
             admin()?.maintenance(*id, false).await?;
             restarting = None;
+            last_leader_election = None;
+        }
+        Step::ElectPreferredLeaders => {
+            let moved = admin()?.elect_preferred().await?;
+            last_leader_election = Some(now.clone());
+            ctx.metrics
+                .preferred_elections
+                .with_label_values(&[ns, cluster.name_any().as_str()])
+                .inc_by(moved as u64);
+            if moved > 0 {
+                let note = format!("moved {moved} leaderships back to preferred replicas");
+                ctx.event(cluster, false, "PreferredLeaderElection", note)
+                    .await;
+            }
         }
         Step::Restart(id) => {
+            // The time to come back counts from the deletion.
+            restarting = Some((*id, now.clone()));
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
             let name = format!("{}-{id}", cluster.name_any());
             match pods.delete(&name, &DeleteParams::default()).await {
@@ -262,7 +405,7 @@ async fn take_step(
     let note = status::describe(step);
     let changed = status.operation.as_deref() != Some(note.as_str());
     match step {
-        Step::Steady | Step::Wait(_) | Step::Resize(_) => {}
+        Step::Steady | Step::Wait(_) | Step::Resize(_) | Step::ElectPreferredLeaders => {}
         Step::Refuse(_) if changed => ctx.event(cluster, true, "OperationStopped", note).await,
         Step::Refuse(_) => {}
         _ => ctx.event(cluster, false, "Operation", note).await,
@@ -273,7 +416,10 @@ async fn take_step(
     {
         restarting = None;
     }
-    Ok(restarting)
+    Ok(status::Progress {
+        restarting,
+        last_leader_election,
+    })
 }
 
 #[cfg(test)]
@@ -446,7 +592,13 @@ mod tests {
         let (ctx, mut handle) = setup();
         let mut c = cluster(serde_json::json!({}));
         let then = Time("2026-01-01T00:00:00Z".parse().expect("time"));
-        c.status = Some(status::observed(&c, None, &Step::Resize(3), None, &then));
+        c.status = Some(status::observed(
+            &c,
+            None,
+            &Step::Resize(3),
+            status::Progress::default(),
+            &then,
+        ));
         let verifier = tokio::spawn(async move {
             expect_objects_applied(&mut handle).await;
             assert_no_more_requests(&mut handle).await;

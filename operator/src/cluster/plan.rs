@@ -2,7 +2,9 @@
 //! StatefulSet, the Pods and the brokers report) → the one next step. Scaling down
 //! drains the highest broker through decommission before its Pod goes; a rolling restart
 //! moves one broker at a time into maintenance (no leaderships), restarts it, and waits
-//! for a full ISR everywhere before the next, the active controller last.
+//! for a full ISR everywhere before the next, the active controller last. A quiet cluster
+//! whose leaderships drifted from their preferred replicas gets a preferred-leader
+//! election, after each roll and then at most once per interval.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,6 +33,10 @@ pub struct View {
     pub under_replicated: usize,
     /// Largest replication factor of any partition.
     pub max_replication_factor: usize,
+    /// Partitions led by a replica other than their preferred (first) one.
+    pub non_preferred_leaders: usize,
+    /// Partition reassignments in flight (balancing, draining).
+    pub reassignments: usize,
 }
 
 /// A broker Pod.
@@ -57,6 +63,18 @@ pub struct Observed {
     pub view: Option<View>,
     /// Broker the operator is restarting, and for how long (from the Cluster status).
     pub restarting: Option<(i32, Duration)>,
+    /// Time since the operator's last preferred-leader election (None: none since the
+    /// last restart of a broker, so one is due).
+    pub since_leader_election: Option<Duration>,
+}
+
+/// Time limits of the decisions.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a restarted broker may take to be back before a roll stops.
+    pub restart_timeout: Duration,
+    /// Least time between two preferred-leader elections.
+    pub leader_election_interval: Duration,
 }
 
 /// The next step.
@@ -76,6 +94,8 @@ pub enum Step {
     ExitMaintenance(i32),
     /// Delete the broker's Pod, so it comes back at the new revision.
     Restart(i32),
+    /// Move leaderships back to their preferred replicas.
+    ElectPreferredLeaders,
     /// Something must happen first (why).
     Wait(String),
     /// Cannot go on without a person (why): reported, nothing done.
@@ -84,7 +104,7 @@ pub enum Step {
 
 impl Step {
     /// Every kind of step, as metric labels.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 10] = [
         "steady",
         "resize",
         "decommission",
@@ -92,6 +112,7 @@ impl Step {
         "enter_maintenance",
         "exit_maintenance",
         "restart",
+        "elect_preferred_leaders",
         "wait",
         "stopped",
     ];
@@ -106,6 +127,7 @@ impl Step {
             Step::EnterMaintenance(_) => "enter_maintenance",
             Step::ExitMaintenance(_) => "exit_maintenance",
             Step::Restart(_) => "restart",
+            Step::ElectPreferredLeaders => "elect_preferred_leaders",
             Step::Wait(_) => "wait",
             Step::Refuse(_) => "stopped",
         }
@@ -113,8 +135,7 @@ impl Step {
 }
 
 /// Decides the next step towards `want` brokers, all at the current revision.
-/// `restart_timeout` bounds how long a restarted broker may take to be back.
-pub fn next(want: i32, obs: &Observed, restart_timeout: Duration) -> Step {
+pub fn next(want: i32, obs: &Observed, limits: &Limits) -> Step {
     if obs.sts_replicas == 0 {
         return Step::Resize(want);
     }
@@ -141,7 +162,7 @@ pub fn next(want: i32, obs: &Observed, restart_timeout: Duration) -> Step {
     if want < obs.sts_replicas {
         return scale_down(want, obs.sts_replicas, view);
     }
-    roll(want, obs, view, restart_timeout)
+    roll(want, obs, view, limits)
 }
 
 fn scale_down(want: i32, current: i32, view: &View) -> Step {
@@ -164,7 +185,7 @@ fn scale_down(want: i32, current: i32, view: &View) -> Step {
     }
 }
 
-fn roll(want: i32, obs: &Observed, view: &View, timeout: Duration) -> Step {
+fn roll(want: i32, obs: &Observed, view: &View, limits: &Limits) -> Step {
     let pod = |id: i32| obs.pods.iter().find(|p| p.ordinal == id);
     // (A broker removed by a scale-down meanwhile is no longer restarting.)
     if let Some((id, elapsed)) = obs.restarting.filter(|&(id, _)| id < want) {
@@ -174,13 +195,16 @@ fn roll(want: i32, obs: &Observed, view: &View, timeout: Duration) -> Step {
         if back {
             return Step::ExitMaintenance(id);
         }
-        if elapsed > timeout {
+        // A Pod still (or, after the spec changed again, once more) at an older revision
+        // is restarted; one at the current revision is waited for, but not forever.
+        let outdated = p.is_some_and(|p| !p.updated && !p.terminating);
+        if !outdated && elapsed > limits.restart_timeout {
             return Step::Refuse(format!(
                 "broker {id} is not back after {}s: rolling restart stopped",
                 elapsed.as_secs()
             ));
         }
-        if p.is_none_or(|p| p.updated || p.terminating) {
+        if !outdated {
             return Step::Wait(format!("broker {id} is restarting"));
         }
         return match broker {
@@ -198,7 +222,7 @@ fn roll(want: i32, obs: &Observed, view: &View, timeout: Duration) -> Step {
         .map(|p| p.ordinal)
         .collect();
     if outdated.is_empty() {
-        return Step::Steady;
+        return leaders(obs, view, limits.leader_election_interval);
     }
     let all_up = (0..want).all(|id| pod(id).is_some_and(|p| p.ready && !p.terminating));
     if !all_up {
@@ -215,11 +239,31 @@ fn roll(want: i32, obs: &Observed, view: &View, timeout: Duration) -> Step {
     Step::EnterMaintenance(outdated[0])
 }
 
+/// A preferred-leader election when leaderships drifted, the cluster is quiet (full ISRs,
+/// no moves, no broker in maintenance or draining) and the last one is old enough.
+fn leaders(obs: &Observed, view: &View, interval: Duration) -> Step {
+    let due = obs.since_leader_election.is_none_or(|t| t >= interval);
+    let quiet = view.under_replicated == 0
+        && view.reassignments == 0
+        && view
+            .brokers
+            .values()
+            .all(|b| !b.maintenance && !b.decommissioning);
+    if due && quiet && view.non_preferred_leaders > 0 {
+        Step::ElectPreferredLeaders
+    } else {
+        Step::Steady
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const T: Duration = Duration::from_secs(300);
+    const T: &Limits = &Limits {
+        restart_timeout: Duration::from_secs(300),
+        leader_election_interval: Duration::from_secs(600),
+    };
 
     fn view(n: i32) -> View {
         View {
@@ -238,6 +282,8 @@ mod tests {
             controller: Some(0),
             under_replicated: 0,
             max_replication_factor: 3,
+            non_preferred_leaders: 0,
+            reassignments: 0,
         }
     }
 
@@ -258,6 +304,7 @@ mod tests {
             pods: pods(sts),
             view: Some(view(brokers)),
             restarting: None,
+            since_leader_election: Some(Duration::ZERO),
         }
     }
 
@@ -382,6 +429,12 @@ mod tests {
         o.pods[2].ready = false;
         o.restarting = Some((2, Duration::from_secs(301)));
         assert!(matches!(next(3, &o, T), Step::Refuse(_)));
+        // Fixing the spec (a new revision) restarts the broker again, past the timeout.
+        let mut fixed = o.clone();
+        fixed.pods[2].updated = false;
+        broker(&mut fixed, 2).maintenance = true;
+        broker(&mut fixed, 2).leaders = 0;
+        assert_eq!(next(3, &fixed, T), Step::Restart(2));
         // Not restarting anything: a broker down blocks starting the next one.
         o.restarting = None;
         assert_eq!(
@@ -409,5 +462,36 @@ mod tests {
         outdated(&mut o, &[0, 1, 2, 3, 4]);
         assert_eq!(next(3, &o, T), Step::Decommission(4));
         assert_eq!(next(6, &o, T), Step::Resize(6));
+    }
+
+    #[test]
+    fn drifted_leaderships_get_an_election_when_quiet_and_due() {
+        let mut o = obs(3, 3);
+        o.view.as_mut().expect("view").non_preferred_leaders = 4;
+        // The last election is recent: nothing.
+        assert_eq!(next(3, &o, T), Step::Steady);
+        o.since_leader_election = Some(Duration::from_secs(600));
+        assert_eq!(next(3, &o, T), Step::ElectPreferredLeaders);
+        // After a broker restart (no election since): at once.
+        o.since_leader_election = None;
+        assert_eq!(next(3, &o, T), Step::ElectPreferredLeaders);
+        // Not while partitions catch up or move, or a broker is in maintenance.
+        let disturbances: [fn(&mut View); 3] = [
+            |v: &mut View| v.under_replicated = 1,
+            |v: &mut View| v.reassignments = 2,
+            |v: &mut View| v.brokers.entry(1).or_default().maintenance = true,
+        ];
+        for disturb in disturbances {
+            let mut busy = o.clone();
+            disturb(busy.view.as_mut().expect("view"));
+            assert_eq!(next(3, &busy, T), Step::Steady);
+        }
+        // Nothing drifted: nothing to elect.
+        o.view.as_mut().expect("view").non_preferred_leaders = 0;
+        assert_eq!(next(3, &o, T), Step::Steady);
+        // A roll comes first.
+        o.view.as_mut().expect("view").non_preferred_leaders = 4;
+        outdated(&mut o, &[1]);
+        assert_eq!(next(3, &o, T), Step::EnterMaintenance(1));
     }
 }

@@ -55,13 +55,22 @@ pub fn invalid(cluster: &Cluster, message: &str, now: &Time) -> ClusterStatus {
     }
 }
 
+/// What the status keeps of the operator's work between reconciles.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    /// Broker being restarted, and since when.
+    pub restarting: Option<(i32, Time)>,
+    /// Last preferred-leader election.
+    pub last_leader_election: Option<Time>,
+}
+
 /// Status of a reconciled cluster: the StatefulSet's counts, and what the operator is
-/// doing (`step`) with the broker it is restarting, if any.
+/// doing (`step`, `progress`).
 pub fn observed(
     cluster: &Cluster,
     sts: Option<&StatefulSetStatus>,
     step: &Step,
-    restarting: Option<(i32, Time)>,
+    progress: Progress,
     now: &Time,
 ) -> ClusterStatus {
     let previous = cluster.status.clone().unwrap_or_default();
@@ -73,12 +82,12 @@ pub fn observed(
     let all_ready = ready == want && updated == want && replicas == want;
     let msg = format!("{ready}/{want} brokers ready");
     let (stable, operation) = match step {
-        Step::Steady => (all_ready, None),
+        Step::Steady | Step::ElectPreferredLeaders => (all_ready, None),
         Step::Wait(why) | Step::Refuse(why) => (false, Some(why.clone())),
         other => (false, Some(describe(other))),
     };
     let progress_reason = match step {
-        Step::Steady if all_ready => "Stable",
+        Step::Steady | Step::ElectPreferredLeaders if all_ready => "Stable",
         Step::Steady | Step::Resize(_) => "RollingOut",
         Step::Decommission(_) | Step::Recommission(_) => "Scaling",
         Step::Wait(_) if replicas > want => "Scaling",
@@ -116,7 +125,7 @@ pub fn observed(
         (false, "AsExpected", "")
     };
     set_condition(&mut conditions, prev, "Degraded", degraded, generation, now);
-    let (restarting, restarting_since) = restarting.unzip();
+    let (restarting, restarting_since) = progress.restarting.unzip();
     ClusterStatus {
         observed_generation: generation,
         conditions,
@@ -131,6 +140,9 @@ pub fn observed(
         operation,
         restarting,
         restarting_since,
+        non_preferred_leaders: previous.non_preferred_leaders,
+        last_leader_election: progress.last_leader_election,
+        autoscaler: previous.autoscaler,
     }
 }
 
@@ -144,6 +156,7 @@ pub fn describe(step: &Step) -> String {
         Step::EnterMaintenance(id) => format!("moving leaderships off broker {id} to restart it"),
         Step::ExitMaintenance(id) => format!("broker {id} restarted"),
         Step::Restart(id) => format!("restarting broker {id}"),
+        Step::ElectPreferredLeaders => "moving leaderships back to preferred replicas".into(),
         Step::Wait(why) | Step::Refuse(why) => why.clone(),
     }
 }
@@ -181,7 +194,7 @@ mod tests {
             &c,
             Some(&sts),
             &Step::Steady,
-            None,
+            Progress::default(),
             &t("2026-01-01T00:00:00Z"),
         );
         assert_eq!(s1.ready_replicas, 3);
@@ -199,7 +212,7 @@ mod tests {
                 &c,
                 Some(&sts),
                 &Step::Steady,
-                None,
+                Progress::default(),
                 &t("2026-01-01T01:00:00Z")
             ),
             s1
@@ -219,7 +232,7 @@ mod tests {
             &c,
             Some(&sts),
             &Step::Steady,
-            None,
+            Progress::default(),
             &t("2026-01-01T00:00:00Z"),
         );
         assert_eq!(

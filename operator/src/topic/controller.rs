@@ -8,10 +8,9 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Api, ResourceExt};
-use riffle_client::Connection;
 
 use super::{cleanup, reconcile as sync_topic, topic_name, Reconciled};
-use crate::cluster::{build, status::set_condition};
+use crate::cluster::status::set_condition;
 use crate::context::Context;
 use crate::crd::{Cluster, DeletionPolicy, Topic, TopicStatus};
 
@@ -67,18 +66,6 @@ pub async fn reconcile(topic: Arc<Topic>, ctx: Arc<Context>) -> Result<Action, E
     })
 }
 
-async fn connect(ctx: &Context, cluster: &Cluster) -> Result<Connection, String> {
-    let addr = ctx
-        .bootstrap_override
-        .clone()
-        .unwrap_or_else(|| build::bootstrap_servers(cluster));
-    match tokio::time::timeout(ctx.kafka_timeout, Connection::connect(&addr)).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!("{addr}: {e}")),
-        Err(_) => Err(format!("{addr}: connect timed out")),
-    }
-}
-
 /// Another Topic object in the namespace that claims the same Kafka topic first.
 async fn conflicting(api: &Api<Topic>, topic: &Topic) -> Result<Option<String>, kube::Error> {
     let name = topic_name(topic);
@@ -126,7 +113,7 @@ async fn apply(topic: &Topic, ctx: &Context, ns: &str) -> Result<Action, Error> 
         write_status(&api, topic, false, "ResourceConflict", &msg, None).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    let mut conn = match connect(ctx, &cluster).await {
+    let mut conn = match ctx.kafka(&cluster).await {
         Ok(c) => c,
         Err(msg) => {
             write_status(&api, topic, false, "BrokerUnavailable", &msg, None).await?;
@@ -179,7 +166,7 @@ async fn delete(topic: &Topic, ctx: &Context, ns: &str) -> Result<Action, Error>
         tracing::info!(topic = %topic.name_any(), "cluster gone; releasing topic without broker cleanup");
         return Ok(Action::await_change());
     };
-    let mut conn = connect(ctx, &cluster).await.map_err(Error::Cleanup)?;
+    let mut conn = ctx.kafka(&cluster).await.map_err(Error::Cleanup)?;
     cleanup(&mut conn, &topic_name(topic), topic.spec.deletion_policy)
         .await
         .map_err(|e| Error::Cleanup(e.to_string()))?;

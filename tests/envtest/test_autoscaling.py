@@ -1,0 +1,88 @@
+"""The built-in autoscaler (`spec.autoscaling`) with real brokers: it reads the brokers'
+produce rate, scales out while a sustained load exceeds the per-broker target and back
+in once the load stops (windows shortened for the test), records each decision as an
+event, and the acknowledged records all survive both changes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from conftest import Env, Load, wait_for
+
+NS, NAME, TOPIC = "auto", "auto", "metered"
+# 100 kB/s per broker; the load below produces about 400 kB/s: 4 brokers' worth.
+TARGET, RATE, SIZE = 100_000, 400, 1000
+
+
+def cluster(e: Env) -> dict:
+    return e.cluster(NAME, NS)
+
+
+def autoscaler(e: Env) -> dict:
+    return cluster(e).get("status", {}).get("autoscaler") or {}
+
+
+def autoscaled(e: Env) -> list[str]:
+    events = e.get(f"/apis/events.k8s.io/v1/namespaces/{NS}/events")["items"]
+    return [ev.get("note", "") for ev in sorted(events, key=lambda ev: ev["metadata"]["creationTimestamp"])
+            if ev["reason"] == "Autoscaled"]
+
+
+@pytest.fixture(scope="module")
+def auto(installed: Env):
+    e = installed
+    e.kubectl("create", "namespace", NS)
+    e.apply({"apiVersion": "riffle.dev/v1alpha1", "kind": "Cluster",
+             "metadata": {"name": NAME},
+             "spec": {"replicas": 3, "voters": 3,
+                      "config": {"min_insync_replicas": "2"},
+                      "autoscaling": {"minReplicas": 3, "maxReplicas": 4,
+                                      "targetBytesInPerBroker": TARGET,
+                                      "scaleUpWindowSeconds": 6, "scaleDownWindowSeconds": 10,
+                                      "cooldownSeconds": 5, "intervalSeconds": 2}}}, NS)
+    wait_for(lambda: cluster(e).get("status", {}).get("readyReplicas") == 3, "3 brokers", 120)
+    bootstrap = cluster(e)["status"]["bootstrapServers"]
+    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
+        [NewTopic(TOPIC, 6, 3)])[TOPIC].result(30)
+    yield e, bootstrap
+    # Its brokers would only slow the tests after it.
+    e.kubectl("delete", "-n", NS, f"rfc/{NAME}", "--wait=false")
+
+
+def test_idle_cluster_is_measured_and_kept(auto):
+    e, _ = auto
+    st = wait_for(lambda: (lambda a: a.get("decision") == "load within target" and a)(
+        autoscaler(e)), "an idle reading", 60)
+    assert st["recommendedReplicas"] == 3 and st["bytesInPerSecond"] < TARGET, st
+    assert "cpuMillis" in st
+    assert cluster(e)["spec"]["replicas"] == 3 and not autoscaled(e)
+
+
+def test_sustained_load_scales_out_then_idle_scales_in(auto):
+    e, bootstrap = auto
+    load = Load(bootstrap, TOPIC, rate=RATE, size=SIZE)
+    try:
+        started = time.monotonic()
+        wait_for(lambda: cluster(e)["spec"]["replicas"] == 4, "a scale-out", 120)
+        print(f"scaled out {time.monotonic() - started:.1f} s after the load began: "
+              f"{autoscaler(e)}")
+        notes = autoscaled(e)
+        assert len(notes) == 1 and notes[0].startswith("3 -> 4 brokers"), notes
+        wait_for(lambda: cluster(e)["status"].get("readyReplicas") == 4, "4 ready brokers", 120)
+        # Still loaded: at the maximum, nothing more happens.
+        time.sleep(8)
+        assert cluster(e)["spec"]["replicas"] == 4 and len(autoscaled(e)) == 1
+    finally:
+        load.finish()
+    stopped = time.monotonic()
+    wait_for(lambda: cluster(e)["spec"]["replicas"] == 3, "a scale-in", 180)
+    print(f"scaled in {time.monotonic() - stopped:.1f} s after the load stopped")
+    notes = autoscaled(e)
+    assert len(notes) == 2 and notes[1].startswith("4 -> 3 brokers"), notes
+    # The scale-in is an ordinary one: broker 3 drained before its Pod goes.
+    wait_for(lambda: cluster(e)["status"].get("operation") is None
+             and cluster(e)["status"].get("readyReplicas") == 3, "the drain to finish", 180)
+    load.read_back(bootstrap, "auto-check")
