@@ -12,8 +12,8 @@ RUN apt-get update \
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin riffle --bin riffle-operator \
-    && install -D target/release/riffle /out/riffle \
-    && install -D target/release/riffle-operator /out/riffle-operator
+    && install -D --strip target/release/riffle /out/riffle \
+    && install -D --strip target/release/riffle-operator /out/riffle-operator
 
 FROM ${RUNTIME_IMAGE}
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin riffle \

@@ -93,15 +93,15 @@ pub struct AutoscalingSpec {
     pub target_cpu_millis_per_broker: Option<i64>,
     /// Seconds the load must ask for more brokers before a scale-out.
     #[serde(default = "default_scale_up_window")]
-    #[x_kube(validation = Rule::new("self >= 0").message("must not be negative"))]
+    #[x_kube(validation = Rule::new("self >= 0").message("scaleUpWindowSeconds must not be negative"))]
     pub scale_up_window_seconds: i64,
     /// Seconds the load must ask for fewer brokers before a scale-in.
     #[serde(default = "default_scale_down_window")]
-    #[x_kube(validation = Rule::new("self >= 0").message("must not be negative"))]
+    #[x_kube(validation = Rule::new("self >= 0").message("scaleDownWindowSeconds must not be negative"))]
     pub scale_down_window_seconds: i64,
     /// Seconds after any scale before the next one.
     #[serde(default = "default_cooldown")]
-    #[x_kube(validation = Rule::new("self >= 0").message("must not be negative"))]
+    #[x_kube(validation = Rule::new("self >= 0").message("cooldownSeconds must not be negative"))]
     pub cooldown_seconds: i64,
     /// Seconds between two readings of the brokers' metrics.
     #[serde(default = "default_autoscaling_interval")]

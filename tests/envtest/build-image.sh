@@ -44,9 +44,11 @@ fi
 
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
-install -D "$RELEASE_DIR/riffle" "$ctx/out/riffle"
-install -D "$RELEASE_DIR/riffle-operator" "$ctx/out/riffle-operator"
+install -D --strip "$RELEASE_DIR/riffle" "$ctx/out/riffle"
+install -D --strip "$RELEASE_DIR/riffle-operator" "$ctx/out/riffle-operator"
 buildah "${storage[@]}" bud --quiet --isolation chroot --pull=never \
     --build-arg "RUNTIME_IMAGE=$base_image" --build-context "build=$ctx" \
     --tag "$TAG" --file Dockerfile . >/dev/null
+# Earlier builds of the tag, now untagged, would only fill the disk.
+buildah "${storage[@]}" rmi --prune >/dev/null 2>&1 || true
 echo "${storage[*]}"

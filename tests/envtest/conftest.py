@@ -109,6 +109,36 @@ class Load:
         print(f"{len(self.acked)} acknowledged records, all read back")
 
 
+class GroupReader:
+    """A consumer-group member reading `topic` from a thread (auto commit): counts the
+    records it gets and keeps the errors the client reports as fatal."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str):
+        from confluent_kafka import Consumer
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                           "auto.offset.reset": "earliest", "session.timeout.ms": 10000})
+        self.c.subscribe([topic])
+        self.read = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            for m in self.c.consume(num_messages=100, timeout=0.2):
+                if m.error() is None:
+                    self.read += 1
+                elif m.error().fatal():
+                    self.errors.append(str(m.error()))
+
+    def finish(self) -> None:
+        if not self.stop.is_set():
+            self.stop.set()
+            self.t.join(30)
+            self.c.close()
+
+
 class Env:
     """Everything a test needs: API access, kubectl/helm, the operator process."""
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import Env, Load, wait_for
+from conftest import Env, GroupReader, Load, wait_for
 
 NS, NAME, TOPIC = "auto", "auto", "metered"
 # 100 kB/s per broker; the load below produces about 400 kB/s: 4 brokers' worth.
@@ -25,10 +25,11 @@ def autoscaler(e: Env) -> dict:
     return cluster(e).get("status", {}).get("autoscaler") or {}
 
 
-def autoscaled(e: Env) -> list[str]:
+def autoscaled(e: Env) -> dict[str, str]:
+    """Notes of the autoscaler's events by reason (AutoscaledOut, AutoscaledIn)."""
     events = e.get(f"/apis/events.k8s.io/v1/namespaces/{NS}/events")["items"]
-    return [ev.get("note", "") for ev in sorted(events, key=lambda ev: ev["metadata"]["creationTimestamp"])
-            if ev["reason"] == "Autoscaled"]
+    return {ev["reason"]: ev.get("note", "") for ev in events
+            if ev["reason"].startswith("Autoscaled")}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,8 @@ def auto(installed: Env):
                                       "cooldownSeconds": 5, "intervalSeconds": 2}}}, NS)
     wait_for(lambda: cluster(e).get("status", {}).get("readyReplicas") == 3, "3 brokers", 120)
     bootstrap = cluster(e)["status"]["bootstrapServers"]
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
-        [NewTopic(TOPIC, 6, 3)])[TOPIC].result(30)
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive its futures
+    admin.create_topics([NewTopic(TOPIC, 6, 3)])[TOPIC].result(30)
     yield e, bootstrap
     # Its brokers would only slow the tests after it.
     e.kubectl("delete", "-n", NS, f"rfc/{NAME}", "--wait=false")
@@ -64,25 +65,29 @@ def test_idle_cluster_is_measured_and_kept(auto):
 def test_sustained_load_scales_out_then_idle_scales_in(auto):
     e, bootstrap = auto
     load = Load(bootstrap, TOPIC, rate=RATE, size=SIZE)
+    reader = GroupReader(bootstrap, TOPIC, "auto-live")
     try:
         started = time.monotonic()
         wait_for(lambda: cluster(e)["spec"]["replicas"] == 4, "a scale-out", 120)
         print(f"scaled out {time.monotonic() - started:.1f} s after the load began: "
               f"{autoscaler(e)}")
         notes = autoscaled(e)
-        assert len(notes) == 1 and notes[0].startswith("3 -> 4 brokers"), notes
+        assert list(notes) == ["AutoscaledOut"] and notes["AutoscaledOut"].startswith(
+            "3 -> 4 brokers: load asked for at least 4 brokers"), notes
         wait_for(lambda: cluster(e)["status"].get("readyReplicas") == 4, "4 ready brokers", 120)
         # Still loaded: at the maximum, nothing more happens.
         time.sleep(8)
-        assert cluster(e)["spec"]["replicas"] == 4 and len(autoscaled(e)) == 1
+        assert cluster(e)["spec"]["replicas"] == 4 and list(autoscaled(e)) == ["AutoscaledOut"]
     finally:
         load.finish()
     stopped = time.monotonic()
     wait_for(lambda: cluster(e)["spec"]["replicas"] == 3, "a scale-in", 180)
     print(f"scaled in {time.monotonic() - stopped:.1f} s after the load stopped")
     notes = autoscaled(e)
-    assert len(notes) == 2 and notes[1].startswith("4 -> 3 brokers"), notes
+    assert notes.get("AutoscaledIn", "").startswith("4 -> 3 brokers: load asked for at most 3"), notes
     # The scale-in is an ordinary one: broker 3 drained before its Pod goes.
     wait_for(lambda: cluster(e)["status"].get("operation") is None
              and cluster(e)["status"].get("readyReplicas") == 3, "the drain to finish", 180)
     load.read_back(bootstrap, "auto-check")
+    reader.finish()
+    assert reader.read > 0 and not reader.errors, (reader.read, reader.errors[:5])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 import urllib.request
@@ -109,7 +110,7 @@ def test_entrypoint_serves_produce_and_consume(image: Image, tmp_path: Path):
                        "--advertised-listener", f"127.0.0.1:{kafka}",
                        "--http-listen", f"127.0.0.1:{http}", "--rpc-listen", f"127.0.0.1:{rpc}"],
                       volume=volume),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -150,5 +151,6 @@ def test_entrypoint_serves_produce_and_consume(image: Image, tmp_path: Path):
         image_dir = image.root / image.env["RIFFLE_DATA_DIR"].lstrip("/")
         assert image_dir.stat().st_uid == uid and not any(image_dir.iterdir())
     finally:
-        broker.terminate()
-        broker.wait(30)
+        # SIGTERM to the broker inside as well as to unshare around it.
+        os.killpg(broker.pid, signal.SIGTERM)
+        broker.wait(60)

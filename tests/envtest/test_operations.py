@@ -1,10 +1,10 @@
-"""Changing a running Cluster's shape through the operator, with real brokers and a
-producer (acks=all, idempotent) running throughout: scale-down drains brokers before
-their Pods go, scaling below the replication factor is refused, a rolling restart goes
-one broker at a time (leaderships moved first, the controller last) and stops at a
-broker that does not come back until the spec is fixed, dynamic settings change without
-a restart, leaderships that drifted go back to their preferred replicas, and at the end
-every acknowledged record is there."""
+"""Changing a running Cluster's shape through the operator, with real brokers, a producer
+(acks=all, idempotent) and a consumer group running throughout: 3 -> 5 brokers spreads
+replicas, scale-down drains brokers before their Pods go, scaling below the replication
+factor is refused, a rolling restart goes one broker at a time (leaderships moved first,
+the controller last) and stops at a broker that does not come back until the spec is
+fixed, dynamic settings change without a restart, leaderships that drifted go back to
+their preferred replicas, and at the end every acknowledged record is there."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from conftest import Env, Load, wait_for
+from conftest import Env, GroupReader, Load, wait_for
 
 NS, NAME, TOPIC = "ops", "ops", "events"
 
@@ -33,7 +33,7 @@ def brokers_view(broker: int = 0) -> dict:
 
 
 def any_view() -> dict:
-    for b in range(5):
+    for b in range(6):
         try:
             return brokers_view(b)
         except OSError:
@@ -70,37 +70,39 @@ def ops(installed: Env):
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(TOPIC, 8, 3)])[TOPIC].result(30)
     load = Load(bootstrap, TOPIC)
-    yield e, load
+    reader = GroupReader(bootstrap, TOPIC, "ops-live")
+    yield e, load, reader
     load.finish()
+    reader.finish()
 
 
 def conditions(e: Env) -> dict[str, dict]:
     return {c["type"]: c for c in cluster(e)["status"]["conditions"]}
 
 
-def test_scale_up_spreads_replicas_onto_the_new_broker(ops):
-    e, load = ops
+def test_scale_up_spreads_replicas_onto_the_new_brokers(ops):
+    e, load, _ = ops
     wait_for(lambda: len(load.acked) > 100, "records flowing", 60)
     started = time.monotonic()
-    e.kubectl("scale", "-n", NS, f"rfc/{NAME}", "--replicas=4")
-    wait_for(lambda: cluster(e)["status"].get("readyReplicas") == 4, "4 ready brokers", 120)
+    e.kubectl("scale", "-n", NS, f"rfc/{NAME}", "--replicas=5")
+    wait_for(lambda: cluster(e)["status"].get("readyReplicas") == 5, "5 ready brokers", 180)
 
     def balanced():
         counts = [b["replicas"] for b in any_view()["brokers"]]
         # Every broker within the balancer's tolerance (10 %) of the mean, offsets
         # topic included.
-        mean = sum(counts) / 4
-        ok = len(counts) == 4 and all(math.floor(mean * 0.9) <= c <= math.ceil(mean * 1.1)
+        mean = sum(counts) / 5
+        ok = len(counts) == 5 and all(math.floor(mean * 0.9) <= c <= math.ceil(mean * 1.1)
                                       for c in counts)
         return ok and counts
 
-    counts = wait_for(balanced, "replicas spread over 4 brokers", 120)
-    print(f"3 -> 4 brokers balanced in {time.monotonic() - started:.1f} s: {counts}")
+    counts = wait_for(balanced, "replicas spread over 5 brokers", 180)
+    print(f"3 -> 5 brokers balanced in {time.monotonic() - started:.1f} s: {counts}")
     assert not load.errors, load.errors[:5]
 
 
 def test_scale_below_the_replication_factor_is_refused(ops):
-    e, load = ops
+    e, load, _ = ops
     admin = AdminClient({"bootstrap.servers": cluster(e)["status"]["bootstrapServers"]})
     admin.create_topics([NewTopic("wide", 1, 4)])["wide"].result(30)
     e.kubectl("scale", "-n", NS, f"rfc/{NAME}", "--replicas=3")
@@ -109,7 +111,7 @@ def test_scale_below_the_replication_factor_is_refused(ops):
     assert cond["reason"] == "OperationStopped" and "4 replicas" in cond["message"], cond
     events = e.get(f"/apis/events.k8s.io/v1/namespaces/{NS}/events")["items"]
     assert any(ev["reason"] == "OperationStopped" for ev in events)
-    assert sts(e)["spec"]["replicas"] == 4
+    assert sts(e)["spec"]["replicas"] == 5
     assert not any(b["decommissioning"] for b in any_view()["brokers"])
     # Fewer brokers than metadata voters: refused by the API server already.
     r = e.kubectl("scale", "-n", NS, f"rfc/{NAME}", "--replicas=2", check=False)
@@ -117,32 +119,40 @@ def test_scale_below_the_replication_factor_is_refused(ops):
     admin.delete_topics(["wide"])["wide"].result(30)
 
 
-def test_scale_down_drains_the_highest_broker_before_its_pod_goes(ops):
-    e, load = ops
+def test_scale_down_drains_the_highest_brokers_before_their_pods_go(ops):
+    e, load, _ = ops
     wait_for(lambda: len(load.acked) > 200, "records flowing", 60)
-    # Asked for 3 brokers in the previous test: now that nothing needs 4, broker 3 drains.
+    # Asked for 3 brokers in the previous test: now that nothing needs 4, brokers 4
+    # and 3 drain, in that order.
     assert cluster(e)["spec"]["replicas"] == 3
-    seen_draining = False
+    drained: list[int] = []
     started = time.monotonic()
-    deadline = started + 180
-    while sts(e)["spec"]["replicas"] != 3:
+    deadline = started + 300
+    while (size := sts(e)["spec"]["replicas"]) != 3:
         assert time.monotonic() < deadline, cluster(e).get("status")
         op = cluster(e).get("status", {}).get("operation") or ""
-        if "broker 3" in op and not seen_draining:
-            # The operator dies mid-drain; a new one carries on from the status.
-            seen_draining = True
-            e.stop_operator()
-            e.start_operator()
-        # The Pod stays until broker 3 holds nothing.
-        assert f"{NAME}-3" in pods(e), "pod deleted before the StatefulSet was lowered"
+        for b in (4, 3):
+            if f"broker {b}" in op and b not in drained:
+                drained.append(b)
+                if b == 3:
+                    # The operator dies mid-drain; a new one carries on from the status.
+                    e.stop_operator()
+                    e.start_operator()
+        # A broker's Pod goes only once the StatefulSet was lowered below it, which
+        # happens only once the broker holds nothing.
+        view = {b["id"]: b for b in any_view()["brokers"]}
+        for b in (3, 4):
+            if size <= b and b in view:
+                assert view[b]["replicas"] == 0, f"broker {b} released holding replicas"
+            if f"{NAME}-{b}" not in pods(e):
+                assert size <= b, f"pod {b} deleted before the StatefulSet was lowered"
         time.sleep(0.2)
-    print(f"broker 3 drained and its Pod released in {time.monotonic() - started:.1f} s")
-    left = next((b for b in any_view()["brokers"] if b["id"] == 3), None)
-    assert left is None or left["replicas"] == 0, left
-    assert seen_draining
-    wait_for(lambda: f"{NAME}-3" not in pods(e), "pod 3 gone", 60)
+    print(f"brokers {drained} drained and their Pods released in "
+          f"{time.monotonic() - started:.1f} s")
+    assert drained == [4, 3], drained
+    wait_for(lambda: f"{NAME}-3" not in pods(e) and f"{NAME}-4" not in pods(e), "pods gone", 60)
     wait_for(lambda: [b["id"] for b in any_view()["brokers"]] == [0, 1, 2],
-             "broker 3 unregistered", 60)
+             "brokers 3 and 4 unregistered", 60)
     st = wait_for(lambda: (lambda s: s.get("operation") is None and s)(cluster(e)["status"]),
                   "the operation finished", 60)
     conds = {c["type"]: c["status"] for c in st["conditions"]}
@@ -151,7 +161,7 @@ def test_scale_down_drains_the_highest_broker_before_its_pod_goes(ops):
 
 
 def test_rolling_restart_one_broker_at_a_time_controller_last(ops):
-    e, load = ops
+    e, load, _ = ops
     before = {n: p["metadata"]["uid"] for n, p in pods(e).items()}
     controller = any_view()["controller"]
     acked_before = len(load.acked)
@@ -196,7 +206,7 @@ def operator_metric(e: Env, name: str) -> float:
 
 
 def test_operator_moves_leaderships_back_to_preferred_replicas(ops):
-    e, load = ops
+    e, load, _ = ops
     # The brokers' own rebalancing is off in this Cluster: only the operator moves them.
     wait_for(lambda: any_view()["partitions"]["non_preferred_leaders"] == 0,
              "preferred leaders after the roll", 60)
@@ -235,7 +245,7 @@ DYNAMIC_DEFAULT = 3  # Kafka's DYNAMIC_DEFAULT_BROKER_CONFIG source
 
 
 def test_dynamic_settings_apply_without_a_restart(ops):
-    e, load = ops
+    e, load, _ = ops
     before = {n: p["metadata"]["uid"] for n, p in pods(e).items()}
     revision = sts(e)["status"]["updateRevision"]
     e.kubectl("patch", "-n", NS, f"rfc/{NAME}", "--type", "merge",
@@ -258,7 +268,7 @@ def test_dynamic_settings_apply_without_a_restart(ops):
 
 
 def test_a_broker_that_does_not_come_back_stops_the_roll_until_fixed(ops):
-    e, load = ops
+    e, load, _ = ops
     before = {n: p["metadata"]["uid"] for n, p in pods(e).items()}
     # A value the brokers cannot start with: the first restarted broker stays down.
     e.kubectl("patch", "-n", NS, f"rfc/{NAME}", "--type", "merge",
@@ -273,19 +283,26 @@ def test_a_broker_that_does_not_come_back_stops_the_roll_until_fixed(ops):
                for ev in events)
     time.sleep(5)
     assert [n for n, p in pods(e).items() if p["metadata"]["uid"] != before[n]] == replaced
-    # Fixed: the stuck broker is restarted at the new revision and the roll completes.
+    # Fixed (back to the spec the others run): the stuck broker is restarted at that
+    # revision, and the others, already there, stay as they are.
+    stuck = pods(e)[replaced[0]]["metadata"]["uid"]
     e.kubectl("patch", "-n", NS, f"rfc/{NAME}", "--type", "json",
               "-p", '[{"op": "remove", "path": "/spec/config/replica_fetch_max_bytes"}]')
     wait_for(lambda: (lambda s, p: s.get("operation") is None
                       and s.get("readyReplicas") == 3
                       and all(ready(x) for x in p.values())
-                      and all(x["metadata"]["uid"] != before[n] for n, x in p.items()))(
-        cluster(e)["status"], pods(e)), "the roll to finish after the fix", 240)
-    conds = conditions(e)
-    assert conds["Degraded"]["status"] == "False", conds
+                      and p[replaced[0]]["metadata"]["uid"] != stuck)(
+        cluster(e)["status"], pods(e)), "the stuck broker back after the fix", 120)
+    assert conditions(e)["Degraded"]["status"] == "False", conditions(e)
+    assert {n: p["metadata"]["uid"] for n, p in pods(e).items() if n != replaced[0]} == \
+        {n: uid for n, uid in before.items() if n != replaced[0]}
     assert not load.errors, load.errors[:5]
 
 
 def test_every_acknowledged_record_is_there(ops):
-    e, load = ops
+    e, load, reader = ops
     load.read_back(cluster(e)["status"]["bootstrapServers"], "ops-check")
+    # The consumer group that read throughout got records and no fatal error.
+    reader.finish()
+    assert reader.read > 0 and not reader.errors, (reader.read, reader.errors[:5])
+    print(f"the consumer group read {reader.read} records throughout")

@@ -18,6 +18,14 @@ TOPIC = {"apiVersion": "riffle.dev/v1alpha1", "kind": "Topic",
          "metadata": {"name": "t"},
          "spec": {"clusterRef": {"name": "c"}, "partitions": 3, "topicName": "t"}}
 
+AUTO = {"minReplicas": 3, "maxReplicas": 5, "targetBytesInPerBroker": 1000}
+
+
+def autoscaling(changes: dict) -> dict:
+    """AUTO with `changes` (None: the key left out)."""
+    return {k: v for k, v in {**AUTO, **changes}.items() if v is not None}
+
+
 # rule message -> (base object, spec changes accepted, spec changes rejected, transition)
 # A transition rule is checked as an update of the base object (stored first).
 CASES: dict[str, tuple[dict, dict, dict, bool]] = {
@@ -27,6 +35,26 @@ CASES: dict[str, tuple[dict, dict, dict, bool]] = {
         (CLUSTER, {"replicas": 3, "voters": 3}, {"replicas": 2, "voters": 3}, False),
     "port out of range": (CLUSTER, {"listeners": {"kafka": 19092, "http": 1, "rpc": 65535}},
                           {"listeners": {"rpc": 70000}}, False),
+    **{message: (CLUSTER, {"autoscaling": autoscaling(ok)}, {"autoscaling": autoscaling(bad)}, False)
+       for message, ok, bad in [
+           ("minReplicas cannot exceed maxReplicas", {"maxReplicas": 3}, {"minReplicas": 6}),
+           ("set targetBytesInPerBroker, targetCpuMillisPerBroker or both",
+            {"targetBytesInPerBroker": None, "targetCpuMillisPerBroker": 500},
+            {"targetBytesInPerBroker": None}),
+           ("minReplicas must be at least 1", {"minReplicas": 1}, {"minReplicas": 0}),
+           ("targetBytesInPerBroker must be positive", {"targetBytesInPerBroker": 1},
+            {"targetBytesInPerBroker": 0}),
+           ("targetCpuMillisPerBroker must be positive", {"targetCpuMillisPerBroker": 1},
+            {"targetCpuMillisPerBroker": -1}),
+           ("scaleUpWindowSeconds must not be negative", {"scaleUpWindowSeconds": 0},
+            {"scaleUpWindowSeconds": -1}),
+           ("scaleDownWindowSeconds must not be negative", {"scaleDownWindowSeconds": 0},
+            {"scaleDownWindowSeconds": -1}),
+           ("cooldownSeconds must not be negative", {"cooldownSeconds": 0},
+            {"cooldownSeconds": -1}),
+           ("intervalSeconds must be at least 1", {"intervalSeconds": 1},
+            {"intervalSeconds": 0}),
+       ]},
     "partitions must be at least 1": (TOPIC, {"partitions": 1}, {"partitions": 0}, False),
     "replicationFactor must be at least 1":
         (TOPIC, {"replicationFactor": 3}, {"replicationFactor": 0}, False),

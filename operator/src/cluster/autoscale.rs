@@ -215,6 +215,16 @@ struct Samples {
 }
 
 impl Tracker {
+    /// Whether `key` is due for a new sample: none yet, or the last one `interval` old.
+    /// (Reconciles come more often — the status the autoscaler writes triggers one —
+    /// and must neither scrape the brokers nor shorten the sampling interval.)
+    pub fn due(&self, key: &str, at: Instant, interval: Duration) -> bool {
+        let all = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(key)
+            .and_then(|s| s.last.as_ref())
+            .is_none_or(|(then, _)| at.duration_since(*then) >= interval)
+    }
+
     /// Records a sample of `key`'s brokers taken at `at`; returns the load since the
     /// previous sample, if there was one.
     pub fn sample(
@@ -437,6 +447,7 @@ mod tests {
     fn tracker_keeps_the_windows_history() {
         let t = Tracker::default();
         let t0 = Instant::now();
+        assert!(t.due("ns/a", t0, s(2)));
         let c = BTreeMap::from([(
             0,
             Counters {
@@ -445,6 +456,8 @@ mod tests {
             },
         )]);
         assert_eq!(t.sample("ns/a", t0, c), None);
+        assert!(!t.due("ns/a", t0 + s(1), s(2)));
+        assert!(t.due("ns/a", t0 + s(2), s(2)));
         let c = BTreeMap::from([(
             0,
             Counters {

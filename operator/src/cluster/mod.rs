@@ -151,14 +151,19 @@ pub async fn reconcile(cluster: Arc<Cluster>, ctx: Arc<Context>) -> Result<Actio
     status.non_preferred_leaders = non_preferred.map(|n| n as i32);
     status.autoscaler = autoscale(&ctx, &cluster, &ns, &observed, &step, &now).await?;
     write_status(&ctx, &cluster, &ns, status).await?;
-    Ok(match (&step, &cluster.spec.autoscaling) {
-        (Step::Steady, Some(a)) => {
-            Action::requeue(Duration::from_secs(a.interval_seconds.max(1) as u64))
-        }
-        // Owned objects trigger reconciles on change; the resync catches anything else.
-        (Step::Steady, None) => Action::requeue(Duration::from_secs(300)),
-        _ => Action::requeue(STEP_INTERVAL),
-    })
+    if step != Step::Steady {
+        return Ok(Action::requeue(STEP_INTERVAL));
+    }
+    // Owned objects trigger reconciles on change; the resync catches anything else,
+    // sooner while the autoscaler samples or leaderships wait for an election.
+    let mut next = Duration::from_secs(300);
+    if let Some(a) = &cluster.spec.autoscaling {
+        next = next.min(Duration::from_secs(a.interval_seconds.max(1) as u64));
+    }
+    if non_preferred.is_some_and(|n| n > 0) {
+        next = next.min(ctx.limits.leader_election_interval.max(STEP_INTERVAL));
+    }
+    Ok(Action::requeue(next))
 }
 
 /// Brings the brokers' cluster-wide dynamic defaults in line with the spec's dynamic
@@ -215,6 +220,15 @@ async fn autoscale(
     let key = format!("{ns}/{name}");
     let policy = autoscale::Policy::from(spec);
     let at = Instant::now();
+    let previous = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.autoscaler.clone())
+        .unwrap_or_default();
+    let interval = Duration::from_secs(spec.interval_seconds.max(1) as u64);
+    if !ctx.autoscaler.due(&key, at, interval) {
+        return Ok(Some(previous));
+    }
     let mut counters = BTreeMap::new();
     for p in observed.pods.iter().filter(|p| p.ready && !p.terminating) {
         let addr = build::pod_address(cluster, p.ordinal, cluster.spec.listeners.http);
@@ -225,11 +239,6 @@ async fn autoscale(
             Err(e) => tracing::debug!(error = %e, "broker metrics"),
         }
     }
-    let previous = cluster
-        .status
-        .as_ref()
-        .and_then(|s| s.autoscaler.clone())
-        .unwrap_or_default();
     let Some(load) = ctx.autoscaler.sample(&key, at, counters) else {
         return Ok(Some(AutoscalerStatus {
             decision: Some("measuring the load".into()),
@@ -241,8 +250,7 @@ async fn autoscale(
         .recommended_replicas
         .with_label_values(&[ns, name.as_str()])
         .set(i64::from(recommended));
-    let keep = policy.up_window.max(policy.down_window)
-        + Duration::from_secs(spec.interval_seconds.max(1) as u64);
+    let keep = policy.up_window.max(policy.down_window) + interval;
     let history = ctx.autoscaler.recommend(&key, at, recommended, keep);
     let since_scale = previous
         .last_scale_time
@@ -262,7 +270,14 @@ async fn autoscale(
             ctx.autoscaler.clear_history(&key);
             last_scale_time = Some(now.clone());
             let note = format!("{current} -> {to} brokers: {why}");
-            ctx.event(cluster, false, "Autoscaled", note.clone()).await;
+            // One reason per direction: the recorder folds repeats of a reason into one
+            // event series.
+            let reason = if to > current {
+                "AutoscaledOut"
+            } else {
+                "AutoscaledIn"
+            };
+            ctx.event(cluster, false, reason, note.clone()).await;
             note
         }
     };
