@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use prometheus::{
@@ -210,6 +211,21 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        self.event_related(obj, None, warning, reason, note).await;
+    }
+
+    /// Publishes an event about `obj` that also concerns `related` (a broker's Pod).
+    /// Events with the same reason fold into one series per (object, related object),
+    /// keeping the first note: naming the Pod keeps one broker's events apart from
+    /// another's.
+    pub async fn event_related<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        related: Option<ObjectReference>,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_: if warning {
                 EventType::Warning
@@ -219,7 +235,7 @@ impl Context {
             reason: reason.into(),
             note: Some(note),
             action: "Reconcile".into(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, "publishing event failed");

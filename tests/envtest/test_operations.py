@@ -150,6 +150,12 @@ def test_scale_down_drains_the_highest_brokers_before_their_pods_go(ops):
     print(f"brokers {drained} drained and their Pods released in "
           f"{time.monotonic() - started:.1f} s")
     assert drained == [4, 3], drained
+    # One event per broker (each names the broker's Pod), not one series for both.
+    events = e.get(f"/apis/events.k8s.io/v1/namespaces/{NS}/events")["items"]
+    notes = {(ev.get("related") or {}).get("name"): ev.get("note") for ev in events
+             if ev["reason"] == "Operation" and "decommissioning" in ev.get("note", "")}
+    assert notes == {f"{NAME}-4": "decommissioning broker 4",
+                     f"{NAME}-3": "decommissioning broker 3"}, notes
     wait_for(lambda: f"{NAME}-3" not in pods(e) and f"{NAME}-4" not in pods(e), "pods gone", 60)
     wait_for(lambda: [b["id"] for b in any_view()["brokers"]] == [0, 1, 2],
              "brokers 3 and 4 unregistered", 60)

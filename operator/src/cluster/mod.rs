@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -423,7 +423,17 @@ async fn take_step(
         Step::Steady | Step::Wait(_) | Step::Resize(_) | Step::ElectPreferredLeaders => {}
         Step::Refuse(_) if changed => ctx.event(cluster, true, "OperationStopped", note).await,
         Step::Refuse(_) => {}
-        _ => ctx.event(cluster, false, "Operation", note).await,
+        _ => {
+            let pod = step.broker().map(|id| ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(format!("{}-{id}", cluster.name_any())),
+                namespace: Some(ns.to_string()),
+                ..Default::default()
+            });
+            ctx.event_related(cluster, pod, false, "Operation", note)
+                .await
+        }
     }
     if restarting
         .as_ref()

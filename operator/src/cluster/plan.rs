@@ -117,6 +117,18 @@ impl Step {
         "stopped",
     ];
 
+    /// The broker a step acts on, if any.
+    pub fn broker(&self) -> Option<i32> {
+        match self {
+            Step::Decommission(id)
+            | Step::Recommission(id)
+            | Step::EnterMaintenance(id)
+            | Step::ExitMaintenance(id)
+            | Step::Restart(id) => Some(*id),
+            _ => None,
+        }
+    }
+
     /// This step's kind (one of `KINDS`).
     pub fn kind(&self) -> &'static str {
         match self {
