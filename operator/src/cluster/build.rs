@@ -280,11 +280,16 @@ pub fn broker_address(cluster: &Cluster, id: i32) -> String {
     pod_address(cluster, id, cluster.spec.listeners.kafka)
 }
 
+/// Name of broker `id`'s Pod (the StatefulSet's ordinal `id`).
+pub fn pod_name(cluster: &Cluster, id: i32) -> String {
+    format!("{}-{id}", cluster.name_any())
+}
+
 /// `host:port` of broker `id`'s Pod (stable DNS name through the headless Service).
 pub fn pod_address(cluster: &Cluster, id: i32, port: i32) -> String {
     format!(
-        "{}-{id}.{}.{}.svc:{port}",
-        cluster.name_any(),
+        "{}.{}.{}.svc:{port}",
+        pod_name(cluster, id),
         headless_name(cluster),
         cluster.namespace().unwrap_or_else(|| "default".into()),
     )

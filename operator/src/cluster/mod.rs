@@ -402,8 +402,10 @@ async fn take_step(
             // The time to come back counts from the deletion.
             restarting = Some((*id, now.clone()));
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-            let name = format!("{}-{id}", cluster.name_any());
-            match pods.delete(&name, &DeleteParams::default()).await {
+            match pods
+                .delete(&build::pod_name(cluster, *id), &DeleteParams::default())
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -427,7 +429,7 @@ async fn take_step(
             let pod = step.broker().map(|id| ObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
-                name: Some(format!("{}-{id}", cluster.name_any())),
+                name: Some(build::pod_name(cluster, id)),
                 namespace: Some(ns.to_string()),
                 ..Default::default()
             });
