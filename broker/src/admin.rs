@@ -52,7 +52,8 @@ pub enum AdminCommand {
     },
     /// Put a broker in maintenance (it leads nothing), or end it.
     Maintenance {
-        /// Broker id.
+        /// Broker id (default: this Pod's broker).
+        #[arg(env = "RIFFLE_NODE_ID")]
         id: i32,
         /// End maintenance.
         #[arg(long)]
@@ -60,6 +61,13 @@ pub enum AdminCommand {
         /// Only show the state.
         #[arg(long, conflicts_with = "off")]
         status: bool,
+        /// End maintenance by itself when the broker registers anew (a restart).
+        #[arg(long, conflicts_with_all = ["off", "status"])]
+        until_restart: bool,
+        /// Wait up to this many seconds until every leadership another replica can take
+        /// has moved; fail if it has not.
+        #[arg(long, value_name = "SECONDS", conflicts_with_all = ["off", "status"])]
+        wait: Option<u64>,
     },
     /// Move leadership back to preferred replicas (the first of each partition's
     /// replicas) wherever they are in sync.
@@ -92,7 +100,13 @@ pub async fn run(cli: AdminCli) -> anyhow::Result<()> {
             },
             "/v1/balancer".to_string(),
         ),
-        AdminCommand::Maintenance { id, off, status } => (
+        AdminCommand::Maintenance {
+            id,
+            off,
+            status,
+            until_restart,
+            ..
+        } => (
             if *status {
                 "GET"
             } else if *off {
@@ -100,11 +114,29 @@ pub async fn run(cli: AdminCli) -> anyhow::Result<()> {
             } else {
                 "PUT"
             },
-            format!("/v1/brokers/{id}/maintenance"),
+            format!(
+                "/v1/brokers/{id}/maintenance{}",
+                if *until_restart { "?until=restart" } else { "" }
+            ),
         ),
         AdminCommand::ElectPreferred => ("POST", "/v1/leaders/preferred".to_string()),
     };
-    let mut body = call(&cli.http, method, &path).await?;
+    let mut body = match call(&cli.http, method, &path).await {
+        // A Pod stopping after its broker left the cluster (a scale-down): nothing to hand over.
+        Err(e)
+            if matches!(
+                cli.command,
+                AdminCommand::Maintenance {
+                    until_restart: true,
+                    ..
+                }
+            ) && e.downcast_ref::<Refused>().is_some_and(|r| r.status == 404) =>
+        {
+            println!("{e}: it leads nothing");
+            return Ok(());
+        }
+        r => r?,
+    };
     println!("{}", serde_json::to_string_pretty(&body)?);
     if let AdminCommand::Decommission { wait: true, .. } = cli.command {
         while body["drained"] != serde_json::Value::Bool(true) {
@@ -116,6 +148,30 @@ pub async fn run(cli: AdminCli) -> anyhow::Result<()> {
             );
         }
         println!("drained");
+    }
+    if let AdminCommand::Maintenance {
+        id,
+        wait: Some(secs),
+        ..
+    } = cli.command
+    {
+        let path = format!("/v1/brokers/{id}/maintenance");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let movable = |b: &serde_json::Value| {
+            let leaders = b["leaders"].as_u64().unwrap_or(u64::MAX);
+            leaders.saturating_sub(b["sole_replica_leaders"].as_u64().unwrap_or(0))
+        };
+        while movable(&body) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "broker {id} still leads {} partitions another replica could lead after {secs} s",
+                    movable(&body)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            body = call(&cli.http, "GET", &path).await?;
+        }
+        println!("no leadership left to move");
     }
     Ok(())
 }
@@ -146,7 +202,16 @@ async fn call(addr: &str, method: &str, path: &str) -> anyhow::Result<serde_json
     let value: serde_json::Value =
         serde_json::from_str(body).with_context(|| format!("HTTP {status}: {body}"))?;
     if !(200..300).contains(&status) {
-        bail!("HTTP {status}: {}", value["error"].as_str().unwrap_or(body));
+        let message = value["error"].as_str().unwrap_or(body).to_string();
+        return Err(Refused { status, message }.into());
     }
     Ok(value)
+}
+
+/// A broker's refusal: a non-2xx answer and its reason.
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP {status}: {message}")]
+struct Refused {
+    status: u16,
+    message: String,
 }

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -44,8 +44,17 @@ pub fn router(state: HttpState) -> Router {
         .route(
             "/v1/brokers/{id}/maintenance",
             get(maintenance_status)
-                .put(|s, id| operation(s, id, Op::Maintenance, true))
-                .delete(|s, id| operation(s, id, Op::Maintenance, false)),
+                .put(enter_maintenance)
+                .delete(|s, id| {
+                    operation(
+                        s,
+                        id,
+                        Op::Maintenance {
+                            until_restart: false,
+                        },
+                        false,
+                    )
+                }),
         )
         .route("/v1/leaders/preferred", post(elect_preferred))
         .route(
@@ -127,8 +136,35 @@ async fn cluster(State(s): State<HttpState>) -> impl IntoResponse {
 #[derive(Clone, Copy)]
 enum Op {
     Decommission,
-    Maintenance,
+    Maintenance { until_restart: bool },
     Balancer,
+}
+
+/// Query of `PUT /v1/brokers/{id}/maintenance`.
+#[derive(serde::Deserialize)]
+struct MaintenanceQuery {
+    /// `restart`: maintenance ends by itself when the broker registers anew.
+    until: Option<String>,
+}
+
+async fn enter_maintenance(
+    s: State<HttpState>,
+    id: Path<BrokerId>,
+    Query(q): Query<MaintenanceQuery>,
+) -> axum::response::Response {
+    let until_restart = match q.until.as_deref() {
+        None => false,
+        Some("restart") => true,
+        Some(other) => {
+            let message = format!("until={other}: the only value is 'restart'");
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "error": message })),
+            )
+                .into_response();
+        }
+    };
+    operation(s, id, Op::Maintenance { until_restart }, true).await
 }
 
 /// Starts (`on`) or cancels an operation through the active controller. Refusals are
@@ -141,14 +177,18 @@ async fn operation(
 ) -> axum::response::Response {
     let req = match op {
         Op::Decommission => ControlRequest::Decommission { id, on },
-        Op::Maintenance => ControlRequest::Maintenance { id, on },
+        Op::Maintenance { until_restart } => ControlRequest::Maintenance {
+            id,
+            on,
+            until_restart,
+        },
         Op::Balancer => ControlRequest::Balancer { on },
     };
     match s.broker.cluster.control(req, CONTROL_TIMEOUT).await {
         reply @ (ControlReply::Error { .. } | ControlReply::NotController) => refused(reply),
         _ => match op {
             Op::Decommission => decommission_status(State(s), Path(id)).await,
-            Op::Maintenance => maintenance_status(State(s), Path(id)).await,
+            Op::Maintenance { .. } => maintenance_status(State(s), Path(id)).await,
             Op::Balancer => balancer_status(State(s)).await,
         },
     }
@@ -265,7 +305,8 @@ async fn balancer_status(State(s): State<HttpState>) -> axum::response::Response
     .into_response()
 }
 
-/// Maintenance state: done once the broker leads nothing.
+/// Maintenance state: done once the broker leads nothing. `sole_replica_leaders` are
+/// leaderships no other replica could ever take (replication factor 1).
 async fn maintenance_status(
     State(s): State<HttpState>,
     Path(id): Path<BrokerId>,
@@ -276,7 +317,9 @@ async fn maintenance_status(
         "broker": id,
         "registered": image.brokers.contains_key(&id),
         "maintenance": image.maintenance.contains(&id),
+        "until_restart": image.maintenance_until_restart.contains(&id),
         "leaders": leaders,
+        "sole_replica_leaders": operations::sole_replica_leaders(&image, id),
         "done": image.maintenance.contains(&id) && leaders == 0,
     }))
     .into_response()

@@ -5,7 +5,9 @@ ends with no replica (its moves run through reassignments, progress visible), th
 leaves the cluster once stopped; refusals (a voter, too few brokers for a replication
 factor) are 409 with the reason; recommissioning cancels the moves in flight.  A broker
 in maintenance leads nothing within seconds and gets its leaderships back afterwards;
-a second broker in maintenance is refused.  A preferred-leader election gives a
+a second broker in maintenance is refused.  Maintenance entered "until restart" (a broker
+Pod's preStop hook) ends by itself when the broker is back; plain maintenance outlives
+restarts.  A preferred-leader election gives a
 restarted broker back the leaderships it lost.  No delivery fails and every acknowledged
 record is read back from consistent replicas.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import threading
 import time
@@ -36,6 +39,7 @@ validate_spec(SPEC)
 
 def conforms(status, body, path):
     """Responses match docs/admin-api.yaml: the schema validates and names every field."""
+    path = path.split("?")[0]
     if status >= 400:
         schema = SPEC["components"]["responses"]["Error"]["content"]["application/json"]["schema"]
     else:
@@ -202,6 +206,62 @@ def test_maintenance_moves_leaders_away_and_back_under_load(make_cluster):
     print(f"maintenance: broker 2 led nothing {took:.2f}s after the request")
     verify_acked(c, topic, list(range(6)), load)
     c.assert_replicas_consistent(topic, list(range(6)))
+
+
+def test_maintenance_until_restart_ends_when_the_broker_is_back(make_cluster):
+    c = make_cluster(n=3, extra_args=FAST)
+    parts = list(range(6))
+    topic = create_topic(c, partitions=6, rf=3, config={"min.insync.replicas": 2})
+    single = create_topic(c, partitions=6, rf=1, prefix="single")
+    c.wait_isr(topic, parts, c.ids)
+    led_by_2 = lambda: sum(c.leader_of(topic, p, via=1) == 2 for p in parts)  # noqa: E731
+    sole = sum(c.leader_of(single, p, via=1) == 2 for p in parts)
+    assert led_by_2() > 0 and sole > 0
+    status, body = c.broker(1).http_request("PUT", "/v1/brokers/2/maintenance?until=later")
+    assert status == 400 and "restart" in conforms(status, body, "")[1]["error"], body
+    load = ConfluentLoad(c, topic, partitions=parts).start()
+    try:
+        load.log.wait_acks(300)
+        # Exactly what the Pod's preStop hook runs (the broker id from the Pod's env).
+        b = c.broker(1)
+        hook = subprocess.run(
+            [str(riffle_binary()), "admin", f"--http={b.host}:{b.http_port}", "maintenance",
+             "--until-restart", "--wait=30"],
+            env={**os.environ, "RIFFLE_NODE_ID": "2"}, capture_output=True, text=True,
+            timeout=60)
+        # Leaderships of partitions without another replica cannot move: no waiting for them.
+        assert hook.returncode == 0 and "no leadership left to move" in hook.stdout, hook
+        assert led_by_2() == 0
+        st = get(c, 3, "/v1/brokers/2/maintenance")[1]
+        assert st["maintenance"] and st["until_restart"] and not st["done"], st
+        # The hook of a Pod whose broker already left the cluster (a scale-down) succeeds.
+        gone = riffle_admin(c, 1, "maintenance", 9, "--until-restart", "--wait=5")
+        assert gone.returncode == 0 and "not registered" in gone.stdout, gone
+        assert st["leaders"] == st["sole_replica_leaders"] == sole, st
+        load.log.wait_acks(load.log.count() + 300)
+        c.restart(2)  # SIGTERM: a controlled shutdown, then a new process
+        wait_until(lambda: not get(c, 1, "/v1/brokers/2/maintenance")[1]["maintenance"],
+                   timeout=30, message="maintenance ended by the restart")
+        c.wait_isr(topic, parts, c.ids)
+        wait_until(lambda: post(c, 1, "/v1/leaders/preferred")[0] == 200 and led_by_2() > 0,
+                   timeout=30, message="broker 2 leads again")
+        # Plain maintenance is a decision of whoever asked for it: it outlives a restart.
+        status, body = put(c, 3, "/v1/brokers/2/maintenance")
+        assert status == 200 and body["maintenance"] and not body["until_restart"], body
+        load.log.wait_acks(load.log.count() + 300)
+        c.restart(2, kill=True)
+        c.wait_isr(topic, parts, c.ids)
+        post(c, 1, "/v1/leaders/preferred")
+        st = get(c, 1, "/v1/brokers/2/maintenance")[1]
+        assert st["maintenance"] and led_by_2() == 0, st
+        assert delete(c, 1, "/v1/brokers/2/maintenance")[0] == 200
+        load.log.wait_acks(load.log.count() + 300)
+    except BaseException:
+        load.abort()
+        raise
+    finish_load(load, check_errors=True)
+    verify_acked(c, topic, parts, load)
+    c.assert_replicas_consistent(topic, parts)
 
 
 def test_preferred_leader_election_returns_leaderships_under_load(make_cluster):

@@ -16,8 +16,10 @@ both, and does only what a Riffle cluster's Pods need:
   bind-mounts over /etc/hosts (`scripts/envtest.sh`);
 - reports Running, the Pod IP and Ready from the readiness probe; restarts a container
   that exits (restartPolicy Always);
-- on deletion sends SIGTERM, waits up to the grace period, then SIGKILL, and removes
-  the Pod.
+- on deletion runs the container's `preStop` exec hook (in the container's environment;
+  `127.0.0.1` in its arguments means the Pod's own address, as in a Pod's network
+  namespace), then sends SIGTERM, waits up to the rest of the grace period, then SIGKILL,
+  and removes the Pod.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,8 @@ class Container:
     ip: str
     proc: subprocess.Popen
     probe: tuple[str, int, str] | None
+    env: dict[str, str]
+    pre_stop: list[str] | None
     ready: bool = False
     restarts: int = 0
     started: str = field(default_factory=now)
@@ -71,6 +76,7 @@ class NodeSimulator:
         self.thread = threading.Thread(target=self._loop, name="node-simulator", daemon=True)
         self.errors: list[str] = []
         self.terminating: set[str] = set()
+        self.pre_stops: list[dict[str, Any]] = []  # preStop hooks run: pod, exit, seconds
         self.hosts_original = hosts_file.read_text() if hosts_file.exists() else ""
 
     # --- lifecycle -------------------------------------------------------------------
@@ -175,19 +181,32 @@ class NodeSimulator:
         mounts = self._mounts(pod, ctr)
         env = self._env(pod, ctr, ip)
         env = {k: self._map_paths(self._listen(v, ip), mounts) for k, v in env.items()}
-        command = [expand(a, env) for a in ctr.get("command", []) + ctr.get("args", [])]
+        command = ctr.get("command", []) + ctr.get("args", [])
         if not command:
             raise RuntimeError(f"{key}: the simulator needs an explicit command")
-        command[0] = self.binaries.get(command[0], command[0])
-        command = [self._map_paths(a, mounts) for a in command]
-        log = open(self.root / f"{meta['namespace']}_{meta['name']}.log", "ab")
+        command = self._exec_args(command, env, mounts)
+        hook = (((ctr.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {})
+        pre_stop = (self._exec_args([a.replace("127.0.0.1:", f"{ip}:") for a in hook["command"]],
+                                    env, mounts) if hook.get("command") else None)
+        log = self._log(meta)
         log.write(f"--- start {now()} {command}\n".encode())
         log.flush()
-        proc = subprocess.Popen(command, env={"PATH": os.environ.get("PATH", ""), **env},
-                                stdout=log, stderr=subprocess.STDOUT,
+        env = {"PATH": os.environ.get("PATH", ""), **env}
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         return Container(uid=meta["uid"], ip=ip, proc=proc, probe=self._probe(ctr, ip),
-                         restarts=restarts)
+                         env=env, pre_stop=pre_stop, restarts=restarts)
+
+    def _log(self, meta: dict[str, Any]):
+        return open(self.root / f"{meta['namespace']}_{meta['name']}.log", "ab")
+
+    def _exec_args(self, args: list[str], env: dict[str, str], mounts: dict[str, Path]
+                   ) -> list[str]:
+        """An exec command line as a host command: `$(VAR)` expanded, the image's binaries
+        and volume paths mapped to the host's."""
+        args = [expand(a, env) for a in args]
+        args[0] = self.binaries.get(args[0], args[0])
+        return [self._map_paths(a, mounts) for a in args]
 
     def _mounts(self, pod: dict[str, Any], ctr: dict[str, Any]) -> dict[str, Path]:
         """Mount path -> host directory, for volumes backed by a PVC or an emptyDir."""
@@ -317,17 +336,39 @@ class NodeSimulator:
             c.proc.wait()
 
     def _terminate(self, pod: dict[str, Any], key: str) -> None:
-        """SIGTERM, up to the grace period, SIGKILL; then the Pod object goes."""
+        """The preStop hook, SIGTERM, up to the rest of the grace period, SIGKILL; then the
+        Pod object goes."""
         try:
             c = self.running.get(key)
             if c and c.uid == pod["metadata"]["uid"]:
-                self._kill(c, pod["metadata"].get("deletionGracePeriodSeconds") or 30)
+                grace = pod["metadata"].get("deletionGracePeriodSeconds") or 30
+                if c.pre_stop and c.proc.poll() is None and grace > 0:
+                    grace = max(grace - self._pre_stop(pod, key, c, grace), 2)
+                self._kill(c, grace)
                 self.running.pop(key, None)
             self._remove(pod)
         except Exception as e:
             self.errors.append(f"terminating {key}: {e!r}")
         finally:
             self.terminating.discard(key)
+
+    def _pre_stop(self, pod: dict[str, Any], key: str, c: Container, grace: float) -> float:
+        """Runs the hook within the grace period, as the kubelet does (a failing hook is
+        reported and the container stops anyway); returns the seconds it took."""
+        t0 = time.monotonic()
+        with self._log(pod["metadata"]) as log:
+            log.write(f"--- preStop start {now()} {c.pre_stop}\n".encode())
+            log.flush()
+            try:
+                r = subprocess.run(c.pre_stop, env=c.env, stdout=log, stderr=subprocess.STDOUT,
+                                   timeout=grace)
+                rc: int | None = r.returncode
+            except subprocess.TimeoutExpired:
+                rc = None
+            log.write(f"--- preStop exit {rc}\n".encode())
+        took = time.monotonic() - t0
+        self.pre_stops.append({"pod": key, "exit": rc, "seconds": took, "at": time.time()})
+        return took
 
     def _remove(self, pod: dict[str, Any]) -> None:
         m = pod["metadata"]

@@ -1,7 +1,7 @@
 """The built-in autoscaler (`spec.autoscaling`) with real brokers: it reads the brokers'
 produce rate, scales out while a sustained load exceeds the per-broker target and back
-in once the load stops (windows shortened for the test), records each decision as an
-event, and the acknowledged records all survive both changes."""
+in once the load stops (windows shortened for the test), never while a roll is under
+way, records each decision as an event, and the acknowledged records all survive."""
 
 from __future__ import annotations
 
@@ -60,6 +60,39 @@ def test_idle_cluster_is_measured_and_kept(auto):
     assert st["recommendedReplicas"] == 3 and st["bytesInPerSecond"] < TARGET, st
     assert "cpuMillis" in st
     assert cluster(e)["spec"]["replicas"] == 3 and not autoscaled(e)
+
+
+def test_no_scaling_while_a_roll_is_under_way(auto):
+    e, bootstrap = auto
+    # A setting the brokers cannot start with: the roll stops at its first broker and
+    # stays under way (and the cluster short of a broker) until the spec is fixed.
+    e.kubectl("patch", "-n", NS, f"rfc/{NAME}", "--type", "merge",
+              "-p", '{"spec": {"config": {"replica_fetch_max_bytes": "lots"}}}')
+    load = Load(bootstrap, TOPIC, rate=RATE, size=SIZE)
+    try:
+        started = time.monotonic()
+        while True:
+            st, a = cluster(e), autoscaler(e)
+            assert st["spec"]["replicas"] == 3 and not autoscaled(e), a
+            stopped = any(c["type"] == "Degraded" and c["status"] == "True"
+                          for c in st["status"].get("conditions", []))
+            # Loaded for well over the scale-up window, with 4 brokers' worth recommended.
+            if stopped and time.monotonic() - started > 20 and a.get("recommendedReplicas") == 4:
+                break
+            assert time.monotonic() - started < 180, f"no stopped roll under load: {a}"
+            time.sleep(1)
+        assert a["decision"].startswith("not while") and "not back" in a["decision"], a
+        print(f"held for {time.monotonic() - started:.0f} s during the roll: {a['decision']}")
+    finally:
+        load.finish()
+    # Once the loaded samples are older than the scale-up window, the roll may finish.
+    time.sleep(10)
+    e.kubectl("patch", "-n", NS, f"rfc/{NAME}", "--type", "json",
+              "-p", '[{"op": "remove", "path": "/spec/config/replica_fetch_max_bytes"}]')
+    wait_for(lambda: (lambda s: s.get("operation") is None and s.get("readyReplicas") == 3)(
+        cluster(e)["status"]), "the roll to finish", 180)
+    assert cluster(e)["spec"]["replicas"] == 3 and not autoscaled(e)
+    load.read_back(bootstrap, "auto-roll-check")
 
 
 def test_sustained_load_scales_out_then_idle_scales_in(auto):

@@ -4,7 +4,9 @@ replicas, scale-down drains brokers before their Pods go, scaling below the repl
 factor is refused, a rolling restart goes one broker at a time (leaderships moved first,
 the controller last) and stops at a broker that does not come back until the spec is
 fixed, dynamic settings change without a restart, leaderships that drifted go back to
-their preferred replicas, and at the end every acknowledged record is there."""
+their preferred replicas, an evicted broker (a node drain) hands its leaderships over in
+its preStop hook, one broker at a time, and at the end every acknowledged record is
+there."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from conftest import Env, GroupReader, Load, wait_for
+from kube import ApiError
 
 NS, NAME, TOPIC = "ops", "ops", "events"
 
@@ -270,6 +273,43 @@ def test_dynamic_settings_apply_without_a_restart(ops):
     time.sleep(3)
     assert {n: p["metadata"]["uid"] for n, p in pods(e).items()} == before
     assert sts(e)["status"]["updateRevision"] == revision
+    assert not load.errors, load.errors[:5]
+
+
+def test_an_evicted_broker_hands_over_its_leaderships_before_it_stops(ops):
+    e, load, _ = ops
+    victim = f"{NAME}-1"
+    wait_for(lambda: (lambda v: v["partitions"]["under_replicated"] == 0
+                      and v["partitions"]["non_preferred_leaders"] == 0)(any_view())
+             and all(ready(p) for p in pods(e).values()), "a quiet cluster", 120)
+    assert any_view()["brokers"][1]["leaders"] > 0
+    uid = pods(e)[victim]["metadata"]["uid"]
+    hooks = len(e.sim.pre_stops)
+
+    def evict(name: str):
+        e.kube.post(f"/api/v1/namespaces/{NS}/pods/{name}/eviction", {
+            "apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": name, "namespace": NS}})
+
+    # What `kubectl drain` does for each Pod on the node.
+    evict(victim)
+    with pytest.raises(ApiError) as refused:
+        evict(f"{NAME}-2")
+    assert refused.value.status == 429, "the disruption budget lets one broker go at a time"
+    hook = wait_for(lambda: next((h for h in e.sim.pre_stops[hooks:]
+                                  if h["pod"] == f"{NS}/{victim}"), None), "the preStop hook", 90)
+    log = (e.sim.root / f"{NS}_{victim}.log").read_text()
+    out = log.rsplit("--- preStop start", 1)[-1].split("--- preStop exit")[0]
+    assert hook["exit"] == 0 and "no leadership left to move" in out, out[:2000]
+    assert '"until_restart": true' in out, out[:2000]
+    print(f"preStop hook: leaderships handed over in {hook['seconds']:.1f} s")
+    wait_for(lambda: (lambda p: p and p["metadata"]["uid"] != uid and ready(p))(
+        pods(e).get(victim)), "the evicted broker back", 120)
+    # Its maintenance ended with the restart, and the operator gives it its leaderships back.
+    wait_for(lambda: not any_view()["brokers"][1]["maintenance"], "maintenance over", 30)
+    wait_for(lambda: (lambda v: v["partitions"]["non_preferred_leaders"] == 0
+                      and v["brokers"][1]["leaders"] > 0)(any_view()),
+             "broker 1 leads again", 120)
     assert not load.errors, load.errors[:5]
 
 

@@ -127,6 +127,9 @@ pub enum ControlRequest {
         id: BrokerId,
         /// Start (true) or end (false).
         on: bool,
+        /// End it by itself when the broker registers anew.
+        #[serde(default)]
+        until_restart: bool,
     },
     /// Switches continuous balancing on or off.
     Balancer {
@@ -436,7 +439,11 @@ impl Controller {
                 Err((code, message)) => refuse(code, message),
             },
             ControlRequest::Decommission { id, on } => self.decommission(&img, id, on).await,
-            ControlRequest::Maintenance { id, on } => self.maintenance(&img, id, on).await,
+            ControlRequest::Maintenance {
+                id,
+                on,
+                until_restart,
+            } => self.maintenance(&img, id, on, until_restart).await,
             ControlRequest::Balancer { on } => {
                 let reply = self.commit_done(Command::SetBalancer { on }).await;
                 self.run_operations().await;
@@ -507,6 +514,16 @@ impl Controller {
                 ..broker.clone()
             };
             push(&mut next, Command::RegisterBroker(fenced));
+            if img.maintenance_until_restart.contains(&id) {
+                push(
+                    &mut next,
+                    Command::SetMaintenance {
+                        id,
+                        on: false,
+                        until_restart: false,
+                    },
+                );
+            }
             for c in decide::on_fenced(&next.clone(), id, |t| unclean_enabled(&next, t)) {
                 push(&mut next, c);
             }
@@ -859,7 +876,13 @@ impl Controller {
 
     /// Starts maintenance (leaderships move away at once) or ends it (the broker's
     /// preferred leaderships return).
-    async fn maintenance(&self, img: &Image, id: BrokerId, on: bool) -> ControlReply {
+    async fn maintenance(
+        &self,
+        img: &Image,
+        id: BrokerId,
+        on: bool,
+        until_restart: bool,
+    ) -> ControlReply {
         if let Err(r) = registered(img, id) {
             return r;
         }
@@ -869,7 +892,11 @@ impl Controller {
             }
         }
         let mut next = img.clone();
-        let first = Command::SetMaintenance { id, on };
+        let first = Command::SetMaintenance {
+            id,
+            on,
+            until_restart,
+        };
         next.apply(&first);
         let mut cmds = vec![first];
         if on {

@@ -143,6 +143,10 @@ pub struct Image {
     /// Brokers in maintenance: they lead nothing while another replica can.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub maintenance: BTreeSet<BrokerId>,
+    /// Brokers whose maintenance ends when they register anew (entered by a Pod's
+    /// `preStop` hook: it must not outlive the restart it prepares).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub maintenance_until_restart: BTreeSet<BrokerId>,
     /// Continuous balancing switched off cluster-wide.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub balancer_off: bool,
@@ -231,6 +235,9 @@ pub enum Command {
         id: BrokerId,
         /// In maintenance from now on.
         on: bool,
+        /// Only until the broker registers anew.
+        #[serde(default)]
+        until_restart: bool,
     },
     /// Switches continuous balancing on or off.
     SetBalancer {
@@ -272,7 +279,7 @@ impl Image {
             Command::RegisterBroker(info) => {
                 self.brokers.insert(info.id, info.clone());
             }
-            Command::SetDecommissioning { id, on } | Command::SetMaintenance { id, on } => {
+            Command::SetDecommissioning { id, on } | Command::SetMaintenance { id, on, .. } => {
                 if !self.brokers.contains_key(id) {
                     return CommandReply::Rejected(format!("broker {id} is not registered"));
                 }
@@ -285,6 +292,13 @@ impl Image {
                 } else {
                     set.remove(id);
                 }
+                if let Command::SetMaintenance { until_restart, .. } = cmd {
+                    if *on && *until_restart {
+                        self.maintenance_until_restart.insert(*id);
+                    } else {
+                        self.maintenance_until_restart.remove(id);
+                    }
+                }
             }
             Command::SetBalancer { on } => self.balancer_off = !on,
             Command::UnregisterBroker { id } => {
@@ -294,6 +308,7 @@ impl Image {
                 self.brokers.remove(id);
                 self.decommissioning.remove(id);
                 self.maintenance.remove(id);
+                self.maintenance_until_restart.remove(id);
             }
             Command::SetBrokerState { id, state } => match self.brokers.get_mut(id) {
                 Some(b) => b.state = *state,
@@ -484,6 +499,38 @@ pub(crate) mod tests {
         let b = img.apply(&Command::AllocateProducerIds { count: 1000 });
         assert_eq!(a, CommandReply::ProducerIds { first: 0 });
         assert_eq!(b, CommandReply::ProducerIds { first: 1000 });
+    }
+
+    #[test]
+    fn maintenance_until_restart_is_a_flag_that_plain_maintenance_and_leaving_clear() {
+        let mut img = image_with(&[1, 2]);
+        let set = |on, until_restart| Command::SetMaintenance {
+            id: 1,
+            on,
+            until_restart,
+        };
+        img.apply(&set(true, true));
+        assert!(img.maintenance.contains(&1) && img.maintenance_until_restart.contains(&1));
+        // Asked for without a limit: it stays across restarts from now on.
+        img.apply(&set(true, false));
+        assert!(img.maintenance.contains(&1) && img.maintenance_until_restart.is_empty());
+        img.apply(&set(true, true));
+        img.apply(&set(false, false));
+        assert!(img.maintenance.is_empty() && img.maintenance_until_restart.is_empty());
+        img.apply(&set(true, true));
+        img.apply(&Command::UnregisterBroker { id: 1 });
+        assert!(img.maintenance.is_empty() && img.maintenance_until_restart.is_empty());
+        // Logs written before the flag existed still read.
+        let old: Command =
+            serde_json::from_str(r#"{"SetMaintenance":{"id":2,"on":true}}"#).expect("old entry");
+        assert_eq!(
+            old,
+            Command::SetMaintenance {
+                id: 2,
+                on: true,
+                until_restart: false
+            }
+        );
     }
 
     #[test]

@@ -23,6 +23,14 @@ pub fn maintenance_moves(image: &Image) -> Vec<Command> {
         .collect()
 }
 
+/// Partitions `broker` leads that have no other replica: no maintenance moves them.
+pub fn sole_replica_leaders(image: &Image, broker: BrokerId) -> usize {
+    image
+        .partitions()
+        .filter(|(_, _, p)| p.leader == broker && p.replicas.iter().all(|&r| r == broker))
+        .count()
+}
+
 /// Partitions with a replica on `broker`.
 pub fn replicas_on(image: &Image, broker: BrokerId) -> usize {
     image
@@ -640,20 +648,32 @@ mod tests {
             image_with(&[1, 2, 3]),
             vec![vec![1, 2, 3], vec![1, 3], vec![1]],
         );
-        img.apply(&Command::SetMaintenance { id: 1, on: true });
+        img.apply(&Command::SetMaintenance {
+            id: 1,
+            on: true,
+            until_restart: false,
+        });
         let moves = maintenance_moves(&img);
         apply_all(&mut img, &moves);
         let leaders: Vec<BrokerId> = img.partitions().map(|(_, _, p)| p.leader).collect();
         assert_eq!(leaders, vec![2, 3, 1], "a single-replica partition stays");
         // Preferred-leader balancing leaves it alone; ending maintenance lets it return.
         assert!(super::super::decide::preferred_elections(&img, None).is_empty());
-        img.apply(&Command::SetMaintenance { id: 1, on: false });
+        img.apply(&Command::SetMaintenance {
+            id: 1,
+            on: false,
+            until_restart: false,
+        });
         assert_eq!(
             super::super::decide::preferred_elections(&img, None).len(),
             2
         );
         assert!(check_maintenance(&img, 2).is_ok());
-        img.apply(&Command::SetMaintenance { id: 2, on: true });
+        img.apply(&Command::SetMaintenance {
+            id: 2,
+            on: true,
+            until_restart: false,
+        });
         assert!(check_maintenance(&img, 3)
             .unwrap_err()
             .contains("one broker at a time"));

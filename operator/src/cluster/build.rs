@@ -9,9 +9,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServiceAccount,
-    ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
+    ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -116,8 +117,11 @@ pub fn config_changes(
 
 /// Where brokers keep their data inside the pod.
 const DATA_PATH: &str = "/var/lib/riffle";
-/// Enough for a broker to move leadership, finish requests and flush.
+/// Enough for the `preStop` hook (at most `PRE_STOP_WAIT_SECONDS`), then the broker's
+/// controlled shutdown: finish requests and flush.
 const TERMINATION_GRACE_SECONDS: i64 = 120;
+/// How long the `preStop` hook waits for leaderships to move off the broker.
+const PRE_STOP_WAIT_SECONDS: i64 = 60;
 
 /// Checks a spec; returns every problem found.
 pub fn validate(cluster: &Cluster) -> Vec<String> {
@@ -441,6 +445,25 @@ pub fn build(cluster: &Cluster, replicas: i32) -> Objects {
                 ..Default::default()
             },
         ]),
+        // Before SIGTERM (an eviction, a node drain, a Pod deleted by hand or by a roll):
+        // maintenance until the broker is back, so that its leaderships move while it
+        // still serves, and no flag outlives the restart.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec![
+                        "/usr/local/bin/riffle".into(),
+                        "admin".into(),
+                        format!("--http=127.0.0.1:{}", spec.listeners.http),
+                        "maintenance".into(),
+                        "--until-restart".into(),
+                        format!("--wait={PRE_STOP_WAIT_SECONDS}"),
+                    ]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 30)),
         resources: spec.resources.clone(),
