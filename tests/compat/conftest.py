@@ -8,6 +8,8 @@ one:
   with the broker log tail and the broker is restarted for the next test.
 * ``make_broker(*extra_args)``: a private broker for tests that kill, restart
   or reconfigure it.  Stopped (SIGTERM, exit code 0 asserted) at teardown.
+* ``target``: parametrised, the module's broker and then a 3-broker cluster shared by
+  the module, for tests that must pass against both.
 * ``make_cluster(n=3, voters=3, extra_args=())``: a private multi-broker
   ``Cluster`` (started and formed unless ``start=False``).  At teardown frozen
   brokers are continued and every broker still running is stopped (SIGTERM,
@@ -106,6 +108,28 @@ def make_cluster(riffle_bin, tmp_path, request):
             c.cleanup()
     if errors:
         pytest.fail("\n".join(errors), pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def _module_cluster(riffle_bin, tmp_path_factory, request):
+    c = Cluster(tmp_path_factory.mktemp(f"cluster-{request.module.__name__}"), n=3, voters=3)
+    c.start()
+    yield c
+    try:
+        c.stop()
+    finally:
+        c.cleanup()
+
+
+@pytest.fixture(params=["single", "cluster"])
+def target(request):
+    """A single broker, then a 3-broker cluster (shared per module): anything with a
+    ``bootstrap`` address."""
+    if request.param == "single":
+        return request.getfixturevalue("broker")
+    c = request.getfixturevalue("_module_cluster")
+    request.node._riffle_clusters = [c]
+    return c
 
 
 @pytest.fixture

@@ -928,19 +928,33 @@ KAFKA_TOOLS_CLASSPATH = REPO_ROOT / "tests" / "java" / "target" / "classpath.txt
 JVM_FLAGS = ["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
 
 
-def kafka_tool(main_class: str, *args, timeout: float = 120.0,
-               check: bool = True) -> subprocess.CompletedProcess:
+def kafka_tool(main_class: str, *args, timeout: float = 120.0, check: bool = True,
+               input: str | None = None) -> subprocess.CompletedProcess:
     """Runs one of Apache Kafka's tools by its main class, as Kafka's bin/*.sh wrappers
-    do (``kafka-configs`` is ``kafka.admin.ConfigCommand``, ...). Output is text."""
+    do (``kafka-configs`` is ``kafka.admin.ConfigCommand``, ...). Output is text;
+    ``input`` goes to its standard input."""
     if not KAFKA_TOOLS_CLASSPATH.is_file():
         raise RuntimeError(f"{KAFKA_TOOLS_CLASSPATH} missing: run scripts/setup-java-tools.sh")
     cp = KAFKA_TOOLS_CLASSPATH.read_text().strip()
     proc = subprocess.run(["java", *JVM_FLAGS, "-cp", cp, main_class, *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, input=input)
     if check and proc.returncode != 0:
         raise AssertionError(f"{main_class} {' '.join(map(str, args))} exited "
                              f"{proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+JAVA_CLASSES = REPO_ROOT / "tests" / "java" / "target" / "classes"
+
+
+def java_main(main_class: str, *args, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """Runs a class of tests/java/src (compiled by scripts/setup-java-tools.sh) with
+    Kafka's jars on the classpath."""
+    if not JAVA_CLASSES.is_dir():
+        raise RuntimeError(f"{JAVA_CLASSES} missing: run scripts/setup-java-tools.sh")
+    cp = f"{JAVA_CLASSES}:{KAFKA_TOOLS_CLASSPATH.read_text().strip()}"
+    return subprocess.run(["java", "-Xmx384m", "-XX:+UseSerialGC", "-cp", cp, main_class,
+                           *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
 # -- topic management through kafka-python (used by the kcat and raw suites) --

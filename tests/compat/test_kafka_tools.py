@@ -1,7 +1,8 @@
 """Apache Kafka's own command-line tools (Kafka 4.1, run with the JVM) against Riffle.
 
 ``kafka-configs`` (kafka.admin.ConfigCommand) sets, describes and deletes every topic
-config key and dynamic broker configs; its printed output is parsed and checked.
+config key (on a single broker and on a 3-broker cluster) and dynamic broker configs; its
+printed output is parsed and checked.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ def tool_value(value: str) -> str:
     return f"[{value.replace(' ', '')}]" if "," in value else value
 
 
-def test_kafka_configs_sets_describes_and_deletes_every_topic_key(broker):
+def test_kafka_configs_sets_describes_and_deletes_every_topic_key(target):
+    broker = target
     name = unique_topic("jcfg")
+    rf = len(getattr(target, "ids", [None]))
     out = kafka_tool(TOPICS, "--bootstrap-server", broker.bootstrap, "--create", "--topic", name,
-                     "--partitions", "1", "--replication-factor", "1").stdout
+                     "--partitions", "1", "--replication-factor", rf).stdout
     assert f"Created topic {name}." in out
 
     add = ",".join(f"{k}={tool_value(v[0])}" for k, v in TOPIC_CONFIGS.items())
