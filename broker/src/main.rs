@@ -12,7 +12,7 @@ use riffle_broker::cluster::QuorumService;
 use riffle_broker::config::{Cli, Config};
 use riffle_broker::handlers::Broker;
 use riffle_broker::replication::{self, service::ReplicationService};
-use riffle_broker::{group, http, retention, server};
+use riffle_broker::{cleaner, group, http, retention, server};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -85,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             .await
     });
     let retention_task = tokio::spawn(retention::run(broker.clone(), stop_rx.clone()));
+    let cleaner_task = tokio::spawn(cleaner::run(broker.clone(), stop_rx.clone()));
     let group_task = tokio::spawn(group::run_timers(broker.groups.clone(), stop_rx.clone()));
 
     let mut term = signal(SignalKind::terminate())?;
@@ -132,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         t.await.context("kafka listener task")?;
     }
     retention_task.await.context("retention task")?;
+    cleaner_task.await.context("log cleaner task")?;
     group_task.await.context("group timer task")?;
     let _ = http_task.await;
     for t in [heartbeat_task, controller_task, fetcher_task, isr_task] {

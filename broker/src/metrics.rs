@@ -69,6 +69,12 @@ pub struct Metrics {
     pub operations: IntGaugeVec,
     /// Replication throttle rates in effect on this broker (bytes/s; 0: unthrottled).
     pub throttle_rate: IntGaugeVec,
+    /// Log cleaner passes that rewrote a partition, by topic.
+    pub cleaner_runs: IntCounterVec,
+    /// Bytes the log cleaner read (`read`) and removed (`removed`), by topic.
+    pub cleaner_bytes: IntCounterVec,
+    /// Dirty share of each compacted partition's cleanable range, as last measured.
+    pub dirty_ratio: GaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -253,6 +259,27 @@ impl Metrics {
                 "riffle_replication_throttle_rate_bytes",
                 "Replication throttle in effect (bytes/s, 0 when unthrottled), by side",
                 &["side"],
+            ),
+            cleaner_runs: counter(
+                "riffle_log_cleaner_runs_total",
+                "Log cleaner passes that rewrote a partition, by topic",
+                &["topic"],
+            ),
+            cleaner_bytes: counter(
+                "riffle_log_cleaner_bytes_total",
+                "Bytes the log cleaner read and removed, by topic",
+                &["topic", "kind"],
+            ),
+            dirty_ratio: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "riffle_log_cleaner_dirty_ratio",
+                        "Dirty share of a compacted partition's cleanable range",
+                    ),
+                    &["topic", "partition"],
+                )
+                .expect("valid metric"),
             ),
             registry: r,
         }

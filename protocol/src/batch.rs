@@ -150,6 +150,18 @@ pub fn stored_crc(buf: &[u8]) -> Option<u32> {
 
 /// Validates a produced record set: exactly one v2 batch, consistent sizes and a good CRC.
 pub fn validate_produced(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = validate_stored(buf)?;
+    if i64::from(header.record_count) != i64::from(header.last_offset_delta) + 1 {
+        return Err(BatchError::Malformed(
+            "record count does not match last offset delta",
+        ));
+    }
+    Ok(header)
+}
+
+/// Validates one stored (replicated) batch: as [`validate_produced`], except that
+/// compaction may have left fewer records than the batch's offset range spans.
+pub fn validate_stored(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = parse_header(buf)?;
     if header.size != buf.len() {
         return Err(BatchError::Malformed(
@@ -159,9 +171,9 @@ pub fn validate_produced(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     if header.record_count == 0 {
         return Err(BatchError::Malformed("empty batch"));
     }
-    if i64::from(header.record_count) != i64::from(header.last_offset_delta) + 1 {
+    if i64::from(header.record_count) > i64::from(header.last_offset_delta) + 1 {
         return Err(BatchError::Malformed(
-            "record count does not match last offset delta",
+            "more records than the last offset delta allows",
         ));
     }
     let stored = u32::from_be_bytes([

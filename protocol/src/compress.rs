@@ -80,7 +80,7 @@ fn codec_error(e: impl std::fmt::Display) -> BatchError {
 }
 
 /// Decompresses a records section.
-fn decompress(codec: Codec, data: &[u8]) -> Result<Bytes, BatchError> {
+pub(crate) fn decompress(codec: Codec, data: &[u8]) -> Result<Bytes, BatchError> {
     let mut buf = Bytes::copy_from_slice(data);
     let take = |b: &mut Bytes| Ok(std::mem::take(b));
     match codec {
@@ -94,7 +94,7 @@ fn decompress(codec: Codec, data: &[u8]) -> Result<Bytes, BatchError> {
 }
 
 /// Compresses a records section with the target codec and level.
-fn compress(target: Target, data: &[u8]) -> Result<Vec<u8>, BatchError> {
+pub(crate) fn compress(target: Target, data: &[u8]) -> Result<Vec<u8>, BatchError> {
     match target.codec {
         Codec::None => Ok(data.to_vec()),
         Codec::Gzip => {

@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod batch;
 pub mod compress;
+pub mod records;
 mod request;
 
 pub use request::{decode_request, Body, DecodeError, Request};

@@ -1097,11 +1097,13 @@ impl Controller {
         if active < rf {
             return;
         }
-        // Commits are kept until a group deletes them, not by age.
+        // Commits are kept until a group deletes them, not by age; compaction keeps the
+        // latest per group and partition once a segment (Kafka's 100 MiB) is full.
         let configs = [
             ("retention.ms", "-1"),
             ("retention.bytes", "-1"),
             ("cleanup.policy", "compact"),
+            ("segment.bytes", "104857600"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -374,6 +374,22 @@ pub static BROKER_KEYS: &[BrokerKey] = &[
         "Default compression.zstd.level"
     ),
     key!(
+        "log.cleaner.backoff.ms",
+        Long,
+        Check::AtLeast(0),
+        ClusterWide,
+        "15000",
+        "How long the log cleaner waits when no log needs cleaning"
+    ),
+    key!(
+        "log.cleaner.io.max.bytes.per.second",
+        Double,
+        Check::Ratio(0.0, f64::MAX),
+        ClusterWide,
+        "1.7976931348623157E308",
+        "Bytes per second the log cleaner may read and write (its throttle)"
+    ),
+    key!(
         "log.cleaner.delete.retention.ms",
         Long,
         Check::AtLeast(0),

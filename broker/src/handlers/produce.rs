@@ -122,6 +122,10 @@ impl Broker {
             return Err(ResponseError::NotEnoughReplicas.code());
         }
         let mut header = check_batch(&records, cfg.max_message_bytes)?;
+        // Compaction keeps the latest record per key: keyless records have no place there.
+        if cfg.compacts && !crate::protocol::records::all_keyed(&records).unwrap_or(false) {
+            return Err(ResponseError::InvalidRecord.code());
+        }
         let name = &*topic.name;
         self.metrics
             .bytes_in

@@ -1,5 +1,6 @@
 //! Partition logs: offsets, segments, producer state and topic configuration.
 
+pub mod compaction;
 pub mod partition;
 pub mod producer;
 pub mod topic_config;

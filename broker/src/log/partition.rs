@@ -18,6 +18,7 @@ use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use tokio::sync::{oneshot, Notify};
 
+use super::compaction::{self, Dirt, Fate};
 use super::producer::{BatchSeq, ProducerState, SeqCheck};
 use super::topic_config::TopicConfig;
 use crate::cluster::image::PartitionState;
@@ -147,6 +148,8 @@ struct State {
     unsynced_records: i64,
     /// When this partition last asked for a WAL sync (`flush.ms`).
     last_sync_ms: i64,
+    /// The cleaner's progress: everything below was compacted since the broker started.
+    cleaned_to: i64,
 }
 
 /// A follower's progress as its leader sees it.
@@ -375,6 +378,7 @@ impl Partition {
                 role: Role::None,
                 unsynced_records: 0,
                 last_sync_ms: 0,
+                cleaned_to: 0,
             }),
             replicas: Mutex::new(Replicas {
                 leader: -1,
@@ -794,8 +798,9 @@ impl Partition {
                     return Err(LogError::BadBatch("truncated batch".into()));
                 }
                 let raw = records.split_to(header.size);
-                batch::validate_produced(&raw).map_err(|e| LogError::BadBatch(e.to_string()))?;
-                if header.base_offset != st.next_offset {
+                batch::validate_stored(&raw).map_err(|e| LogError::BadBatch(e.to_string()))?;
+                // Above the log end: the leader's log may have gaps left by compaction.
+                if header.base_offset < st.next_offset {
                     return Err(LogError::NotContiguous {
                         expected: st.next_offset,
                         got: header.base_offset,
@@ -1334,6 +1339,142 @@ impl Partition {
         Ok(Some(new_start))
     }
 
+    /// One compaction pass (`cleanup.policy` with `compact`) when the cleanable range (below
+    /// the active segment, the high watermark and `min.compaction.lag.ms`) is dirty enough.
+    /// Returns the dirt it found and, when it cleaned, the bytes before and after.
+    /// Blocking (reads and rewrites batches): call it from `spawn_blocking`.
+    pub fn compact(&self, cfg: &TopicConfig) -> Result<(Dirt, Option<(u64, u64)>), LogError> {
+        let now = now_ms();
+        let (log_start, active, cleaned_to) = {
+            let st = self.lock();
+            let active = st
+                .segments
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(st.log_start);
+            (st.log_start, active, st.cleaned_to)
+        };
+        let hw = self.high_watermark.load(Ordering::Acquire);
+        let lag_limit = now.saturating_sub(cfg.min_compaction_lag_ms);
+        // First pass: the cleanable range, its dirt, and the latest offset of every key.
+        let mut latest = HashMap::new();
+        let mut dirt = Dirt {
+            dirty_bytes: 0,
+            total_bytes: 0,
+            oldest_dirty_ms: -1,
+        };
+        let mut end = log_start;
+        let mut from = log_start;
+        'scan: while from < active.min(hw) {
+            let chunk =
+                self.store
+                    .read_batches(self.uid, from, active.min(hw), CLEANER_READ_BYTES)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for b in &chunk {
+                let h = batch::parse_header(b).map_err(|e| LogError::BadBatch(e.to_string()))?;
+                if h.max_timestamp > lag_limit {
+                    break 'scan;
+                }
+                compaction::note_keys(&mut latest, b)
+                    .map_err(|e| LogError::BadBatch(e.to_string()))?;
+                dirt.total_bytes += b.len() as u64;
+                if h.base_offset >= cleaned_to {
+                    dirt.dirty_bytes += b.len() as u64;
+                    if dirt.oldest_dirty_ms < 0 || h.base_timestamp < dirt.oldest_dirty_ms {
+                        dirt.oldest_dirty_ms = h.base_timestamp;
+                    }
+                }
+                end = h.last_offset() + 1;
+            }
+            from = end;
+        }
+        if !dirt.due(
+            cfg.min_cleanable_dirty_ratio,
+            cfg.max_compaction_lag_ms,
+            now,
+        ) {
+            return Ok((dirt, None));
+        }
+        // Second pass: each batch kept, rewritten or dropped; segment sizes follow.
+        let mut fates = Vec::new();
+        let (mut before, mut after) = (0u64, 0u64);
+        let mut from = log_start;
+        while from < end {
+            let chunk = self
+                .store
+                .read_batches(self.uid, from, end, CLEANER_READ_BYTES)?;
+            let Some(last) = chunk.last() else {
+                break;
+            };
+            from = batch::parse_header(last)
+                .map_err(|e| LogError::BadBatch(e.to_string()))?
+                .last_offset()
+                + 1;
+            for b in chunk {
+                let base = batch::parse_header(&b)
+                    .map_err(|e| LogError::BadBatch(e.to_string()))?
+                    .base_offset;
+                let fate = compaction::clean(&b, &latest, now, cfg.delete_retention_ms)
+                    .map_err(|e| LogError::BadBatch(e.to_string()))?;
+                before += b.len() as u64;
+                after += match &fate {
+                    Fate::Keep => b.len() as u64,
+                    Fate::Rewrite(n) => n.len() as u64,
+                    Fate::Drop => 0,
+                };
+                if fate != Fate::Keep {
+                    fates.push((base, b.len() as u64, fate));
+                }
+            }
+        }
+        let written = {
+            let mut st = self.lock();
+            let mut mutations = Vec::new();
+            let mut segments = Vec::new();
+            // Batches deleted or truncated meanwhile stay gone.
+            let live = st.log_start..st.next_offset;
+            for (base, old, fate) in fates.into_iter().filter(|(b, _, _)| live.contains(b)) {
+                let Some((&seg_base, seg)) = st.segments.range_mut(..=base).next_back() else {
+                    continue;
+                };
+                let key = log_key(self.uid, base).to_vec();
+                seg.bytes = seg.bytes.saturating_sub(old);
+                match fate {
+                    Fate::Rewrite(value) => {
+                        seg.bytes += value.len() as u64;
+                        mutations.push(Mutation::Put {
+                            cf: CF_LOG,
+                            key,
+                            value,
+                        });
+                    }
+                    _ => mutations.push(Mutation::Delete { cf: CF_LOG, key }),
+                }
+                segments.push(seg_base);
+            }
+            segments.dedup();
+            for seg_base in segments {
+                if let Some(seg) = st.segments.get(&seg_base) {
+                    mutations.push(Mutation::Put {
+                        cf: CF_INDEX,
+                        key: log_key(self.uid, seg_base).to_vec(),
+                        value: seg.encode().to_vec(),
+                    });
+                }
+            }
+            st.cleaned_to = st.cleaned_to.max(end);
+            self.store.queue(mutations, false)
+        };
+        // (On a blocking thread of the runtime, see the doc line.)
+        tokio::runtime::Handle::current()
+            .block_on(written)
+            .map_err(LogError::Storage)?;
+        Ok((dirt, Some((before, after))))
+    }
+
     /// Moves the log start to `offset` (-1: the high watermark), deleting whole segments below it.
     pub async fn delete_records(&self, offset: i64) -> Result<i64, LogError> {
         let hw = self.high_watermark.load(Ordering::Acquire);
@@ -1411,6 +1552,9 @@ impl Partition {
         ]
     }
 }
+
+/// Bytes the cleaner reads at a time.
+const CLEANER_READ_BYTES: usize = 8 << 20;
 
 /// Segment size on followers (they do not know the topic config; retention on a
 /// follower deletes whole segments as on the leader, so keep them comparable).

@@ -39,6 +39,16 @@ pub struct TopicConfig {
     pub flush_messages: i64,
     /// `flush.ms`.
     pub flush_ms: i64,
+    /// `cleanup.policy` includes `compact`: the cleaner keeps the latest record per key.
+    pub compacts: bool,
+    /// `min.cleanable.dirty.ratio`.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`.
+    pub max_compaction_lag_ms: i64,
+    /// `delete.retention.ms`: how long tombstones stay readable.
+    pub delete_retention_ms: i64,
 }
 
 impl TopicConfig {
@@ -70,6 +80,16 @@ impl TopicConfig {
             retention_deletes: get("cleanup.policy")
                 .split(',')
                 .any(|p| p.trim() == "delete"),
+            compacts: get("cleanup.policy")
+                .split(',')
+                .any(|p| p.trim() == "compact"),
+            min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio")
+                .trim()
+                .parse::<f64>()
+                .unwrap_or(0.5),
+            min_compaction_lag_ms: long("min.compaction.lag.ms", 0).max(0),
+            max_compaction_lag_ms: long("max.compaction.lag.ms", i64::MAX).max(1),
+            delete_retention_ms: long("delete.retention.ms", 86_400_000).max(0),
             max_message_bytes: long("max.message.bytes", 1_048_588).max(0) as usize,
             log_append_time: get("message.timestamp.type").trim() == "LogAppendTime",
             timestamp_before_max_ms: long("message.timestamp.before.max.ms", i64::MAX),
@@ -110,7 +130,9 @@ mod tests {
         assert_eq!(c.retention_ms, 1000);
         assert_eq!(c.max_message_bytes, 2048);
         assert!(c.log_append_time);
-        assert!(!c.retention_deletes);
+        assert!(!c.retention_deletes && c.compacts);
+        assert_eq!(c.min_cleanable_dirty_ratio, 0.5);
+        assert_eq!(c.delete_retention_ms, 86_400_000);
         assert_eq!(c.segment_bytes, 1 << 30);
         assert_eq!(
             c.compression,
