@@ -143,12 +143,13 @@ def consume_run(bootstrap, topic, partitions, expected, max_seconds, on_message=
     return {"records": got, "bytes": nbytes, "seconds": elapsed}
 
 
-def paced_produce(prod, topic, size, rate_mb, stop, on_delivery):
+def paced_produce(prod, topic, size, rate_mb, stop, on_delivery, keys=0):
     """Produce ``size``-byte records at ``rate_mb`` MB/s until ``stop()`` is true.
 
-    Record n starts with n as SEQ_DIGITS ASCII digits (the rest is random);
-    ``on_delivery(err, msg, t_produced)`` gets the perf_counter() time the
-    record was handed to the producer.  Returns the number of records produced.
+    Record n starts with n as SEQ_DIGITS ASCII digits (the rest is random) and,
+    with ``keys``, has the key ``k<n mod keys>``; ``on_delivery(err, msg,
+    t_produced)`` gets the perf_counter() time the record was handed to the
+    producer.  Returns the number of records produced.
     """
     filler = os.urandom(size)
     interval = size / (rate_mb * 1024 * 1024)
@@ -160,7 +161,7 @@ def paced_produce(prod, topic, size, rate_mb, stop, on_delivery):
             t0 = time.perf_counter()
             value = b"%0*d" % (SEQ_DIGITS, n) + filler[SEQ_DIGITS:]
             try:
-                prod.produce(topic, value=value,
+                prod.produce(topic, value=value, key=b"k%d" % (n % keys) if keys else None,
                              on_delivery=lambda e, m, t0=t0: on_delivery(e, m, t0))
                 n += 1
             except BufferError:
@@ -171,7 +172,7 @@ def paced_produce(prod, topic, size, rate_mb, stop, on_delivery):
     return n
 
 
-def latency_run(bootstrap, topic, size, rate_mb, seconds):
+def latency_run(bootstrap, topic, size, rate_mb, seconds, keys=0):
     prod = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 1,
                      "broker.address.family": "v4", "message.timeout.ms": 60000})
     lat = []
@@ -181,11 +182,11 @@ def latency_run(bootstrap, topic, size, rate_mb, seconds):
             lat.append(time.perf_counter() - t0)
 
     # Connections and metadata first: the first record would otherwise time them too.
-    prod.produce(topic, value=b"warm-up")
+    prod.produce(topic, value=b"warm-up", key=b"warm-up")
     prod.flush(30)
     start = time.perf_counter()
     n = paced_produce(prod, topic, size, rate_mb,
-                      lambda: time.perf_counter() - start >= seconds, on_delivery)
+                      lambda: time.perf_counter() - start >= seconds, on_delivery, keys)
     prod.flush(60)
     lat.sort()
 
@@ -538,6 +539,67 @@ def recompression_main(args):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def metric_sum(broker, name, match=""):
+    """Sum of a metric's samples (those whose labels contain ``match``) on /metrics."""
+    text = broker.http_get("/metrics")[1]
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines()
+               if ln.startswith(name) and match in ln)
+
+
+def compaction_main(args):
+    """Log compaction: produce latency at a fixed rate of keyed records into a topic the
+    cleaner compacts as it goes, next to the same load into a delete-policy topic, and
+    how fast the cleaner cleans."""
+    import kafka_wire as kw
+    workdir = Path(tempfile.mkdtemp(prefix="riffle-bench-"))
+    extra = ["--fsync-policy", args.fsync_policy] if args.fsync_policy else []
+    broker = Broker(workdir, extra_args=extra)
+    broker.start()
+    print(f"broker pid {broker.pid} on {broker.bootstrap}, data dir {broker.data_dir}")
+    with kw.Conn(broker.port) as conn:
+        kw.incremental_alter_configs_v0(conn, kw.RESOURCE_BROKER, "",
+                                        [("log.cleaner.backoff.ms", kw.OP_SET, "1000")])
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+    seconds = args.latency_seconds * 2
+    rows = []
+    try:
+        for policy in ("delete", "compact"):
+            topic = f"bench-{policy}"
+            create_topic(admin, topic, 1, config={
+                "cleanup.policy": policy, "segment.bytes": str(8 << 20),
+                "min.cleanable.dirty.ratio": "0.2"})
+            lat = latency_run(broker.bootstrap, topic, 1024, args.latency_rate_mb, seconds,
+                              keys=args.keys)
+            rows.append((policy, lat))
+            print(f"  done {topic}: {lat['count']} records", flush=True)
+        # The last passes over what the load left.
+        time.sleep(3.0)
+        cleaned = {k: metric_sum(broker, "riffle_log_cleaner_bytes_total", f'kind="{k}"')
+                   for k in ("read", "removed")}
+        passes = metric_sum(broker, "riffle_log_cleaner_runs_total")
+        busy = metric_sum(broker, "riffle_log_cleaner_seconds_total")
+        size = broker.http_get("/metrics")[1]
+        admin = None
+    finally:
+        broker.stop(check=False)
+    w = (8, 10, 9, 9, 10, 9)
+    print()
+    print(fmt_row(["policy", "MB/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"], w))
+    for policy, lat in rows:
+        print(fmt_row([policy, f"{lat['rate_mb']:.1f}", f"{lat['p50']:.2f}", f"{lat['p99']:.2f}",
+                       f"{lat['p999']:.2f}", f"{lat['max']:.2f}"], w))
+    print(f"(acks=all, 1 KiB records over {args.keys} keys, target {args.latency_rate_mb} MB/s "
+          f"for {seconds:.0f} s each; 8 MiB segments, min.cleanable.dirty.ratio 0.2)")
+    stored = [ln for ln in size.splitlines()
+              if ln.startswith("riffle_partition_size_bytes") and "bench-compact" in ln]
+    print(f"cleaner: {passes:.0f} passes, read {cleaned['read'] / 2**20:.1f} MiB, removed "
+          f"{cleaned['removed'] / 2**20:.1f} MiB in {busy:.2f} s of cleaning = "
+          f"{cleaned['read'] / 2**20 / max(busy, 1e-9):.1f} MiB/s; compacted topic now "
+          f"{sum(float(s.rsplit(' ', 1)[1]) for s in stored) / 2**20:.1f} MiB")
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short smoke run")
@@ -553,6 +615,9 @@ def main():
                          "1 KiB produce throughput and latency, leader failover, acked-record check")
     ap.add_argument("--recompression", action="store_true",
                     help="cost of topic compression.type: keep the producer's codec vs recompress")
+    ap.add_argument("--compaction", action="store_true",
+                    help="produce latency with the log cleaner at work, and cleaner throughput")
+    ap.add_argument("--keys", type=int, default=10_000, help="--compaction: distinct keys")
     ap.add_argument("--failover-rounds", type=int, default=3, help="--cluster: leader kills")
     ap.add_argument("--failover-rate-mb", type=float, default=2.0,
                     help="--cluster: produce rate during the failover rounds")
@@ -568,6 +633,9 @@ def main():
         return
     if args.recompression:
         recompression_main(args)
+        return
+    if args.compaction:
+        compaction_main(args)
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="riffle-bench-"))

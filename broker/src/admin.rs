@@ -72,6 +72,25 @@ pub enum AdminCommand {
     /// Move leadership back to preferred replicas (the first of each partition's
     /// replicas) wherever they are in sync.
     ElectPreferred,
+    /// Reassignments in flight.
+    Reassignments,
+    /// Move a partition to other brokers (the replication factor may change), cancel its
+    /// reassignment, or show it.
+    Reassign {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Target replicas, comma-separated (the first is the preferred leader).
+        #[arg(long, value_name = "IDS", required_unless_present_any = ["cancel", "status"])]
+        replicas: Option<String>,
+        /// Cancel the reassignment in flight (the original replicas stay).
+        #[arg(long, conflicts_with_all = ["replicas", "status"])]
+        cancel: bool,
+        /// Only show the partition's replicas and reassignment.
+        #[arg(long, conflicts_with = "replicas")]
+        status: bool,
+    },
 }
 
 /// Runs an admin command; prints the broker's JSON answers.
@@ -120,6 +139,21 @@ pub async fn run(cli: AdminCli) -> anyhow::Result<()> {
             ),
         ),
         AdminCommand::ElectPreferred => ("POST", "/v1/leaders/preferred".to_string()),
+        AdminCommand::Reassignments => ("GET", "/v1/reassignments".to_string()),
+        AdminCommand::Reassign {
+            topic,
+            partition,
+            replicas,
+            cancel,
+            ..
+        } => {
+            let path = format!("/v1/reassignments/{topic}/{partition}");
+            match (replicas, cancel) {
+                (Some(r), _) => ("PUT", format!("{path}?replicas={r}")),
+                (None, true) => ("DELETE", path),
+                (None, false) => ("GET", path),
+            }
+        }
     };
     let mut body = match call(&cli.http, method, &path).await {
         // A Pod stopping after its broker left the cluster (a scale-down): nothing to hand over.

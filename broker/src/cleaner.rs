@@ -32,6 +32,7 @@ pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
             for p in topic.partitions() {
                 let part = p.clone();
                 let cfg = cfg.clone();
+                let started = std::time::Instant::now();
                 let outcome = tokio::task::spawn_blocking(move || part.compact(&cfg)).await;
                 let m = &broker.metrics;
                 let name: &str = &topic.name;
@@ -45,6 +46,7 @@ pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
                             continue;
                         };
                         m.cleaner_runs.with_label_values(&[name]).inc();
+                        m.cleaner_seconds.inc_by(started.elapsed().as_secs_f64());
                         m.cleaner_bytes
                             .with_label_values(&[name, "read"])
                             .inc_by(before);

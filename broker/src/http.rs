@@ -15,7 +15,7 @@ use axum::Router;
 use kafka_protocol::error::ResponseError as E;
 
 use crate::cluster::image::{BrokerId, BrokerState};
-use crate::cluster::{decide, operations, reassign, ControlReply, ControlRequest};
+use crate::cluster::{decide, operations, reassign, ControlReply, ControlRequest, MOVE_KINDS};
 use crate::handlers::Broker;
 
 /// State shared by the HTTP handlers.
@@ -57,6 +57,13 @@ pub fn router(state: HttpState) -> Router {
                 }),
         )
         .route("/v1/leaders/preferred", post(elect_preferred))
+        .route("/v1/reassignments", get(reassignments))
+        .route(
+            "/v1/reassignments/{topic}/{partition}",
+            get(reassignment)
+                .put(start_reassignment)
+                .delete(|s, p| reassign(s, p, None)),
+        )
         .route(
             "/v1/balancer",
             get(balancer_status)
@@ -156,12 +163,10 @@ async fn enter_maintenance(
         None => false,
         Some("restart") => true,
         Some(other) => {
-            let message = format!("until={other}: the only value is 'restart'");
-            return (
+            return error(
                 StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({ "error": message })),
+                format!("until={other}: the only value is 'restart'"),
             )
-                .into_response();
         }
     };
     operation(s, id, Op::Maintenance { until_restart }, true).await
@@ -217,6 +222,11 @@ fn refused(reply: ControlReply) -> axum::response::Response {
             format!("unexpected controller answer {other:?}"),
         ),
     };
+    error(status, message)
+}
+
+/// An error answer: the status and `{"error": message}`.
+fn error(status: StatusCode, message: String) -> axum::response::Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
@@ -303,6 +313,116 @@ async fn balancer_status(State(s): State<HttpState>) -> axum::response::Response
         "replicas": operations::replica_counts(&image),
     }))
     .into_response()
+}
+
+/// One partition's replicas and the reassignment in flight, if any.
+fn reassignment_json(
+    topic: &str,
+    partition: i32,
+    p: &crate::cluster::image::PartitionState,
+) -> serde_json::Value {
+    serde_json::json!({
+        "topic": topic,
+        "partition": partition,
+        "replicas": p.replicas,
+        "adding": p.adding,
+        "removing": p.removing,
+        "isr": p.isr,
+    })
+}
+
+/// Reassignments in flight (as ListPartitionReassignments).
+async fn reassignments(State(s): State<HttpState>) -> axum::response::Response {
+    let image = s.broker.cluster.image();
+    let list: Vec<_> = reassign::ongoing(&image)
+        .map(|(t, i, p)| reassignment_json(t, i, p))
+        .collect();
+    Json(serde_json::json!({ "reassignments": list })).into_response()
+}
+
+/// A partition's replicas and its reassignment, if any.
+async fn reassignment(
+    State(s): State<HttpState>,
+    Path((topic, partition)): Path<(String, i32)>,
+) -> axum::response::Response {
+    let image = s.broker.cluster.image();
+    match image.partition(&topic, partition) {
+        Some(p) => Json(reassignment_json(&topic, partition, p)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no partition {topic}-{partition}"),
+        ),
+    }
+}
+
+/// Query of `PUT /v1/reassignments/{topic}/{partition}`.
+#[derive(serde::Deserialize)]
+struct ReassignQuery {
+    /// Target replicas, comma-separated broker ids (the first is the preferred leader).
+    replicas: String,
+}
+
+async fn start_reassignment(
+    s: State<HttpState>,
+    path: Path<(String, i32)>,
+    Query(q): Query<ReassignQuery>,
+) -> axum::response::Response {
+    let target: Result<Vec<BrokerId>, _> =
+        q.replicas.split(',').map(|b| b.trim().parse()).collect();
+    match target {
+        Ok(t) if !t.is_empty() => reassign(s, path, Some(t)).await,
+        _ => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "replicas={}: expected broker ids separated by commas",
+                q.replicas
+            ),
+        ),
+    }
+}
+
+/// Starts (a target) or cancels (`None`) a partition's reassignment, as
+/// AlterPartitionReassignments does (the replication factor may change).
+async fn reassign(
+    State(s): State<HttpState>,
+    Path((topic, partition)): Path<(String, i32)>,
+    target: Option<Vec<BrokerId>>,
+) -> axum::response::Response {
+    let epoch = |img: &crate::cluster::image::Image| {
+        img.partition(&topic, partition).map(|p| p.partition_epoch)
+    };
+    let before = epoch(&s.broker.cluster.image());
+    let req = ControlRequest::Reassign {
+        allow_rf_change: true,
+        partitions: vec![(topic.clone(), partition, target)],
+    };
+    match s.broker.cluster.control(req, CONTROL_TIMEOUT).await {
+        ControlReply::Reassigned(results) => match results.into_iter().next() {
+            Some((_, _, 0, _)) => {
+                // Answer with the change applied here too, not this broker's older view.
+                let mut image = s.broker.cluster.image.clone();
+                let _ = tokio::time::timeout(
+                    CONTROL_TIMEOUT,
+                    image.wait_for(|img| epoch(img) != before),
+                )
+                .await;
+                reassignment(State(s), Path((topic, partition))).await
+            }
+            Some((_, _, code, message)) => {
+                let status = if code == E::UnknownTopicOrPartition.code() {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::CONFLICT
+                };
+                error(
+                    status,
+                    message.unwrap_or_else(|| format!("error code {code}")),
+                )
+            }
+            None => refused(ControlReply::NotController),
+        },
+        other => refused(other),
+    }
 }
 
 /// Maintenance state: done once the broker leads nothing. `sole_replica_leaders` are
@@ -485,6 +605,10 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
                     .set((hw - committed).max(0));
             }
         }
+    }
+    for (kind, total) in MOVE_KINDS.iter().zip(&b.cluster.controller.moves) {
+        let c = b.metrics.balancer_moves.with_label_values(&[kind]);
+        c.inc_by(total.load(Ordering::Relaxed).saturating_sub(c.get()));
     }
     let syncs = b.store.wal_syncs();
     b.metrics

@@ -69,12 +69,19 @@ pub struct Metrics {
     pub operations: IntGaugeVec,
     /// Replication throttle rates in effect on this broker (bytes/s; 0: unthrottled).
     pub throttle_rate: IntGaugeVec,
+    /// Bytes this broker sent to replicas that reassignments add.
+    pub reassignment_bytes: IntCounter,
+    /// Cluster operations the active controller started, by kind (rack, replicas,
+    /// leaders, decommission).
+    pub balancer_moves: IntCounterVec,
     /// Log cleaner passes that rewrote a partition, by topic.
     pub cleaner_runs: IntCounterVec,
     /// Bytes the log cleaner read (`read`) and removed (`removed`), by topic.
     pub cleaner_bytes: IntCounterVec,
     /// Dirty share of each compacted partition's cleanable range, as last measured.
     pub dirty_ratio: GaugeVec,
+    /// Seconds the log cleaner spent in passes that rewrote a partition.
+    pub cleaner_seconds: prometheus::Counter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -260,6 +267,19 @@ impl Metrics {
                 "Replication throttle in effect (bytes/s, 0 when unthrottled), by side",
                 &["side"],
             ),
+            reassignment_bytes: reg(
+                &r,
+                IntCounter::new(
+                    "riffle_reassignment_bytes_out_total",
+                    "Bytes sent to replicas that reassignments add",
+                )
+                .expect("valid metric"),
+            ),
+            balancer_moves: counter(
+                "riffle_balancer_moves_total",
+                "Moves the active controller started, by kind",
+                &["kind"],
+            ),
             cleaner_runs: counter(
                 "riffle_log_cleaner_runs_total",
                 "Log cleaner passes that rewrote a partition, by topic",
@@ -269,6 +289,14 @@ impl Metrics {
                 "riffle_log_cleaner_bytes_total",
                 "Bytes the log cleaner read and removed, by topic",
                 &["topic", "kind"],
+            ),
+            cleaner_seconds: reg(
+                &r,
+                prometheus::Counter::new(
+                    "riffle_log_cleaner_seconds_total",
+                    "Seconds the log cleaner spent in passes that rewrote a partition",
+                )
+                .expect("valid metric"),
             ),
             dirty_ratio: reg(
                 &r,

@@ -44,6 +44,8 @@ def conforms(status, body, path):
         schema = SPEC["components"]["responses"]["Error"]["content"]["application/json"]["schema"]
     else:
         name = ("Decommission" if path.endswith("/decommission") else
+                "Reassignments" if path.endswith("/reassignments") else
+                "Reassignment" if "/reassignments/" in path else
                 "Maintenance" if path.endswith("/maintenance") else
                 "Balancer" if path.endswith("/balancer") else
                 "Elected" if path.endswith("/preferred") else "Cluster")
@@ -332,6 +334,76 @@ class GroupReader:
         self._stop.set()
         self._thread.join(10)
         self.consumer.close()
+
+
+def test_reassignments_from_the_admin_api_and_cli_under_load(make_cluster):
+    c = make_cluster(n=4, voters=3, extra_args=FAST)
+    # Balancing off: only the moves asked for happen.
+    assert delete(c, 1, "/v1/balancer")[0] == 200
+    parts = [0, 1]
+    topic = create_topic(c, partitions=2, rf=2)
+
+    # (The offsets topic may still be spreading onto broker 4 from before the switch.)
+    def mine(via, name=topic):
+        return [r for r in get(c, via, "/v1/reassignments")[1]["reassignments"]
+                if r["topic"] == name]
+
+    assert mine(2) == []
+    load = ConfluentLoad(c, topic, partitions=parts).start()
+    try:
+        load.log.wait_acks(300)
+        # Partition 1 to two other brokers, then to three (the replication factor grows).
+        before = c.replicas_of(topic, 1)
+        spare = [b for b in c.ids if b not in before]
+        target = [before[0], spare[0]]
+        cli = riffle_admin(c, 3, "reassign", topic, 1, "--replicas", ",".join(map(str, target)))
+        body = json.loads(cli.stdout)
+        assert cli.returncode == 0 and body["replicas"][:1] == target[:1], cli
+        wait_until(lambda: c.replicas_of(topic, 1) == target
+                   and sorted(c.isr_of(topic, 1)) == sorted(target),
+                   timeout=30, message="partition 1 moved")
+        status, body = put(c, 1, f"/v1/reassignments/{topic}/1?replicas={target[0]},{target[1]},{spare[1]}")
+        assert status == 200, body
+        wait_until(lambda: sorted(c.isr_of(topic, 1)) == sorted([*target, spare[1]]), timeout=30,
+                   message="replication factor 3")
+        # A second topic's new replica copies 2 MB at 10 KB/s: in flight until cancelled.
+        bulk = create_topic(c, partitions=1, rf=2)
+        produce_records(c, bulk, sample_records(2000, value_size=1000))
+        for b in c.ids:
+            with kw.Conn(c.broker(b).port) as conn:
+                assert kw.incremental_alter_configs_v0(
+                    conn, kw.RESOURCE_BROKER, str(b),
+                    [("follower.replication.throttled.rate", kw.OP_SET, "10000")]) == (0, None)
+        original = c.replicas_of(bulk, 0)
+        extra = next(b for b in c.ids if b not in original)
+        status, body = put(c, 2, f"/v1/reassignments/{bulk}/0?replicas="
+                                 + ",".join(map(str, [*original, extra])))
+        assert status == 200 and body["adding"] == [extra], body
+        listed = mine(3, bulk)
+        assert [(r["partition"], r["adding"]) for r in listed] == [(0, [extra])]
+        cli = riffle_admin(c, 1, "reassignments")
+        assert cli.returncode == 0 and listed[0] in json.loads(cli.stdout)["reassignments"], cli
+        cli = riffle_admin(c, 4, "reassign", bulk, 0, "--cancel")
+        assert cli.returncode == 0 and json.loads(cli.stdout)["replicas"] == original, cli
+        wait_until(lambda: mine(1, bulk) == [], timeout=10, message="the cancel seen everywhere")
+        # Refusals: bad input 400, an unknown partition 404, nothing to cancel 409.
+        st, body = c.broker(1).http_request("PUT", f"/v1/reassignments/{bulk}/0?replicas=x")
+        assert st == 400 and "broker ids" in conforms(st, body, "")[1]["error"], body
+        st, body = c.broker(1).http_request("PUT", f"/v1/reassignments/{bulk}/7?replicas=1,2")
+        assert st == 404, body
+        st, body = c.broker(1).http_request("DELETE", f"/v1/reassignments/{bulk}/0")
+        assert st == 409 and body["error"], body
+        load.log.wait_acks(load.log.count() + 300)
+    except BaseException:
+        load.abort()
+        raise
+    finish_load(load, check_errors=True)
+    verify_acked(c, topic, parts, load)
+    # What moved is counted.
+    moved = sum(float(ln.split()[-1]) for b in c.ids
+                for ln in c.broker(b).http_get("/metrics")[1].splitlines()
+                if ln.startswith("riffle_reassignment_bytes_out_total"))
+    assert moved > 0
 
 
 def test_balancer_spreads_replicas_onto_new_brokers_under_load(make_cluster):

@@ -23,6 +23,10 @@ use crate::config::Config;
 use crate::group::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::metadata::{names::validate_topic_name, Catalog};
 
+/// Kinds of moves the controller starts: replicas spread over racks, replicas balanced,
+/// preferred leaderships balanced, replicas off decommissioning brokers.
+pub const MOVE_KINDS: [&str; 4] = ["rack", "replicas", "leaders", "decommission"];
+
 /// A request for the active controller.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ControlRequest {
@@ -240,6 +244,8 @@ pub struct Controller {
     /// Balancer tolerance, percent of the mean replica count.
     balance_tolerance: u32,
     last_seen: Mutex<HashMap<BrokerId, Instant>>,
+    /// Moves started while this broker was the active controller, by `MOVE_KINDS`.
+    pub moves: [std::sync::atomic::AtomicU64; MOVE_KINDS.len()],
     /// Serialises decide-and-commit so decisions see every earlier commit.
     lock: tokio::sync::Mutex<()>,
     import: Mutex<Option<Import>>,
@@ -276,6 +282,7 @@ impl Controller {
             max_moves: config.max_concurrent_moves.max(1),
             balance_tolerance: config.balancer_tolerance_percent,
             last_seen: Mutex::default(),
+            moves: Default::default(),
             lock: tokio::sync::Mutex::new(()),
             import: Mutex::new(Some(import)),
         }
@@ -924,19 +931,30 @@ impl Controller {
                 cmds.push(c);
             }
         };
+        let mut started = [0u64; MOVE_KINDS.len()];
         let step = operations::maintenance_moves(&next);
         take(&mut next, step);
         let step = operations::decommission_moves(&next, self.max_moves);
+        started[3] = step.len() as u64;
         take(&mut next, step);
         let step = operations::unregistrations(&next);
         take(&mut next, step);
+        let step = operations::rack_moves(&next, self.max_moves);
+        started[0] = step.len() as u64;
+        take(&mut next, step);
         let step = operations::balance_moves(&next, self.balance_tolerance, self.max_moves);
+        started[1] = step.len() as u64;
         take(&mut next, step);
         let step = operations::leader_moves(&next, self.balance_tolerance);
+        started[2] = step.len() as u64;
         take(&mut next, step);
         if !cmds.is_empty() {
-            tracing::info!(changes = cmds.len(), "cluster operations step");
-            let _ = self.commit(Command::Batch(cmds)).await;
+            tracing::info!(changes = cmds.len(), ?started, "cluster operations step");
+            if self.commit(Command::Batch(cmds)).await.is_ok() {
+                for (total, n) in self.moves.iter().zip(started) {
+                    total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use openraft::BasicNode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use controller::{ControlReply, ControlRequest, Controller};
+pub use controller::{ControlReply, ControlRequest, Controller, MOVE_KINDS};
 use image::{BrokerId, BrokerInfo, BrokerState, Image};
 pub use service::QuorumService;
 

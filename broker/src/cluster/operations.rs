@@ -246,6 +246,61 @@ pub fn balance_moves(image: &Image, tolerance_pct: u32, max_in_flight: usize) ->
     out
 }
 
+/// Reassignments that spread a partition's replicas over more racks: where two replicas
+/// share a rack while an active broker on a rack the partition does not use could take
+/// one, a replica on the shared rack (a follower first) moves to the least loaded such
+/// broker. Within the same in-flight budget as balancing, and only when nothing blocks it.
+pub fn rack_moves(image: &Image, max_in_flight: usize) -> Vec<Command> {
+    if balance_blocker(image).is_some() {
+        return Vec::new();
+    }
+    let mut budget = max_in_flight.saturating_sub(reassign::ongoing(image).count());
+    let rack = |b: BrokerId| image.brokers.get(&b).and_then(|i| i.rack.clone());
+    let mut counts = replica_counts(image);
+    let mut out = Vec::new();
+    for (topic, i, p) in image.partitions().filter(|(_, _, p)| !p.reassigning()) {
+        if budget == 0 {
+            break;
+        }
+        let racks: Vec<Option<String>> = p.replicas.iter().map(|&b| rack(b)).collect();
+        // A replica whose rack an earlier replica (the leader first) already uses.
+        let Some(src) = p
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| racks[k].is_some() && racks[..k].contains(&racks[k]))
+            .map(|(_, &b)| b)
+            .min_by_key(|&b| b == p.leader)
+        else {
+            continue;
+        };
+        let Some(dst) = counts
+            .iter()
+            .filter(|(&b, _)| {
+                image.is_active(b)
+                    && !p.replicas.contains(&b)
+                    && rack(b).is_some_and(|r| !racks.contains(&Some(r)))
+            })
+            .min_by_key(|(&b, &n)| (n, b))
+            .map(|(&b, _)| b)
+        else {
+            continue;
+        };
+        let target: Vec<BrokerId> = p
+            .replicas
+            .iter()
+            .map(|&b| if b == src { dst } else { b })
+            .collect();
+        if let Ok(state) = reassign::start(image, p, &target) {
+            *counts.entry(src).or_default() -= 1;
+            *counts.entry(dst).or_default() += 1;
+            out.push(change(topic, i, p, state));
+            budget -= 1;
+        }
+    }
+    out
+}
+
 /// Leadership moves that bring every broker's count of preferred leaderships within
 /// `tolerance_pct` of the mean (and within one of the next broker): a partition whose
 /// preferred leader is on the busiest broker gets an in-sync replica on the least busy
@@ -461,6 +516,42 @@ mod tests {
             1,
             "never reported empty while it holds a replica"
         );
+    }
+
+    #[test]
+    fn replicas_sharing_a_rack_spread_to_an_unused_rack() {
+        let img = image_of_racks();
+        // Partition 0 uses racks a, a, b; partition 1 a, b, c already; partition 2 has
+        // its leader's rack twice too.
+        let mut img = with_topic(img, vec![vec![1, 2, 3], vec![1, 3, 4], vec![4, 5, 1]]);
+        let moves = rack_moves(&img, 10);
+        assert_eq!(moves.len(), 2);
+        apply_all(&mut img, &moves);
+        // The follower on the shared rack moves, to the least loaded broker of the
+        // missing rack; the leader stays.
+        assert_eq!(img.partition("t", 0).unwrap().target(), vec![1, 5, 3]);
+        assert_eq!(img.partition("t", 2).unwrap().target(), vec![4, 3, 1]);
+        assert_eq!(img.partition("t", 1).unwrap().target(), vec![1, 3, 4]);
+        // Nothing more while those moves run; one at a time with a budget of one.
+        assert!(rack_moves(&img, 10).is_empty());
+        assert_eq!(
+            rack_moves(&with_topic(image_of_racks(), vec![vec![1, 2, 3]; 3]), 1).len(),
+            1
+        );
+        // A cluster without a free rack leaves a shared rack alone.
+        let mut two = Image::default();
+        for (id, rack) in [(1, "a"), (2, "a"), (3, "b")] {
+            two.apply(&Command::RegisterBroker(broker(id, Some(rack))));
+        }
+        assert!(rack_moves(&with_topic(two, vec![vec![1, 2, 3]]), 10).is_empty());
+    }
+
+    fn image_of_racks() -> Image {
+        let mut img = Image::default();
+        for (id, rack) in [(1, "a"), (2, "a"), (3, "b"), (4, "c"), (5, "c")] {
+            img.apply(&Command::RegisterBroker(broker(id, Some(rack))));
+        }
+        img
     }
 
     fn cluster(brokers: i32, partitions: Vec<Vec<BrokerId>>) -> Image {

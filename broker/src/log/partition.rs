@@ -1375,7 +1375,7 @@ impl Partition {
             }
             for b in &chunk {
                 let h = batch::parse_header(b).map_err(|e| LogError::BadBatch(e.to_string()))?;
-                if h.max_timestamp > lag_limit {
+                if h.max_timestamp > lag_limit || h.last_offset() >= hw {
                     break 'scan;
                 }
                 compaction::note_keys(&mut latest, b)

@@ -199,6 +199,20 @@ impl Replication for ReplicationService {
         b.leader_throttle.spend(throttled);
         let sent: u64 = items.iter().map(|i| i.out.records.len() as u64).sum();
         b.metrics.replication_bytes_out.inc_by(sent);
+        // Bytes copied to replicas a reassignment adds (moves, decommission, balancing).
+        let image = b.cluster.image();
+        let moving: u64 = items
+            .iter()
+            .filter(|i| {
+                i.part.as_ref().is_some_and(|p| {
+                    image
+                        .partition(&p.topic, p.index)
+                        .is_some_and(|s| s.adding.contains(&req.replica_id))
+                })
+            })
+            .map(|i| i.out.records.len() as u64)
+            .sum();
+        b.metrics.reassignment_bytes.inc_by(moving);
         Ok(Response::new(FetchResponse {
             partitions: items.into_iter().map(|i| i.out).collect(),
         }))
