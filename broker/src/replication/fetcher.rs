@@ -230,7 +230,9 @@ async fn fetch_loop(
                 continue;
             }
         };
-        let mut stale = false;
+        // Any failed step waits a backoff before the next fetch: a refused answer would
+        // otherwise come back at once, again and again.
+        let mut failed = false;
         for fp in resp.partitions {
             let Some(t) = current.iter().find(|t| {
                 t.part.index == fp.partition && t.topic_id.as_bytes()[..] == fp.topic_id[..]
@@ -241,11 +243,11 @@ async fn fetch_loop(
                 broker.follower_throttle.spend(fp.records.len() as u64);
             }
             if let Err(e) = apply(&broker, &t.part, fp, sync).await {
-                stale |= matches!(e, LogError::NotLeader);
+                failed = true;
                 tracing::warn!(topic = %t.part.topic, partition = t.part.index, leader, error = %e, "replication step failed");
             }
         }
-        if stale {
+        if failed {
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 r = targets.changed() => if r.is_err() { return },
