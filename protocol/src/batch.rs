@@ -238,6 +238,11 @@ pub(crate) mod tests {
                 delete_horizon: false,
             })
             .collect();
+        encode(&records, compression)
+    }
+
+    /// Encodes records as one v2 batch.
+    pub(crate) fn encode(records: &[Record], compression: Compression) -> Vec<u8> {
         let mut buf = BytesMut::new();
         RecordBatchEncoder::encode(
             &mut buf,

@@ -164,10 +164,10 @@ pub fn all_keyed(batch: &[u8]) -> Result<bool, BatchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::tests::encode;
     use crate::batch::{validate_produced, validate_stored};
     use kafka_protocol::records::{
-        Compression, Record as KRecord, RecordBatchDecoder, RecordBatchEncoder,
-        RecordEncodeOptions, TimestampType,
+        Compression, Record as KRecord, RecordBatchDecoder, TimestampType,
     };
 
     fn batch(values: &[(Option<&str>, Option<&str>)], compression: Compression) -> Vec<u8> {
@@ -190,17 +190,7 @@ mod tests {
                 delete_horizon: false,
             })
             .collect();
-        let mut buf = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            records.iter(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .expect("encode");
-        buf.to_vec()
+        encode(&records, compression)
     }
 
     #[test]
