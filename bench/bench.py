@@ -487,6 +487,16 @@ def cluster_main(args):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def start_broker(args):
+    """A single broker (``--fsync-policy`` honoured) in a new temporary work dir."""
+    workdir = Path(tempfile.mkdtemp(prefix="riffle-bench-"))
+    extra = ["--fsync-policy", args.fsync_policy] if args.fsync_policy else []
+    broker = Broker(workdir, extra_args=extra)
+    broker.start()
+    print(f"broker pid {broker.pid} on {broker.bootstrap}, data dir {broker.data_dir}")
+    return workdir, broker
+
+
 def cpu_seconds(pid):
     """User + system CPU time of a process so far (from /proc/PID/stat)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -501,11 +511,7 @@ RECOMPRESSION_CASES = (("gzip", "producer"), ("gzip", "lz4"), ("gzip", "zstd"),
 def recompression_main(args):
     """Cost of topic-level compression.type: the same gzip/none/lz4 producer load into
     topics that keep the producer's codec and into topics that recompress."""
-    workdir = Path(tempfile.mkdtemp(prefix="riffle-bench-"))
-    extra = ["--fsync-policy", args.fsync_policy] if args.fsync_policy else []
-    broker = Broker(workdir, extra_args=extra)
-    broker.start()
-    print(f"broker pid {broker.pid} on {broker.bootstrap}, data dir {broker.data_dir}")
+    workdir, broker = start_broker(args)
     admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
     # Compressible 1 KiB values (log-line like), so codecs have something to do.
     words = b"user=%d action=click page=/products/%d status=200 latency_ms=%d "
@@ -551,11 +557,7 @@ def compaction_main(args):
     cleaner compacts as it goes, next to the same load into a delete-policy topic, and
     how fast the cleaner cleans."""
     import kafka_wire as kw
-    workdir = Path(tempfile.mkdtemp(prefix="riffle-bench-"))
-    extra = ["--fsync-policy", args.fsync_policy] if args.fsync_policy else []
-    broker = Broker(workdir, extra_args=extra)
-    broker.start()
-    print(f"broker pid {broker.pid} on {broker.bootstrap}, data dir {broker.data_dir}")
+    workdir, broker = start_broker(args)
     with kw.Conn(broker.port) as conn:
         kw.incremental_alter_configs_v0(conn, kw.RESOURCE_BROKER, "",
                                         [("log.cleaner.backoff.ms", kw.OP_SET, "1000")])
@@ -638,11 +640,7 @@ def main():
         compaction_main(args)
         return
 
-    workdir = Path(tempfile.mkdtemp(prefix="riffle-bench-"))
-    extra = ["--fsync-policy", args.fsync_policy] if args.fsync_policy else []
-    broker = Broker(workdir, extra_args=extra)
-    broker.start()
-    print(f"broker pid {broker.pid} on {broker.bootstrap}, data dir {broker.data_dir}")
+    workdir, broker = start_broker(args)
     admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
     results = []
     total_records = 0
