@@ -1345,6 +1345,7 @@ impl Partition {
     /// Blocking (reads and rewrites batches): call it from `spawn_blocking`.
     pub fn compact(&self, cfg: &TopicConfig) -> Result<(Dirt, Option<(u64, u64)>), LogError> {
         let now = now_ms();
+        let bad = |e: batch::BatchError| LogError::BadBatch(e.to_string());
         let (log_start, active, cleaned_to) = {
             let st = self.lock();
             let active = st
@@ -1374,12 +1375,11 @@ impl Partition {
                 break;
             }
             for b in &chunk {
-                let h = batch::parse_header(b).map_err(|e| LogError::BadBatch(e.to_string()))?;
+                let h = batch::parse_header(b).map_err(bad)?;
                 if h.max_timestamp > lag_limit || h.last_offset() >= hw {
                     break 'scan;
                 }
-                compaction::note_keys(&mut latest, b)
-                    .map_err(|e| LogError::BadBatch(e.to_string()))?;
+                compaction::note_keys(&mut latest, b).map_err(bad)?;
                 dirt.total_bytes += b.len() as u64;
                 if h.base_offset >= cleaned_to {
                     dirt.dirty_bytes += b.len() as u64;
@@ -1409,16 +1409,11 @@ impl Partition {
             let Some(last) = chunk.last() else {
                 break;
             };
-            from = batch::parse_header(last)
-                .map_err(|e| LogError::BadBatch(e.to_string()))?
-                .last_offset()
-                + 1;
+            from = batch::parse_header(last).map_err(bad)?.last_offset() + 1;
             for b in chunk {
-                let base = batch::parse_header(&b)
-                    .map_err(|e| LogError::BadBatch(e.to_string()))?
-                    .base_offset;
-                let fate = compaction::clean(&b, &latest, now, cfg.delete_retention_ms)
-                    .map_err(|e| LogError::BadBatch(e.to_string()))?;
+                let base = batch::parse_header(&b).map_err(bad)?.base_offset;
+                let fate =
+                    compaction::clean(&b, &latest, now, cfg.delete_retention_ms).map_err(bad)?;
                 before += b.len() as u64;
                 after += match &fate {
                     Fate::Keep => b.len() as u64,
