@@ -108,7 +108,7 @@ pub struct Config {
     pub controlled_shutdown_timeout_ms: u64,
     /// Most partition moves the controller itself (decommissioning, balancing) runs at once.
     pub max_concurrent_moves: usize,
-    /// The balancer leaves brokers alone whose replica count is within this percentage
+    /// The balancer leaves brokers alone whose replica count (and bytes) is within this percentage
     /// of the mean.
     pub balancer_tolerance_percent: u32,
 }

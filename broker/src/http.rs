@@ -250,8 +250,22 @@ async fn elect_preferred(State(s): State<HttpState>) -> axum::response::Response
     }
 }
 
-/// Decommission progress from this broker's image: partitions still on the broker, moves
-/// in flight, and (asked of the broker itself) the bytes it still holds.
+/// Partition sizes as the active controller knows them from brokers' reports (empty when
+/// it does not answer).
+async fn partition_sizes(b: &Broker) -> operations::Sizes {
+    match b
+        .cluster
+        .control(ControlRequest::PartitionSizes, CONTROL_TIMEOUT)
+        .await
+    {
+        ControlReply::PartitionSizes(s) => s,
+        _ => operations::Sizes::new(),
+    }
+}
+
+/// Decommission progress: partitions still on the broker, moves in flight, and the bytes
+/// of the partitions it still holds (as their leaders last reported them; `null` while the
+/// controller knows no size).
 async fn decommission_status(
     State(s): State<HttpState>,
     Path(id): Path<BrokerId>,
@@ -260,23 +274,12 @@ async fn decommission_status(
     let image = b.cluster.image();
     let left = operations::replicas_on(&image, id);
     let registered = image.brokers.contains_key(&id);
-    let bytes_left = (id == b.config.node_id).then(|| {
+    let sizes = partition_sizes(b).await;
+    let bytes_left = (!sizes.is_empty() || left == 0).then(|| {
         image
-            .topics
-            .iter()
-            .flat_map(|(name, t)| {
-                let local = b.catalog.get(name);
-                t.partitions
-                    .iter()
-                    .enumerate()
-                    .filter(move |(_, p)| p.replicas.contains(&id))
-                    .map(move |(i, _)| {
-                        local
-                            .as_ref()
-                            .and_then(|l| l.partition(i as i32))
-                            .map_or(0, |p| p.size_bytes())
-                    })
-            })
+            .partitions()
+            .filter(|(_, _, p)| p.replicas.contains(&id))
+            .filter_map(|(t, i, _)| sizes.get(t)?.get(&i))
             .sum::<u64>()
     });
     Json(serde_json::json!({
@@ -297,9 +300,13 @@ async fn balancer_status(State(s): State<HttpState>) -> axum::response::Response
     let tolerance = s.broker.config.balancer_tolerance_percent;
     let blocker = operations::balance_blocker(&image);
     let in_flight = reassign::ongoing(&image).count();
+    let sizes = partition_sizes(&s.broker).await;
     let status = match (&blocker, in_flight) {
         (Some(why), _) => format!("waiting: {why}"),
-        (None, 0) if operations::balance_moves(&image, tolerance, 1).is_empty() => {
+        (None, 0)
+            if operations::balance_moves(&image, tolerance, 1).is_empty()
+                && operations::byte_moves(&image, &sizes, tolerance, 1).is_empty() =>
+        {
             "balanced".to_string()
         }
         (None, 0) => "imbalanced: moves start within a moment".to_string(),
@@ -311,6 +318,7 @@ async fn balancer_status(State(s): State<HttpState>) -> axum::response::Response
         "tolerance_percent": tolerance,
         "moves_in_flight": in_flight,
         "replicas": operations::replica_counts(&image),
+        "bytes": operations::broker_bytes(&image, &sizes),
     }))
     .into_response()
 }

@@ -63,8 +63,10 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
     let interval = Duration::from_millis(config.broker_heartbeat_interval_ms);
+    let sizes_of = broker.clone();
     let heartbeat_task = tokio::spawn(broker.cluster.clone().heartbeat_loop(
         interval,
+        move || sizes_of.replica_sizes(),
         shutdown_rx,
         stop_rx.clone(),
     ));

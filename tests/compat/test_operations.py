@@ -29,7 +29,7 @@ import kafka_wire as kw
 from helpers import REPO_ROOT, riffle_binary, sample_records, wait_until
 from test_cluster import (
     FAST, OP_TIMEOUT, ConfluentLoad, ck_admin, create_topic, finish_load, produce_records,
-    verify_acked,
+    read_partitions, verify_acked,
 )
 
 
@@ -108,7 +108,8 @@ def test_decommission_under_load_then_the_stopped_broker_leaves(make_cluster):
         seen = []
 
         def drained():
-            _, st = get(c, 4, "/v1/brokers/4/decommission")
+            # Any broker answers: the broker itself and another one, in turn.
+            _, st = get(c, 4 if len(seen) % 2 else 2, "/v1/brokers/4/decommission")
             seen.append((st["partitions_left"], st["bytes_left"]))
             return st["drained"]
         wait_until(drained, timeout=60, interval=0.2, message="broker 4 drained")
@@ -404,6 +405,53 @@ def test_reassignments_from_the_admin_api_and_cli_under_load(make_cluster):
                 for ln in c.broker(b).http_get("/metrics")[1].splitlines()
                 if ln.startswith("riffle_reassignment_bytes_out_total"))
     assert moved > 0
+
+
+def test_balancer_evens_out_bytes_when_replica_counts_are_even(make_cluster):
+    from confluent_kafka.admin import NewTopic
+    from helpers import unique_topic
+    c = make_cluster(n=3, extra_args=FAST)
+    assert delete(c, 1, "/v1/balancer")[0] == 200
+    topic = unique_topic("heavy")
+    adm = ck_admin(c)  # must outlive its futures
+    adm.create_topics([NewTopic(
+        topic, num_partitions=6, replica_assignment=[[1], [1], [2], [2], [3], [3]])],
+                      operation_timeout=OP_TIMEOUT)[topic].result(OP_TIMEOUT)
+    for p in range(6):
+        c.wait_leader(topic, p, timeout=OP_TIMEOUT)
+    # Two replicas on every broker, but 12 MB on broker 1, 4 MB on broker 2, none on 3.
+    mb = {0: 6, 1: 6, 2: 2, 3: 2}
+    acked = {p: produce_records(c, topic, [os.urandom(1000) for _ in range(n * 1000)], partition=p)
+             for p, n in mb.items()}
+
+    def sizes_reported():
+        st = get(c, 2, "/v1/balancer")[1]
+        return st["bytes"]["1"] >= 12e6 and st["bytes"]["2"] >= 4e6 and st
+    before = wait_until(sizes_reported, timeout=20, message="sizes reported to the controller")
+    assert before["status"] == "waiting: switched off"
+    assert len(set(before["replicas"].values())) == 1, before["replicas"]
+    assert put(c, 3, "/v1/balancer")[0] == 200
+    t0 = time.monotonic()
+    after = wait_until(lambda: (lambda st: st["status"] == "balanced" and st)(
+        get(c, 1, "/v1/balancer")[1]), timeout=60, interval=0.5, message="bytes balanced")
+    took = time.monotonic() - t0
+    placed = holders(c, topic, range(6))
+    print(f"byte balancing: {before['bytes']} -> {after['bytes']} in {took:.1f}s; "
+          f"replicas {placed}")
+    # One 6 MB partition moved from broker 1 to broker 3: 6/4/6 MB, the most even split
+    # these sizes allow; nothing else moved.
+    on3 = {p for p, r in placed.items() if r == [3]}
+    assert on3 in ({0, 4, 5}, {1, 4, 5}), placed
+    assert [int(after["bytes"][b]) // 1_000_000 for b in ("1", "2", "3")] == [6, 4, 6], after
+    moves = [ln for ln in c.broker(1).http_get("/metrics")[1].splitlines()
+             + c.broker(2).http_get("/metrics")[1].splitlines()
+             + c.broker(3).http_get("/metrics")[1].splitlines()
+             if ln.startswith('riffle_balancer_moves_total{kind="bytes"}')]
+    assert sum(float(ln.split()[-1]) for ln in moves) == 1, moves
+    stored = read_partitions(c, topic, list(acked))
+    for p, recs in acked.items():
+        assert [(m.offset(), m.value()) for m in stored[p]] == recs, f"partition {p}"
+    c.assert_replicas_consistent(topic, list(range(6)))
 
 
 def test_balancer_spreads_replicas_onto_new_brokers_under_load(make_cluster):

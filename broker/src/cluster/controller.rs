@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::image::{
     BrokerId, BrokerInfo, BrokerState, Command, CommandReply, Image, PartitionState,
 };
+use super::operations::Sizes;
 use super::{decide, operations, reassign};
 use super::{Import, Raft};
 use crate::config::Config;
@@ -25,7 +26,7 @@ use crate::metadata::{names::validate_topic_name, Catalog};
 
 /// Kinds of moves the controller starts: replicas spread over racks, replicas balanced,
 /// preferred leaderships balanced, replicas off decommissioning brokers.
-pub const MOVE_KINDS: [&str; 4] = ["rack", "replicas", "leaders", "decommission"];
+pub const MOVE_KINDS: [&str; 5] = ["rack", "replicas", "leaders", "decommission", "bytes"];
 
 /// A request for the active controller.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,7 +37,12 @@ pub enum ControlRequest {
         broker: BrokerInfo,
         /// Asks for a controlled shutdown: move its leaderships away.
         shutting_down: bool,
+        /// Bytes of the broker's replicas (sent every few seconds, not every beat).
+        #[serde(default)]
+        sizes: Option<Sizes>,
     },
+    /// The partition sizes the active controller knows from brokers' reports.
+    PartitionSizes,
     /// Join the quorum as a non-voting member.
     AddLearner {
         /// Broker id.
@@ -198,6 +204,8 @@ pub enum ControlReply {
     Elected(Vec<(String, i32, i16)>),
     /// Per-partition results of a reassignment request (Kafka error code and message).
     Reassigned(Vec<(String, i32, i16, Option<String>)>),
+    /// Partition sizes.
+    PartitionSizes(Sizes),
     /// Refused with a Kafka error code.
     Error {
         /// Kafka error code.
@@ -244,6 +252,8 @@ pub struct Controller {
     /// Balancer tolerance, percent of the mean replica count.
     balance_tolerance: u32,
     last_seen: Mutex<HashMap<BrokerId, Instant>>,
+    /// Partition sizes from brokers' reports.
+    sizes: Mutex<Sizes>,
     /// Moves started while this broker was the active controller, by `MOVE_KINDS`.
     pub moves: [std::sync::atomic::AtomicU64; MOVE_KINDS.len()],
     /// Serialises decide-and-commit so decisions see every earlier commit.
@@ -282,6 +292,7 @@ impl Controller {
             max_moves: config.max_concurrent_moves.max(1),
             balance_tolerance: config.balancer_tolerance_percent,
             last_seen: Mutex::default(),
+            sizes: Mutex::default(),
             moves: Default::default(),
             lock: tokio::sync::Mutex::new(()),
             import: Mutex::new(Some(import)),
@@ -342,7 +353,18 @@ impl Controller {
             ControlRequest::Heartbeat {
                 broker,
                 shutting_down,
-            } => self.heartbeat(&img, broker, shutting_down).await,
+                sizes,
+            } => {
+                if let Some(sizes) = sizes {
+                    operations::note_sizes(&mut self.lock_sizes(), &img, broker.id, sizes);
+                }
+                self.heartbeat(&img, broker, shutting_down).await
+            }
+            ControlRequest::PartitionSizes => {
+                let mut known = self.lock_sizes();
+                operations::note_sizes(&mut known, &img, self.node_id, Sizes::new());
+                ControlReply::PartitionSizes(known.clone())
+            }
             ControlRequest::AddLearner { id, rpc } => {
                 match self
                     .raft
@@ -479,6 +501,10 @@ impl Controller {
                 partitions,
             } => self.elect_leaders(&img, unclean, partitions).await,
         }
+    }
+
+    fn lock_sizes(&self) -> std::sync::MutexGuard<'_, Sizes> {
+        self.sizes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A topic's `min.insync.replicas`.
@@ -945,6 +971,13 @@ impl Controller {
         let step = operations::balance_moves(&next, self.balance_tolerance, self.max_moves);
         started[1] = step.len() as u64;
         take(&mut next, step);
+        if started[1] == 0 {
+            let sizes = self.lock_sizes().clone();
+            let step =
+                operations::byte_moves(&next, &sizes, self.balance_tolerance, self.max_moves);
+            started[4] = step.len() as u64;
+            take(&mut next, step);
+        }
         let step = operations::leader_moves(&next, self.balance_tolerance);
         started[2] = step.len() as u64;
         take(&mut next, step);

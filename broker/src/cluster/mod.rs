@@ -32,6 +32,10 @@ use image::{BrokerId, BrokerInfo, BrokerState, Image};
 pub use service::QuorumService;
 
 use crate::config::Config;
+
+/// How often a heartbeat carries the broker's replica sizes: they feed the byte balancer
+/// and decommission progress, which act on minutes, not on each beat.
+const SIZE_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 use crate::rpc::{Envelope, Peers};
 use crate::storage::Store;
 
@@ -445,6 +449,7 @@ impl Cluster {
     pub async fn heartbeat_loop(
         self: Arc<Self>,
         interval: Duration,
+        local_sizes: impl Fn() -> operations::Sizes,
         shutting_down: watch::Receiver<bool>,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -470,10 +475,16 @@ impl Cluster {
             }
         }
         let mut shutting_down = shutting_down;
+        let mut sizes_due = std::time::Instant::now();
         loop {
+            let sizes = (std::time::Instant::now() >= sizes_due).then(|| {
+                sizes_due = std::time::Instant::now() + SIZE_REPORT_INTERVAL;
+                local_sizes()
+            });
             let req = ControlRequest::Heartbeat {
                 broker: self.me.clone(),
                 shutting_down: *shutting_down.borrow_and_update(),
+                sizes,
             };
             match self.control(req, interval * 4).await {
                 ControlReply::Heartbeat { state, .. } => {

@@ -162,6 +162,16 @@ pub fn replica_counts(image: &Image) -> BTreeMap<BrokerId, usize> {
     counts
 }
 
+/// Whether `dst` may take `src`'s replica of `p`: it holds none yet, and it sits on a
+/// rack the partition's other replicas do not use (or on `src`'s rack, or has none).
+fn can_take(image: &Image, p: &super::image::PartitionState, src: BrokerId, dst: BrokerId) -> bool {
+    let rack = |b: BrokerId| image.brokers.get(&b).and_then(|i| i.rack.as_deref());
+    !p.replicas.contains(&dst)
+        && (rack(dst).is_none()
+            || rack(dst) == rack(src)
+            || !p.replicas.iter().any(|&b| b != src && rack(b) == rack(dst)))
+}
+
 /// The fewest replica moves that bring every broker within `tolerance_pct` of the mean
 /// replica count (and always within one replica of the next broker), started so that at
 /// most `max_in_flight` reassignments run at once. Each move takes one replica from the
@@ -182,7 +192,6 @@ pub fn balance_moves(image: &Image, tolerance_pct: u32, max_in_flight: usize) ->
         return Vec::new();
     }
     let (lower, upper) = within(counts.values().sum(), counts.len(), tolerance_pct);
-    let rack = |b: BrokerId| image.brokers.get(&b).and_then(|i| i.rack.as_deref());
     // Movable partitions by broker; a partition moves at most once per plan.
     let parts: Vec<(&str, i32, &super::image::PartitionState)> = image
         .partitions()
@@ -209,14 +218,7 @@ pub fn balance_moves(image: &Image, tolerance_pct: u32, max_in_flight: usize) ->
                 if ns < nd + 2 {
                     break;
                 }
-                let fits = |k: &usize| {
-                    let p = parts[*k].2;
-                    !moved[*k]
-                        && !p.replicas.contains(&dst)
-                        && (rack(dst).is_none()
-                            || rack(dst) == rack(src)
-                            || !p.replicas.iter().any(|&b| b != src && rack(b) == rack(dst)))
-                };
+                let fits = |k: &usize| !moved[*k] && can_take(image, parts[*k].2, src, dst);
                 let candidates = on.get(&src).map(Vec::as_slice).unwrap_or_default();
                 let pick = candidates
                     .iter()
@@ -239,6 +241,162 @@ pub fn balance_moves(image: &Image, tolerance_pct: u32, max_in_flight: usize) ->
         if let Ok(state) = reassign::start(image, p, &target) {
             *counts.entry(src).or_default() -= 1;
             *counts.entry(dst).or_default() += 1;
+            out.push(change(topic, i, p, state));
+            budget -= 1;
+        }
+    }
+    out
+}
+
+/// Bytes per partition replica, as brokers report them: topic → partition → bytes.
+pub type Sizes = BTreeMap<String, BTreeMap<i32, u64>>;
+
+/// The smallest reduction of the spread between two brokers that a byte-balancing move
+/// must bring: moving data costs replication bandwidth, so megabyte-scale differences
+/// are left alone.
+const MIN_BYTE_GAIN: u64 = 1 << 20;
+
+/// Folds one broker's report into the known partition sizes: the leader's report wins; a
+/// follower's (which may lag) only fills in a size not known yet. A size stays known
+/// while leadership moves, until the new leader reports; partitions gone from the image
+/// are dropped.
+pub fn note_sizes(known: &mut Sizes, image: &Image, reporter: BrokerId, report: Sizes) {
+    for (topic, parts) in report {
+        let Some(t) = image.topics.get(&topic) else {
+            continue;
+        };
+        let sizes = known.entry(topic).or_default();
+        for (i, size) in parts {
+            let leads = usize::try_from(i)
+                .ok()
+                .and_then(|k| t.partitions.get(k))
+                .is_some_and(|p| p.leader == reporter);
+            if leads || !sizes.contains_key(&i) {
+                sizes.insert(i, size);
+            }
+        }
+    }
+    known.retain(|topic, sizes| {
+        let count = image.topics.get(topic).map_or(0, |t| t.partitions.len());
+        sizes.retain(|&i, _| usize::try_from(i).is_ok_and(|k| k < count));
+        !sizes.is_empty()
+    });
+}
+
+fn size_of(sizes: &Sizes, topic: &str, partition: i32) -> u64 {
+    sizes
+        .get(topic)
+        .and_then(|m| m.get(&partition))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Bytes per broker once the reassignments in progress complete, each replica counted at
+/// its partition's size.
+pub fn broker_bytes(image: &Image, sizes: &Sizes) -> BTreeMap<BrokerId, u64> {
+    let mut bytes: BTreeMap<BrokerId, u64> = image.brokers.keys().map(|&b| (b, 0)).collect();
+    for (t, i, p) in image.partitions() {
+        for b in p.target() {
+            *bytes.entry(b).or_default() += size_of(sizes, t, i);
+        }
+    }
+    bytes
+}
+
+/// Replica moves that even out bytes on disk once replica counts are balanced: while a
+/// broker holds more (or less) than `tolerance_pct` off the mean, one replica moves from
+/// the fullest broker to the emptiest one that can take it (the rack rule of
+/// [`balance_moves`]), picking the partition whose size comes closest to halving their
+/// difference, and only when no broker's replica count leaves its tolerance band and the
+/// move narrows that pair's spread by at least 1 MiB.
+/// Each move strictly lowers the sum of squared broker sizes, so a plan ends.
+///
+/// Cost: O(B log B + P·R) to index, then O(B²·P_b) per move in the worst case.
+pub fn byte_moves(
+    image: &Image,
+    sizes: &Sizes,
+    tolerance_pct: u32,
+    max_in_flight: usize,
+) -> Vec<Command> {
+    if balance_blocker(image).is_some() {
+        return Vec::new();
+    }
+    let mut budget = max_in_flight.saturating_sub(reassign::ongoing(image).count());
+    let mut counts = replica_counts(image);
+    let mut bytes = broker_bytes(image, sizes);
+    if budget == 0 || bytes.is_empty() {
+        return Vec::new();
+    }
+    let (lower, upper) = within(counts.values().sum(), counts.len(), tolerance_pct);
+    let tol = f64::from(tolerance_pct) / 100.0;
+    let mean = bytes.values().sum::<u64>() as f64 / bytes.len() as f64;
+    let (low_bytes, high_bytes) = (mean * (1.0 - tol), mean * (1.0 + tol));
+    let parts: Vec<(&str, i32, &super::image::PartitionState, u64)> = image
+        .partitions()
+        .filter(|(_, _, p)| !p.reassigning())
+        .map(|(t, i, p)| (t, i, p, size_of(sizes, t, i)))
+        .collect();
+    let mut on: BTreeMap<BrokerId, Vec<usize>> = BTreeMap::new();
+    for (k, (_, _, p, _)) in parts.iter().enumerate() {
+        for &b in &p.replicas {
+            on.entry(b).or_default().push(k);
+        }
+    }
+    let mut moved = vec![false; parts.len()];
+    let mut out = Vec::new();
+    while budget > 0 {
+        let mut by_bytes: Vec<(u64, BrokerId)> = bytes.iter().map(|(&b, &n)| (n, b)).collect();
+        by_bytes.sort_unstable();
+        if by_bytes
+            .iter()
+            .all(|&(n, _)| (low_bytes..=high_bytes).contains(&(n as f64)))
+        {
+            break;
+        }
+        let mut step = None;
+        'search: for &(bs, src) in by_bytes.iter().rev() {
+            if counts[&src] <= lower {
+                continue;
+            }
+            for &(bd, dst) in &by_bytes {
+                if bs < bd + MIN_BYTE_GAIN {
+                    break;
+                }
+                if counts[&dst] >= upper {
+                    continue;
+                }
+                let diff = bs - bd;
+                let fits = |k: &usize| {
+                    let (_, _, p, size) = parts[*k];
+                    !moved[*k]
+                        && size < diff
+                        && diff - diff.abs_diff(2 * size) >= MIN_BYTE_GAIN
+                        && can_take(image, p, src, dst)
+                };
+                let candidates = on.get(&src).map(Vec::as_slice).unwrap_or_default();
+                let pick = candidates
+                    .iter()
+                    .filter(|k| fits(k))
+                    .min_by_key(|&&k| (diff.abs_diff(2 * parts[k].3), parts[k].2.leader == src));
+                if let Some(&k) = pick {
+                    step = Some((k, src, dst));
+                    break 'search;
+                }
+            }
+        }
+        let Some((k, src, dst)) = step else { break };
+        let (topic, i, p, size) = parts[k];
+        moved[k] = true;
+        let target: Vec<BrokerId> = p
+            .replicas
+            .iter()
+            .map(|&b| if b == src { dst } else { b })
+            .collect();
+        if let Ok(state) = reassign::start(image, p, &target) {
+            *counts.entry(src).or_default() -= 1;
+            *counts.entry(dst).or_default() += 1;
+            *bytes.entry(src).or_default() -= size;
+            *bytes.entry(dst).or_default() += size;
             out.push(change(topic, i, p, state));
             budget -= 1;
         }
@@ -695,6 +853,96 @@ mod tests {
         assert_eq!(balance_blocker(&off).as_deref(), Some("switched off"));
     }
 
+    const MB: u64 = 1 << 20;
+
+    /// Sizes of topic "t" by partition index.
+    fn sizes(of: &[u64]) -> Sizes {
+        let m = of.iter().enumerate().map(|(i, &b)| (i as i32, b)).collect();
+        Sizes::from([("t".to_string(), m)])
+    }
+
+    #[test]
+    fn bytes_even_out_once_counts_are_balanced() {
+        // Two replicas each, but broker 1 holds two 100 MB partitions and 3 holds two
+        // empty ones.
+        let mut img = cluster(
+            3,
+            vec![vec![1], vec![1], vec![2], vec![2], vec![3], vec![3]],
+        );
+        let sz = sizes(&[100 * MB, 100 * MB, 40 * MB, 40 * MB, 0, 0]);
+        assert!(balance_moves(&img, 10, 4).is_empty(), "counts are even");
+        let moves = byte_moves(&img, &sz, 10, 4);
+        // One 100 MB partition moves to broker 3: 100/80/100 MB is as even as the sizes
+        // allow, and no second move narrows any pair's spread by enough.
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        apply_all(&mut img, &moves);
+        catch_up(&mut img);
+        let bytes: Vec<u64> = broker_bytes(&img, &sz).into_values().collect();
+        assert_eq!(bytes, vec![100 * MB, 80 * MB, 100 * MB]);
+        let counts: Vec<usize> = replica_counts(&img).into_values().collect();
+        assert_eq!(counts, vec![1, 2, 3], "within the count tolerance (1..=3)");
+        assert!(
+            byte_moves(&img, &sz, 10, 4).is_empty(),
+            "nothing more to gain"
+        );
+    }
+
+    #[test]
+    fn byte_balancing_leaves_small_or_pointless_moves_alone() {
+        let img = cluster(3, vec![vec![1], vec![2], vec![3]]);
+        // A single big partition: moving it only shifts the imbalance.
+        assert!(byte_moves(&img, &sizes(&[500 * MB, 0, 0]), 10, 4).is_empty());
+        // Under a megabyte apart: not worth the replication traffic.
+        assert!(byte_moves(&img, &sizes(&[900 << 10, 0, 0]), 0, 4).is_empty());
+        // Within tolerance.
+        let img = cluster(2, vec![vec![1], vec![1], vec![2], vec![2]]);
+        assert!(byte_moves(&img, &sizes(&[50 * MB, 55 * MB, 50 * MB, 50 * MB]), 10, 4).is_empty());
+    }
+
+    #[test]
+    fn the_leaders_report_wins_and_sizes_outlive_a_leadership_move() {
+        let mut img = cluster(3, vec![vec![1, 2], vec![3, 2]]);
+        let mut known = Sizes::new();
+        note_sizes(&mut known, &img, 2, sizes(&[9, 7]));
+        assert_eq!(
+            known,
+            sizes(&[9, 7]),
+            "a follower fills in what nobody reported"
+        );
+        note_sizes(&mut known, &img, 1, sizes(&[10]));
+        note_sizes(&mut known, &img, 2, sizes(&[8, 6]));
+        assert_eq!(
+            known,
+            sizes(&[10, 7]),
+            "the leader's word wins over a follower's"
+        );
+        assert_eq!(
+            broker_bytes(&img, &known).into_values().collect::<Vec<_>>(),
+            vec![10, 17, 7]
+        );
+        // Partition 1 moves to brokers 1 and 2 and its old leader stops reporting it:
+        // its size stays known until its new leader reports.
+        let (t, i, p) = img
+            .partitions()
+            .nth(1)
+            .map(|(t, i, p)| (t.to_string(), i, p.clone()))
+            .unwrap();
+        let moved = PartitionState {
+            replicas: vec![1, 2],
+            isr: vec![1, 2],
+            ..with_leader(&p, 1)
+        };
+        img.apply(&change(&t, i, &p, moved));
+        note_sizes(&mut known, &img, 3, Sizes::new());
+        assert_eq!(known, sizes(&[10, 7]));
+        note_sizes(&mut known, &img, 1, sizes(&[10, 5]));
+        assert_eq!(known, sizes(&[10, 5]));
+        // A deleted topic's sizes go.
+        img.apply(&Command::DeleteTopic { name: "t".into() });
+        note_sizes(&mut known, &img, 1, Sizes::new());
+        assert!(known.is_empty());
+    }
+
     #[test]
     fn the_planner_scales_to_50_brokers_and_10000_partitions() {
         // 45 full brokers, 5 new empty ones: 10 000 partitions x RF3.
@@ -716,6 +964,44 @@ mod tests {
         assert!(min >= 570 && max <= 630, "{min}..{max}");
         assert!(moves.len() <= 3000, "{} moves", moves.len());
         println!("planned {} moves in {took:?}", moves.len());
+        assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+    }
+
+    #[test]
+    fn the_byte_planner_scales_to_50_brokers_and_10000_partitions() {
+        // Even replica counts (600 each), but a tenth of the partitions hold 1 GB and sit
+        // on 15 brokers (204 GB each against 6 GB on the others).
+        let parts: Vec<Vec<BrokerId>> = (0..10_000)
+            .map(|i| (0..3).map(|r| 1 + (i + r * 17) % 50).collect())
+            .collect();
+        let img = cluster(50, parts);
+        let sz: Vec<u64> = (0..10_000)
+            .map(|i| if i % 50 < 5 { 1 << 30 } else { 10 * MB })
+            .collect();
+        let sz = sizes(&sz);
+        let before = broker_bytes(&img, &sz);
+        let t0 = std::time::Instant::now();
+        let moves = byte_moves(&img, &sz, 5, usize::MAX);
+        let took = t0.elapsed();
+        let mut after = img.clone();
+        apply_all(&mut after, &moves);
+        let bytes = broker_bytes(&after, &sz);
+        let max = |m: &BTreeMap<BrokerId, u64>| *m.values().max().unwrap() >> 30;
+        println!(
+            "planned {} byte moves in {took:?}: fullest broker {} -> {} GiB",
+            moves.len(),
+            max(&before),
+            max(&bytes)
+        );
+        // The heavy brokers give up heavy replicas until their counts reach the band's
+        // floor (570): 30 GB each.
+        assert_eq!(max(&before), 203);
+        assert!(max(&bytes) <= 174, "{}", max(&bytes));
+        let counts = replica_counts(&after);
+        assert!(
+            counts.values().all(|&n| (570..=630).contains(&n)),
+            "{counts:?}"
+        );
         assert!(took < std::time::Duration::from_secs(20), "{took:?}");
     }
 

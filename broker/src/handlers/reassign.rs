@@ -18,6 +18,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{control_error, str_bytes, Broker};
 use crate::cluster::image::BrokerId as Id;
+use crate::cluster::operations::Sizes;
 use crate::cluster::reassign;
 use crate::cluster::{ControlReply, ControlRequest};
 
@@ -125,6 +126,23 @@ impl Broker {
                 })
                 .collect(),
         )
+    }
+
+    /// Bytes of every partition this broker holds a replica of.
+    pub fn replica_sizes(&self) -> Sizes {
+        let me = self.config.node_id;
+        let mut out = Sizes::new();
+        for (name, i, p) in self.cluster.image().partitions() {
+            if !p.replicas.contains(&me) {
+                continue;
+            }
+            if let Some(part) = self.catalog.get(name).and_then(|t| t.partition(i)) {
+                out.entry(name.to_string())
+                    .or_default()
+                    .insert(i, part.size_bytes());
+            }
+        }
+        out
     }
 
     /// The one log directory of this broker (its data dir) with the size of every
