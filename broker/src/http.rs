@@ -558,6 +558,17 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
             .map(|&d| operations::replicas_on(&image, d) as i64)
             .sum(),
     );
+    // Per broker (not cluster-wide like the others): what this broker still holds.
+    let own_left = if image.decommissioning.contains(&b.config.node_id) {
+        b.replica_sizes()
+            .values()
+            .flat_map(|m| m.values())
+            .sum::<u64>()
+    } else {
+        0
+    };
+    ops.with_label_values(&["decommission_bytes_left"])
+        .set(own_left as i64);
     ops.with_label_values(&["maintenance"])
         .set(image.maintenance.len() as i64);
     let configs = b.catalog.broker_configs();

@@ -165,6 +165,14 @@ def test_recommission_cancels_moves_in_flight(make_cluster):
     # Moves of this topic's replicas are stuck behind the throttle (other topics' are not).
     st = get(c, 1, "/v1/brokers/4/decommission")[1]
     assert st["partitions_left"] >= on4 and st["moves_in_flight"] >= on4 and not st["drained"], st
+    # 500 records of 1000 bytes in each of this topic's partitions (about 300 KB stored):
+    # what broker 4 holds shows from any broker (once reported) and in its own metrics.
+    wait_until(lambda: (get(c, 2, "/v1/brokers/4/decommission")[1]["bytes_left"] or 0)
+               >= on4 * 250_000, timeout=15,
+               message="bytes left reported")
+    left = [float(ln.split()[-1]) for ln in c.broker(4).http_get("/metrics")[1].splitlines()
+            if ln.startswith('riffle_cluster_operations{kind="decommission_bytes_left"}')]
+    assert left and left[0] >= on4 * 250_000, left
     status, body = delete(c, 1, "/v1/brokers/4/decommission")
     assert status == 200 and not body["decommissioning"] and body["moves_in_flight"] == 0, body
     assert holders(c, topic, range(4)) == before
