@@ -71,6 +71,8 @@ pub struct Config {
     pub group_max_session_timeout_ms: i32,
     /// Committed offsets of groups left empty this long expire (-1: never).
     pub offsets_retention_minutes: i64,
+    /// Longest `transaction.timeout.ms` a transactional producer may ask for.
+    pub transaction_max_timeout_ms: i32,
     /// Replication factor of the internal offsets topic (capped at the number of voters);
     /// the controller creates the topic once this many brokers are up.
     pub offsets_topic_replication_factor: i16,
@@ -138,6 +140,7 @@ impl Default for Config {
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
             offsets_retention_minutes: 7 * 24 * 60,
+            transaction_max_timeout_ms: 900_000,
             offsets_topic_replication_factor: 3,
             rpc_listen: ([0, 0, 0, 0], 9093).into(),
             advertised_rpc: None,
@@ -264,6 +267,10 @@ pub struct Cli {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offsets_retention_minutes: Option<i64>,
+    /// Longest transaction timeout a producer may ask for, ms [default: 900000].
+    #[arg(long, env = "RIFFLE_TRANSACTION_MAX_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_max_timeout_ms: Option<i32>,
     /// Replication factor of the offsets topic, at most the voters [default: 3].
     #[arg(long, env = "RIFFLE_OFFSETS_TOPIC_REPLICATION_FACTOR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -385,6 +392,9 @@ impl Config {
         }
         if self.offsets_topic_replication_factor < 1 {
             return bad("offsets_topic_replication_factor must be >= 1");
+        }
+        if self.transaction_max_timeout_ms < 1 {
+            return bad("transaction_max_timeout_ms must be >= 1");
         }
         if self.num_partitions < 1 {
             return bad("num_partitions must be >= 1");

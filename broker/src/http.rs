@@ -494,6 +494,11 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     // Rebuilt on each scrape so replicas that moved or stopped being followed disappear.
     b.metrics.replica_lag_records.reset();
     b.metrics.replica_lag_seconds.reset();
+    b.metrics.lso_lag.reset();
+    b.metrics.transaction_ids.reset();
+    for (phase, n) in b.txn_phases() {
+        b.metrics.transaction_ids.with_label_values(&[phase]).set(n);
+    }
     for t in b.catalog.all() {
         for p in t.partitions() {
             let labels = [&*t.name, &p.index.to_string()];
@@ -513,6 +518,10 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
             let (leader, replicas, isr) = p.replica_set();
             if leader == me {
                 led += 1;
+                let lag = o.high_watermark - p.last_stable_offset();
+                if lag > 0 {
+                    b.metrics.lso_lag.with_label_values(&labels).set(lag);
+                }
                 under += i64::from(isr.len() < replicas.len());
                 under_min += i64::from((isr.len() as i32) < t.config().min_insync_replicas);
                 for (replica, records, behind) in p.follower_lags() {

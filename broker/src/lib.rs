@@ -22,3 +22,4 @@ pub mod retention;
 pub mod rpc;
 pub mod server;
 pub mod storage;
+pub mod txn;

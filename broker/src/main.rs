@@ -89,6 +89,17 @@ async fn main() -> anyhow::Result<()> {
     let retention_task = tokio::spawn(retention::run(broker.clone(), stop_rx.clone()));
     let cleaner_task = tokio::spawn(cleaner::run(broker.clone(), stop_rx.clone()));
     let group_task = tokio::spawn(group::run_timers(broker.groups.clone(), stop_rx.clone()));
+    let txn_task = {
+        let (broker, mut stop) = (broker.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(riffle_broker::handlers::txn::TXN_TICK) => broker.txn_tick().await,
+                    _ = stop.changed() => return,
+                }
+            }
+        })
+    };
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -137,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
     retention_task.await.context("retention task")?;
     cleaner_task.await.context("log cleaner task")?;
     group_task.await.context("group timer task")?;
+    txn_task.await.context("transaction timer task")?;
     let _ = http_task.await;
     for t in [heartbeat_task, controller_task, fetcher_task, isr_task] {
         // Bounded: a metadata write without a quorum would otherwise hold shutdown.

@@ -82,6 +82,12 @@ pub struct Metrics {
     pub dirty_ratio: GaugeVec,
     /// Seconds the log cleaner spent in passes that rewrote a partition.
     pub cleaner_seconds: prometheus::Counter,
+    /// Transactions this broker's coordinator ended, by outcome (commit, abort).
+    pub transactions: IntCounterVec,
+    /// Transactional ids this broker coordinates, by phase.
+    pub transaction_ids: IntGaugeVec,
+    /// Last stable offset lag (high watermark minus LSO) of partitions this broker leads.
+    pub lso_lag: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -297,6 +303,21 @@ impl Metrics {
                     "Seconds the log cleaner spent in passes that rewrote a partition",
                 )
                 .expect("valid metric"),
+            ),
+            transactions: counter(
+                "riffle_transactions_total",
+                "Transactions this broker's coordinator ended, by outcome",
+                &["outcome"],
+            ),
+            transaction_ids: gauge(
+                "riffle_transactional_ids",
+                "Transactional ids this broker coordinates, by phase",
+                &["phase"],
+            ),
+            lso_lag: gauge(
+                "riffle_last_stable_offset_lag",
+                "High watermark minus last stable offset (records held back by open transactions)",
+                &["topic", "partition"],
             ),
             dirty_ratio: reg(
                 &r,

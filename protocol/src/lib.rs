@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod batch;
 pub mod compress;
+pub mod marker;
 pub mod records;
 mod request;
 
@@ -49,6 +50,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    // Transactions as Kafka 3.x clients run them (KIP-98, KIP-447); the broker-side
+    // verification of KIP-890 (AddPartitionsToTxn v4+, EndTxn v5) is not offered.
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
 ];
 
 /// Lowest Produce version actually served.
@@ -125,7 +132,7 @@ mod tests {
         assert!(!is_supported(ApiKey::Produce, 12));
         assert!(!is_supported(ApiKey::Fetch, 3));
         assert!(!is_supported(ApiKey::JoinGroup, 10));
-        assert!(!is_supported(ApiKey::EndTxn, 0));
+        assert!(is_supported(ApiKey::EndTxn, 3) && !is_supported(ApiKey::EndTxn, 4));
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub enum Body {
     ListGroups(ListGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
     OffsetDelete(OffsetDeleteRequest),
+    AddPartitionsToTxn(AddPartitionsToTxnRequest),
+    AddOffsetsToTxn(AddOffsetsToTxnRequest),
+    EndTxn(EndTxnRequest),
+    TxnOffsetCommit(TxnOffsetCommitRequest),
 }
 
 /// A decoded request with the header fields handlers need.
@@ -163,6 +167,10 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
         ApiKey::ListGroups => body!(ListGroups, ListGroupsRequest),
         ApiKey::DeleteGroups => body!(DeleteGroups, DeleteGroupsRequest),
         ApiKey::OffsetDelete => body!(OffsetDelete, OffsetDeleteRequest),
+        ApiKey::AddPartitionsToTxn => body!(AddPartitionsToTxn, AddPartitionsToTxnRequest),
+        ApiKey::AddOffsetsToTxn => body!(AddOffsetsToTxn, AddOffsetsToTxnRequest),
+        ApiKey::EndTxn => body!(EndTxn, EndTxnRequest),
+        ApiKey::TxnOffsetCommit => body!(TxnOffsetCommit, TxnOffsetCommitRequest),
         _ => return Err(DecodeError::UnsupportedVersion),
     };
     Ok(done(body, client_id))

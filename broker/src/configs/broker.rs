@@ -171,6 +171,15 @@ pub static BROKER_KEYS: &[BrokerKey] = &[
         |c| c.group_max_session_timeout_ms.to_string()
     ),
     key!(
+        "transaction.max.timeout.ms",
+        Int,
+        Check::Any,
+        ReadOnly,
+        "900000",
+        "Longest transaction timeout a producer may ask for",
+        |c| c.transaction_max_timeout_ms.to_string()
+    ),
+    key!(
         "socket.request.max.bytes",
         Int,
         Check::AtLeast(1),

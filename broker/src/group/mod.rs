@@ -9,6 +9,7 @@
 
 pub mod offsets;
 pub mod state;
+mod transactions;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,10 +45,18 @@ impl Entry {
     }
 }
 
-/// Groups of the offsets partitions this broker leads.
+/// An offset committed in a transaction, applied when its commit marker is written:
+/// (group, topic, partition, offset of the record holding it, the commit).
+type PendingCommit = (String, String, i32, i64, Committed);
+
+/// Groups and transactional ids of the offsets partitions this broker leads.
 #[derive(Default)]
 struct State {
     groups: HashMap<String, Entry>,
+    /// Transactional ids' states.
+    txns: HashMap<String, crate::txn::TxnMeta>,
+    /// Offsets committed in open transactions, by producer id.
+    pending: HashMap<i64, Vec<PendingCommit>>,
     /// Offsets partitions in `groups`, with the leader epoch they were loaded at.
     loaded: HashMap<u32, i32>,
     /// Offsets partitions being replayed.
@@ -60,6 +69,11 @@ impl State {
         let was = self.loaded.remove(&partition).is_some();
         if was {
             self.groups.retain(|g, _| offsets_partition(g) != partition);
+            self.txns.retain(|t, _| offsets_partition(t) != partition);
+            for commits in self.pending.values_mut() {
+                commits.retain(|c| offsets_partition(&c.0) != partition);
+            }
+            self.pending.retain(|_, c| !c.is_empty());
         }
         was
     }
@@ -109,6 +123,30 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bytes read per step when replaying an offsets partition.
 const REPLAY_CHUNK: usize = 1 << 20;
+
+/// What replaying an offsets partition rebuilds.
+#[derive(Default)]
+struct Replayed {
+    groups: HashMap<String, BTreeMap<(String, i32), Stored>>,
+    txns: HashMap<String, crate::txn::TxnMeta>,
+    pending: HashMap<i64, Vec<PendingCommit>>,
+}
+
+/// Records a commit at log `offset` unless a later record already holds one.
+fn apply_commit(
+    offsets: &mut BTreeMap<(String, i32), Stored>,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    c: Committed,
+) {
+    let slot = offsets
+        .entry((topic, partition))
+        .or_insert((offset, c.clone()));
+    if slot.0 <= offset {
+        *slot = (offset, c);
+    }
+}
 
 /// The offsets partition leading a group here.
 struct Lead {
@@ -227,8 +265,8 @@ impl Coordinator {
         let result = self.replay(p, &part, epoch).await;
         let mut st = self.lock();
         st.loading.remove(&p);
-        let groups = match result {
-            Ok(groups) => groups,
+        let replayed = match result {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(partition = p, error = %e, "loading offsets partition failed; will retry");
                 return;
@@ -237,9 +275,13 @@ impl Coordinator {
         if part.role() != Role::Leader || part.leader_epoch() != epoch {
             return;
         }
-        st.groups.retain(|g, _| offsets_partition(g) != p);
-        let count = groups.len();
-        for (id, offsets) in groups {
+        st.unload(p);
+        let count = replayed.groups.len();
+        st.txns.extend(replayed.txns);
+        for (pid, commits) in replayed.pending {
+            st.pending.entry(pid).or_default().extend(commits);
+        }
+        for (id, offsets) in replayed.groups {
             let mut e = Entry::new(&id);
             e.offsets = offsets;
             st.groups.insert(id, e);
@@ -257,12 +299,7 @@ impl Coordinator {
     /// Moves commits stored before the offsets topic existed into partition `p`, then
     /// reads the whole partition (to its log end: on a new leader records above the high
     /// watermark are still the partition's history).
-    async fn replay(
-        &self,
-        p: u32,
-        part: &Arc<Partition>,
-        epoch: i32,
-    ) -> Result<HashMap<String, BTreeMap<(String, i32), Stored>>, String> {
+    async fn replay(&self, p: u32, part: &Arc<Partition>, epoch: i32) -> Result<Replayed, String> {
         let mut prefix = b"o/".to_vec();
         prefix.extend_from_slice(&p.to_be_bytes());
         let legacy = self
@@ -282,7 +319,7 @@ impl Coordinator {
                 epoch,
             };
             let pending = self
-                .append(&lead, &records)
+                .append(&lead, &records, None)
                 .map_err(|c| format!("error {c}"))?;
             pending.await.map_err(|c| format!("error {c}"))?;
             let mut end = prefix.clone();
@@ -306,29 +343,76 @@ impl Coordinator {
         }
         let part = part.clone();
         tokio::task::spawn_blocking(move || {
-            let mut groups: HashMap<String, BTreeMap<(String, i32), Stored>> = HashMap::new();
+            let mut r = Replayed::default();
             let mut next = part.offsets().log_start;
             loop {
                 let batches = part
                     .read_for_replica(next, REPLAY_CHUNK)
                     .map_err(|e| e.to_string())?;
                 if batches.is_empty() {
-                    return Ok(groups);
+                    r.groups.retain(|_, o| !o.is_empty());
+                    return Ok(r);
                 }
                 for raw in batches {
                     let h = batch::parse_header(&raw).map_err(|e| e.to_string())?;
                     next = h.last_offset() + 1;
+                    if h.is_control() {
+                        if let Ok(Some(commit)) = crate::protocol::marker::marker_kind(&raw) {
+                            let done = r.pending.remove(&h.producer_id).unwrap_or_default();
+                            for (group, topic, partition, offset, c) in
+                                done.into_iter().filter(|_| commit)
+                            {
+                                apply_commit(
+                                    r.groups.entry(group).or_default(),
+                                    topic,
+                                    partition,
+                                    offset,
+                                    c,
+                                );
+                            }
+                        }
+                        continue;
+                    }
                     for (offset, key, value) in offsets::decode_batch(raw)? {
+                        if let Some(id) = offsets::parse_txn_key(&key) {
+                            match value {
+                                Some(v) => {
+                                    let meta = serde_json::from_slice(&v)
+                                        .map_err(|e| format!("bad transaction state: {e}"))?;
+                                    r.txns.insert(id, meta);
+                                }
+                                None => {
+                                    r.txns.remove(&id);
+                                }
+                            }
+                            continue;
+                        }
                         let (group, topic, partition) =
                             offsets::parse_key(&key).ok_or("bad offsets record key")?;
-                        let offsets = groups.entry(group).or_default();
-                        match value.as_deref().map(Committed::decode) {
-                            Some(Some(c)) => {
-                                offsets.insert((topic, partition), (offset, c));
-                            }
+                        let commit = match value.as_deref().map(Committed::decode) {
+                            Some(Some(c)) => Some(c),
                             Some(None) => return Err("bad offsets record value".into()),
+                            None => None,
+                        };
+                        match commit {
+                            Some(c) if h.is_transactional() => {
+                                r.pending
+                                    .entry(h.producer_id)
+                                    .or_default()
+                                    .push((group, topic, partition, offset, c));
+                            }
+                            Some(c) => apply_commit(
+                                r.groups.entry(group).or_default(),
+                                topic,
+                                partition,
+                                offset,
+                                c,
+                            ),
                             None => {
-                                offsets.remove(&(topic, partition));
+                                r.groups
+                                    .entry(group)
+                                    .or_default()
+                                    .remove(&(topic, partition));
                             }
                         }
                     }
@@ -337,10 +421,6 @@ impl Coordinator {
         })
         .await
         .map_err(|e| e.to_string())?
-        .map(|mut groups| {
-            groups.retain(|_, o| !o.is_empty());
-            groups
-        })
     }
 
     /// Appends records to a led offsets partition now (so the log keeps the order of the
@@ -350,8 +430,9 @@ impl Coordinator {
         &self,
         lead: &Lead,
         records: &[OffsetRecord],
+        producer: Option<(i64, i16)>,
     ) -> Result<impl std::future::Future<Output = Result<i64, i16>> + Send + 'static, i16> {
-        let raw = offsets::encode_batch(records, now_ms())
+        let raw = offsets::encode_batch(records, producer, now_ms())
             .map_err(|_| ResponseError::UnknownServerError.code())?;
         let header =
             batch::validate_produced(&raw).map_err(|_| ResponseError::UnknownServerError.code())?;
@@ -388,7 +469,7 @@ impl Coordinator {
         }
         by_partition
             .into_iter()
-            .map(|(p, records)| self.append(&self.lead_partition(st, p)?, &records))
+            .map(|(p, records)| self.append(&self.lead_partition(st, p)?, &records, None))
             .collect()
     }
 
@@ -516,7 +597,7 @@ impl Coordinator {
                 .iter()
                 .map(|(t, p, c)| (offsets::key(group_id, t, *p), Some(c.encode())))
                 .collect();
-            (self.append(&lead, &records)?, lead.epoch)
+            (self.append(&lead, &records, None)?, lead.epoch)
         };
         let (pending, epoch) = pending;
         let base = pending.await?;
@@ -529,11 +610,7 @@ impl Coordinator {
                 .entry(group_id.to_string())
                 .or_insert_with(|| Entry::new(group_id));
             for (i, (t, p, c)) in commits.into_iter().enumerate() {
-                let offset = base + i as i64;
-                let slot = entry.offsets.entry((t, p)).or_insert((offset, c.clone()));
-                if slot.0 <= offset {
-                    *slot = (offset, c);
-                }
+                apply_commit(&mut entry.offsets, t, p, base + i as i64, c);
             }
         }
         Ok(())

@@ -59,6 +59,20 @@ pub fn key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
     k
 }
 
+/// Key of a transactional id's state (stored with the groups of the same partition).
+pub fn txn_key(transactional_id: &str) -> Vec<u8> {
+    let mut k = b"t/".to_vec();
+    k.extend_from_slice(&offsets_partition(transactional_id).to_be_bytes());
+    k.extend_from_slice(transactional_id.as_bytes());
+    k
+}
+
+/// The transactional id of a [`txn_key`], `None` for any other key.
+pub fn parse_txn_key(k: &[u8]) -> Option<String> {
+    let rest = k.strip_prefix(b"t/")?;
+    String::from_utf8(rest.get(4..)?.to_vec()).ok()
+}
+
 /// Parses a key back into (group, topic, partition).
 pub fn parse_key(k: &[u8]) -> Option<(String, String, i32)> {
     let rest = k.strip_prefix(b"o/")?;
@@ -74,20 +88,32 @@ pub fn parse_key(k: &[u8]) -> Option<(String, String, i32)> {
 /// A record of the offsets topic: key and value (`None` deletes the key).
 pub type OffsetRecord = (Vec<u8>, Option<Vec<u8>>);
 
-/// Encodes records as one uncompressed v2 batch without a producer id.
-pub fn encode_batch(records: &[OffsetRecord], now_ms: i64) -> Result<Bytes, String> {
+/// Encodes records as one uncompressed v2 batch: plain, or part of a producer's
+/// transaction (`producer`: id and epoch; no sequence, as Kafka's coordinator writes them).
+pub fn encode_batch(
+    records: &[OffsetRecord],
+    producer: Option<(i64, i16)>,
+    now_ms: i64,
+) -> Result<Bytes, String> {
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
     let recs: Vec<Record> = records
         .iter()
         .enumerate()
         .map(|(i, (k, v))| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id,
+            producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: i as i32,
+            // The encoder keeps offset - sequence constant within a batch: a base
+            // sequence of -1 (none) means -1 + i for the record at offset i.
+            sequence: if producer.is_some() {
+                i as i32 - 1
+            } else {
+                i as i32
+            },
             timestamp: now_ms,
             key: Some(Bytes::copy_from_slice(k)),
             value: v.as_deref().map(Bytes::copy_from_slice),
@@ -177,7 +203,7 @@ mod tests {
             (key("g", "t", 0), Some(b"v1".to_vec())),
             (key("g", "t", 1), None),
         ];
-        let raw = encode_batch(&recs, 5).unwrap();
+        let raw = encode_batch(&recs, None, 5).unwrap();
         let back = decode_batch(raw).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].0, 0);

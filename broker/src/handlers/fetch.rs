@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName,
+};
 use tokio::time::Instant;
 
 use super::{leader_check, Broker};
@@ -50,6 +54,8 @@ impl Broker {
             req.max_bytes as usize
         };
         let min_bytes = req.min_bytes.max(0) as usize;
+        // read_committed: stop at the last stable offset and name the aborted transactions.
+        let committed = req.isolation_level == 1;
         let deadline =
             Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
         loop {
@@ -59,7 +65,9 @@ impl Broker {
             notified.as_mut().enable();
             let this = self.clone();
             let w = wanted.clone();
-            let read = tokio::task::spawn_blocking(move || this.read_fetch(&w, max_bytes)).await;
+            let read =
+                tokio::task::spawn_blocking(move || this.read_fetch(&w, max_bytes, committed))
+                    .await;
             let (responses, total, any_error) = match read {
                 Ok(r) => r,
                 Err(_) => {
@@ -115,6 +123,7 @@ impl Broker {
         &self,
         wanted: &[(TopicName, Vec<Wanted>)],
         max_bytes: usize,
+        committed: bool,
     ) -> (Vec<FetchableTopicResponse>, usize, bool) {
         let mut total = 0usize;
         let mut any_error = false;
@@ -140,7 +149,7 @@ impl Broker {
                 let offsets = part.offsets();
                 pd = pd
                     .with_high_watermark(offsets.high_watermark)
-                    .with_last_stable_offset(offsets.high_watermark)
+                    .with_last_stable_offset(part.last_stable_offset())
                     .with_log_start_offset(offsets.log_start);
                 let epoch_err = leader_check(&part, w.leader_epoch);
                 if epoch_err != 0 {
@@ -153,11 +162,27 @@ impl Broker {
                     partitions.push(pd);
                     continue;
                 }
-                match part.read(w.offset, budget.max(1)) {
+                match part.read(w.offset, budget.max(1), committed) {
                     Ok(batches) => {
                         let size: usize = batches.iter().map(|b| b.len()).sum();
                         // Only the first data in a response may exceed the limits.
                         if size > 0 && (total == 0 || size <= budget) {
+                            let last = batches
+                                .last()
+                                .and_then(|b| batch::parse_header(b).ok())
+                                .map_or(w.offset, |h| h.last_offset());
+                            if committed {
+                                let aborted = part
+                                    .aborted_in(w.offset, last)
+                                    .into_iter()
+                                    .map(|a| {
+                                        AbortedTransaction::default()
+                                            .with_producer_id(ProducerId(a.producer_id))
+                                            .with_first_offset(a.first_offset)
+                                    })
+                                    .collect();
+                                pd = pd.with_aborted_transactions(Some(aborted));
+                            }
                             let mut buf = BytesMut::with_capacity(size);
                             for b in &batches {
                                 buf.extend_from_slice(b);

@@ -93,10 +93,10 @@ impl Broker {
         req: FindCoordinatorRequest,
         version: i16,
     ) -> FindCoordinatorResponse {
-        // Transactions have no coordinator yet.
+        // Groups (0) and transactional ids (1) share the offsets partitions' leaders.
         let lookup = |key: &str| {
-            if req.key_type != 0 {
-                Err(ResponseError::CoordinatorNotAvailable.code())
+            if req.key_type > 1 {
+                Err(ResponseError::InvalidRequest.code())
             } else {
                 self.group_coordinator(key)
             }

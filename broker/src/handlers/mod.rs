@@ -12,6 +12,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod reassign;
+pub mod txn;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -71,6 +72,8 @@ pub struct Broker {
     pub leader_throttle: crate::replication::throttle::Throttle,
     /// Throttle of replication traffic this broker fetches for its throttled replicas.
     pub follower_throttle: crate::replication::throttle::Throttle,
+    /// One lock per transactional id coordinated here: its requests run one at a time.
+    txn_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn ready(r: Result<Option<Bytes>, EncodeError>) -> Reply {
@@ -149,6 +152,7 @@ impl Broker {
             stopping: tokio::sync::watch::Sender::new(false),
             leader_throttle: Default::default(),
             follower_throttle: Default::default(),
+            txn_locks: Default::default(),
         }))
     }
 
@@ -274,6 +278,10 @@ impl Broker {
             Body::ListGroups(req) => now!(self.list_groups(req, v)),
             Body::DeleteGroups(req) => now!(self.delete_groups(req).await),
             Body::OffsetDelete(req) => now!(self.offset_delete(req).await),
+            Body::AddPartitionsToTxn(req) => now!(self.add_partitions_to_txn(req).await),
+            Body::AddOffsetsToTxn(req) => now!(self.add_offsets_to_txn(req).await),
+            Body::EndTxn(req) => now!(self.end_txn(req).await),
+            Body::TxnOffsetCommit(req) => now!(self.txn_offset_commit(req).await),
         };
         Ok(self.observe(name, started, reply))
     }
@@ -344,6 +352,10 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::ListGroups => "ListGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
         ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",
+        ApiKey::AddOffsetsToTxn => "AddOffsetsToTxn",
+        ApiKey::EndTxn => "EndTxn",
+        ApiKey::TxnOffsetCommit => "TxnOffsetCommit",
         _ => "Other",
     }
 }

@@ -29,6 +29,7 @@ impl Broker {
         version: i16,
     ) -> ListOffsetsResponse {
         let this = self.clone();
+        let committed = req.isolation_level == 1;
         let topics = tokio::task::spawn_blocking(move || {
             req.topics
                 .into_iter()
@@ -56,6 +57,7 @@ impl Broker {
                             }
                             let offsets = part.offsets();
                             let found = match p.timestamp {
+                                LATEST if committed => Ok(Some((part.last_stable_offset(), -1))),
                                 LATEST => Ok(Some((offsets.high_watermark, -1))),
                                 EARLIEST => Ok(Some((offsets.log_start, -1))),
                                 MAX_TIMESTAMP => part.max_timestamp(),

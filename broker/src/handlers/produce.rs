@@ -207,8 +207,8 @@ fn check_batch(records: &[u8], max_message_bytes: usize) -> Result<batch::BatchH
         batch::BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat.code(),
         _ => ResponseError::CorruptMessage.code(),
     })?;
-    if header.is_control() || header.is_transactional() {
-        // Transactions are not supported; clients may not write control batches at all.
+    if header.is_control() {
+        // Only the transaction coordinator writes control batches (markers).
         return Err(ResponseError::InvalidRecord.code());
     }
     Ok(header)
@@ -253,7 +253,8 @@ pub(super) fn log_error_code(e: &LogError) -> i16 {
 }
 
 impl Broker {
-    /// InitProducerId for idempotent producers: a fresh id, or the same id with a bumped epoch.
+    /// InitProducerId: for idempotent producers a fresh id, or the same id with a bumped
+    /// epoch; with a transactional id, the transaction coordinator's answer.
     pub(super) async fn init_producer_id(
         &self,
         req: InitProducerIdRequest,
@@ -261,15 +262,21 @@ impl Broker {
         let resp = InitProducerIdResponse::default()
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
-        if req.transactional_id.is_some() {
-            // Transactions are not supported yet; idempotence without a transactional id is.
-            self.count_error(
-                ApiKey::InitProducerId,
-                ResponseError::TransactionalIdAuthorizationFailed.code(),
-            );
-            return resp.with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
-        }
         let (id, epoch) = (req.producer_id.0, req.producer_epoch);
+        if let Some(txn_id) = req.transactional_id.as_ref().filter(|t| !t.is_empty()) {
+            return match self
+                .init_transactional(txn_id.as_str(), req.transaction_timeout_ms, (id, epoch))
+                .await
+            {
+                Ok((id, epoch)) => resp
+                    .with_producer_id(ProducerId(id))
+                    .with_producer_epoch(epoch),
+                Err(code) => {
+                    self.count_error(ApiKey::InitProducerId, code);
+                    resp.with_error_code(code)
+                }
+            };
+        }
         // KIP-360: a known producer asking again gets its epoch bumped.
         let known = id >= 0 && id < self.cluster.image().next_producer_id;
         if known && (0..i16::MAX - 1).contains(&epoch) {
@@ -288,7 +295,7 @@ impl Broker {
 
     /// A producer id unique in the cluster: from this broker's block, reserving a new
     /// block through the controller when it is used up.
-    async fn allocate_producer_id(&self) -> Result<i64, i16> {
+    pub(super) async fn allocate_producer_id(&self) -> Result<i64, i16> {
         loop {
             {
                 let mut g = self.pids.lock().unwrap_or_else(|p| p.into_inner());

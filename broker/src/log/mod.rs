@@ -4,6 +4,7 @@ pub mod compaction;
 pub mod partition;
 pub mod producer;
 pub mod topic_config;
+pub mod txn;
 
 pub use partition::{
     now_ms, AppendOutcome, Appended, FollowerCheck, IsrChange, LogError, Offsets, Partition,

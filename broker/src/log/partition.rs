@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, Notify};
 use super::compaction::{self, Dirt, Fate};
 use super::producer::{BatchSeq, ProducerState, SeqCheck};
 use super::topic_config::TopicConfig;
+use super::txn::{Aborted, TxnChange, TxnIndex};
 use crate::cluster::image::PartitionState;
 use crate::protocol::batch::{self, BatchHeader, ATTR_LOG_APPEND_TIME};
 use crate::storage::{
@@ -150,6 +151,8 @@ struct State {
     last_sync_ms: i64,
     /// The cleaner's progress: everything below was compacted since the broker started.
     cleaned_to: i64,
+    /// Open and aborted transactions.
+    txns: TxnIndex,
 }
 
 /// A follower's progress as its leader sees it.
@@ -294,6 +297,28 @@ fn epoch_mutation(uid: u64, epoch: i32, start: i64) -> Mutation {
     }
 }
 
+fn open_txn_key(uid: u64, producer_id: i64) -> Vec<u8> {
+    let mut k = meta_key(b't', uid);
+    k.extend_from_slice(&producer_id.to_be_bytes());
+    k
+}
+
+fn aborted_txn_key(uid: u64, marker_offset: i64) -> Vec<u8> {
+    let mut k = meta_key(b'a', uid);
+    k.extend_from_slice(&marker_offset.to_be_bytes());
+    k
+}
+
+fn aborted_txn_put(uid: u64, marker_offset: i64, a: Aborted) -> Mutation {
+    let mut v = a.producer_id.to_be_bytes().to_vec();
+    v.extend_from_slice(&a.first_offset.to_be_bytes());
+    Mutation::Put {
+        cf: CF_META,
+        key: aborted_txn_key(uid, marker_offset),
+        value: v,
+    }
+}
+
 fn producer_key(uid: u64, producer_id: i64) -> Vec<u8> {
     let mut k = meta_key(b'p', uid);
     k.extend_from_slice(&producer_id.to_be_bytes());
@@ -341,6 +366,23 @@ impl Partition {
                 .ok_or_else(|| StorageError::Corrupt("producer state".into()))?;
             producers.insert(i64::from_be_bytes(pid_bytes), state);
         }
+        let corrupt = || StorageError::Corrupt("transaction index".into());
+        let be64 = |b: &[u8]| -> Result<i64, StorageError> {
+            Ok(i64::from_be_bytes(b.try_into().map_err(|_| corrupt())?))
+        };
+        let mut txns = TxnIndex::default();
+        let prefix = meta_key(b't', uid);
+        for (k, v) in store.scan_prefix(CF_META, &prefix)? {
+            txns.open.insert(be64(&k[prefix.len()..])?, be64(&v)?);
+        }
+        let prefix = meta_key(b'a', uid);
+        for (k, v) in store.scan_prefix(CF_META, &prefix)? {
+            let a = Aborted {
+                producer_id: be64(v.get(..8).ok_or_else(corrupt)?)?,
+                first_offset: be64(v.get(8..).ok_or_else(corrupt)?)?,
+            };
+            txns.aborted.insert(be64(&k[prefix.len()..])?, a);
+        }
         let mut epochs = BTreeMap::new();
         let prefix = meta_key(b'e', uid);
         for (k, v) in store.scan_prefix(CF_META, &prefix)? {
@@ -379,6 +421,7 @@ impl Partition {
                 unsynced_records: 0,
                 last_sync_ms: 0,
                 cleaned_to: 0,
+                txns,
             }),
             replicas: Mutex::new(Replicas {
                 leader: -1,
@@ -846,6 +889,7 @@ impl Partition {
                 });
                 st.segments.insert(seg_base, seg);
                 mutations.extend(self.record_producer(&mut st, &header, base, now));
+                mutations.extend(self.note_txn(&mut st, &header, &raw, base));
                 st.next_offset = last + 1;
                 count += 1;
             }
@@ -949,6 +993,8 @@ impl Partition {
                     });
                 }
             }
+            st.txns.truncate(cut);
+            m.extend(self.txn_rewrite(&st));
             st.next_offset = cut;
             self.store.queue(m, true)
         };
@@ -972,16 +1018,28 @@ impl Partition {
             return None;
         }
         let prev = st.producers.remove(&header.producer_id);
-        let ps = ProducerState::record(
-            prev,
-            header.producer_epoch,
-            BatchSeq {
-                first_seq: header.base_sequence,
-                last_seq: header.last_sequence(),
-                base_offset: base,
-            },
-            now,
-        );
+        let ps = if header.is_control() || header.base_sequence < 0 {
+            // No sequence (a marker): it only moves the epoch, fencing older ones.
+            match prev {
+                Some(p) if p.epoch >= header.producer_epoch => p,
+                _ => ProducerState {
+                    epoch: header.producer_epoch,
+                    batches: Default::default(),
+                    last_update_ms: now,
+                },
+            }
+        } else {
+            ProducerState::record(
+                prev,
+                header.producer_epoch,
+                BatchSeq {
+                    first_seq: header.base_sequence,
+                    last_seq: header.last_sequence(),
+                    base_offset: base,
+                },
+                now,
+            )
+        };
         let m = Mutation::Put {
             cf: CF_META,
             key: producer_key(self.uid, header.producer_id),
@@ -989,6 +1047,73 @@ impl Partition {
         };
         st.producers.insert(header.producer_id, ps);
         Some(m)
+    }
+
+    /// Notes a transactional batch (data or marker) stored at `base` in the transaction
+    /// index; returns the writes to persist.
+    fn note_txn(
+        &self,
+        st: &mut State,
+        header: &BatchHeader,
+        raw: &[u8],
+        base: i64,
+    ) -> Vec<Mutation> {
+        if !header.is_transactional() {
+            return Vec::new();
+        }
+        let marker = if header.is_control() {
+            match riffle_protocol::marker::marker_kind(raw) {
+                Ok(Some(commit)) => Some(commit),
+                _ => return Vec::new(),
+            }
+        } else {
+            None
+        };
+        match st.txns.note(header.producer_id, true, marker, base) {
+            Some(TxnChange::Opened(pid, first)) => vec![Mutation::Put {
+                cf: CF_META,
+                key: open_txn_key(self.uid, pid),
+                value: first.to_be_bytes().to_vec(),
+            }],
+            Some(TxnChange::Closed {
+                producer_id,
+                aborted,
+            }) => {
+                let mut m = vec![Mutation::Delete {
+                    cf: CF_META,
+                    key: open_txn_key(self.uid, producer_id),
+                }];
+                m.extend(aborted.map(|(a, at)| aborted_txn_put(self.uid, at, a)));
+                m
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The transaction index rewritten whole (after a truncation).
+    fn txn_rewrite(&self, st: &State) -> Vec<Mutation> {
+        let mut m = Vec::new();
+        for tag in [b't', b'a'] {
+            let from = meta_key(tag, self.uid);
+            let mut to = from.clone();
+            to.push(0xff);
+            m.push(Mutation::DeleteRange {
+                cf: CF_META,
+                from,
+                to,
+            });
+        }
+        for (&pid, &first) in &st.txns.open {
+            m.push(Mutation::Put {
+                cf: CF_META,
+                key: open_txn_key(self.uid, pid),
+                value: first.to_be_bytes().to_vec(),
+            });
+        }
+        for (&at, &a) in &st.txns.aborted {
+            m.push(aborted_txn_put(self.uid, at, a));
+        }
+        m
     }
 
     /// Removes epochs starting at or after `offset`; returns the deletions to persist.
@@ -1018,6 +1143,7 @@ impl Partition {
             st.segments.clear();
             st.producers.clear();
             st.epochs.clear();
+            st.txns = TxnIndex::default();
             st.log_start = log_start;
             st.next_offset = log_start;
             m.push(Mutation::Put {
@@ -1105,7 +1231,14 @@ impl Partition {
         if st.role != Role::Leader {
             return AppendOutcome::Done(Err(LogError::NotLeader));
         }
-        if header.is_idempotent() {
+        if header.is_control() || (header.is_idempotent() && header.base_sequence < 0) {
+            // Markers and the coordinator's transactional offset commits carry no
+            // sequence: they only must not come from a fenced epoch.
+            let current = st.producers.get(&header.producer_id);
+            if current.is_some_and(|p| p.epoch > header.producer_epoch) {
+                return AppendOutcome::Done(Err(LogError::InvalidProducerEpoch));
+            }
+        } else if header.is_idempotent() {
             let current = st.producers.get(&header.producer_id);
             match ProducerState::check(
                 current,
@@ -1185,6 +1318,7 @@ impl Partition {
             },
         ];
         mutations.extend(self.record_producer(&mut st, header, base, now));
+        mutations.extend(self.note_txn(&mut st, header, raw, base));
         // `flush.messages` / `flush.ms` ask for a sync beyond the broker's fsync policy.
         st.unsynced_records += i64::from(header.record_count);
         let sync = sync
@@ -1225,9 +1359,15 @@ impl Partition {
         AppendOutcome::Pending(rx)
     }
 
-    /// Reads whole batches from `offset` up to the high watermark, at most about `max_bytes`
-    /// (the first batch is returned whole). Blocking: call off the async reactor.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, LogError> {
+    /// Reads whole batches from `offset` up to the high watermark (`committed`: up to the
+    /// last stable offset), at most about `max_bytes` (the first batch is returned whole).
+    /// Blocking: call off the async reactor.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        committed: bool,
+    ) -> Result<Vec<Bytes>, LogError> {
         let Offsets {
             log_start,
             high_watermark,
@@ -1235,12 +1375,38 @@ impl Partition {
         if offset < log_start || offset > high_watermark {
             return Err(LogError::OffsetOutOfRange);
         }
-        if offset == high_watermark {
+        let end = if committed {
+            self.last_stable_offset()
+        } else {
+            high_watermark
+        };
+        if offset >= end {
             return Ok(Vec::new());
         }
-        Ok(self
-            .store
-            .read_batches(self.uid, offset, high_watermark, max_bytes)?)
+        Ok(self.store.read_batches(self.uid, offset, end, max_bytes)?)
+    }
+
+    /// Last stable offset: the first offset of the oldest open transaction, or the high
+    /// watermark when none is open.
+    pub fn last_stable_offset(&self) -> i64 {
+        let first_open = self.lock().txns.first_unstable();
+        let hw = self.high_watermark.load(Ordering::Acquire);
+        first_open.map_or(hw, |f| f.min(hw))
+    }
+
+    /// Aborted transactions with records in `[from, to]` (for `read_committed` fetches).
+    pub fn aborted_in(&self, from: i64, to: i64) -> Vec<Aborted> {
+        self.lock().txns.aborted_in(from, to)
+    }
+
+    /// Producers with a transaction open here, with its first offset.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.lock()
+            .txns
+            .open
+            .iter()
+            .map(|(&p, &f)| (p, f))
+            .collect()
     }
 
     /// First record with a timestamp at or after `ts` (offset, timestamp). Blocking.
@@ -1518,6 +1684,17 @@ impl Partition {
             key: meta_key(b's', self.uid),
             value: st.log_start.to_be_bytes().to_vec(),
         });
+        let gone: Vec<i64> = st
+            .txns
+            .aborted
+            .range(..st.log_start)
+            .map(|(&at, _)| at)
+            .collect();
+        st.txns.trim(st.log_start);
+        mutations.extend(gone.into_iter().map(|at| Mutation::Delete {
+            cf: CF_META,
+            key: aborted_txn_key(self.uid, at),
+        }));
         mutations
     }
 
@@ -1539,6 +1716,16 @@ impl Partition {
                 cf: CF_META,
                 from: meta_key(b'p', self.uid),
                 to: meta_key(b'p', self.uid.wrapping_add(1)),
+            },
+            Mutation::DeleteRange {
+                cf: CF_META,
+                from: meta_key(b't', self.uid),
+                to: meta_key(b't', self.uid.wrapping_add(1)),
+            },
+            Mutation::DeleteRange {
+                cf: CF_META,
+                from: meta_key(b'a', self.uid),
+                to: meta_key(b'a', self.uid.wrapping_add(1)),
             },
             Mutation::Delete {
                 cf: CF_META,

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::handlers::Broker;
 use crate::log::{FollowerCheck, LogError, Partition};
-use crate::rpc::{FetchRequest, FetchResponse, FetchedPartition, Replication};
+use crate::rpc::{Envelope, FetchRequest, FetchResponse, FetchedPartition, Replication};
 
 use super::throttle;
 
@@ -50,6 +50,20 @@ fn code(e: &LogError) -> i32 {
 
 #[tonic::async_trait]
 impl Replication for ReplicationService {
+    async fn write_markers(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let env = req.into_inner();
+        let b = &self.broker;
+        b.cluster.cluster_id.check(&env.cluster_id)?;
+        let markers: crate::handlers::txn::Markers = serde_json::from_slice(&env.payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable markers: {e}")))?;
+        let results = b.write_markers_here(&markers).await;
+        let payload = serde_json::to_vec(&results).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Envelope {
+            cluster_id: b.cluster.cluster_id.get(),
+            payload: payload.into(),
+        }))
+    }
+
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
         let req = req.into_inner();
         let b = &self.broker;

@@ -1,0 +1,161 @@
+//! Transactions as one partition sees them: which producers have a transaction open
+//! (from their first transactional batch to their marker), where the last stable offset
+//! is, and which ranges were aborted (what `read_committed` consumers must drop).
+
+use std::collections::BTreeMap;
+
+/// An aborted transaction's range on a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aborted {
+    /// The producer.
+    pub producer_id: i64,
+    /// Its first offset in the transaction.
+    pub first_offset: i64,
+}
+
+/// What a batch did to the index (what to persist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnChange {
+    /// A producer's transaction opened at this offset.
+    Opened(i64, i64),
+    /// A producer's transaction ended; an abort leaves its range at the marker's offset.
+    Closed {
+        /// Producer.
+        producer_id: i64,
+        /// The aborted range and the marker offset, for an abort of an open transaction.
+        aborted: Option<(Aborted, i64)>,
+    },
+}
+
+/// Open and aborted transactions of a partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TxnIndex {
+    /// Producer id → first offset of its open transaction.
+    pub open: BTreeMap<i64, i64>,
+    /// Aborted transactions by the offset of their abort marker.
+    pub aborted: BTreeMap<i64, Aborted>,
+}
+
+impl TxnIndex {
+    /// Notes a batch stored at `base`: a transactional data batch opens its producer's
+    /// transaction (if not open yet); a marker (`Some(commit)`) at `base` closes it.
+    pub fn note(
+        &mut self,
+        producer_id: i64,
+        transactional: bool,
+        marker: Option<bool>,
+        base: i64,
+    ) -> Option<TxnChange> {
+        match marker {
+            Some(commit) => {
+                let first = self.open.remove(&producer_id);
+                let aborted = first.filter(|_| !commit).map(|first_offset| {
+                    let a = Aborted {
+                        producer_id,
+                        first_offset,
+                    };
+                    self.aborted.insert(base, a);
+                    (a, base)
+                });
+                Some(TxnChange::Closed {
+                    producer_id,
+                    aborted,
+                })
+            }
+            None if transactional && !self.open.contains_key(&producer_id) => {
+                self.open.insert(producer_id, base);
+                Some(TxnChange::Opened(producer_id, base))
+            }
+            None => None,
+        }
+    }
+
+    /// The first offset of the oldest open transaction: nothing at or above it is stable.
+    pub fn first_unstable(&self) -> Option<i64> {
+        self.open.values().min().copied()
+    }
+
+    /// Aborted transactions with records in `[from, to]`, as `(producer, first offset)`.
+    pub fn aborted_in(&self, from: i64, to: i64) -> Vec<Aborted> {
+        self.aborted
+            .range(from..)
+            .map(|(_, a)| *a)
+            .filter(|a| a.first_offset <= to)
+            .collect()
+    }
+
+    /// Forgets what lies at or above `cut` (a truncated log): transactions opened there,
+    /// and aborts whose marker is gone (their transaction is open again).
+    pub fn truncate(&mut self, cut: i64) {
+        self.open.retain(|_, &mut first| first < cut);
+        for (_, a) in self.aborted.split_off(&cut) {
+            if a.first_offset < cut {
+                self.open.insert(a.producer_id, a.first_offset);
+            }
+        }
+    }
+
+    /// Forgets aborts whose marker lies below `log_start` (deleted by retention).
+    pub fn trim(&mut self, log_start: i64) {
+        self.aborted = self.aborted.split_off(&log_start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_commit_abort_and_the_last_stable_offset() {
+        let mut t = TxnIndex::default();
+        assert_eq!(t.note(7, false, None, 0), None, "not transactional");
+        assert_eq!(t.note(1, true, None, 10), Some(TxnChange::Opened(1, 10)));
+        assert_eq!(t.note(1, true, None, 12), None, "already open");
+        assert_eq!(t.note(2, true, None, 11), Some(TxnChange::Opened(2, 11)));
+        assert_eq!(t.first_unstable(), Some(10));
+        assert_eq!(
+            t.note(1, true, Some(true), 13),
+            Some(TxnChange::Closed {
+                producer_id: 1,
+                aborted: None
+            })
+        );
+        assert_eq!(t.first_unstable(), Some(11));
+        let a = Aborted {
+            producer_id: 2,
+            first_offset: 11,
+        };
+        assert_eq!(
+            t.note(2, true, Some(false), 14),
+            Some(TxnChange::Closed {
+                producer_id: 2,
+                aborted: Some((a, 14))
+            })
+        );
+        assert_eq!(t.first_unstable(), None);
+        assert_eq!(t.aborted_in(0, 10), Vec::new());
+        assert_eq!(t.aborted_in(0, 11), vec![a]);
+        assert_eq!(t.aborted_in(14, 20), vec![a]);
+        assert_eq!(t.aborted_in(15, 20), Vec::new());
+    }
+
+    #[test]
+    fn truncation_reopens_and_retention_trims() {
+        let mut t = TxnIndex::default();
+        t.note(1, true, None, 5);
+        t.note(1, true, Some(false), 8);
+        t.note(2, true, None, 9);
+        t.truncate(8);
+        assert_eq!(
+            t.open,
+            BTreeMap::from([(1, 5)]),
+            "abort marker cut: open again"
+        );
+        assert!(t.aborted.is_empty());
+        t.note(1, true, Some(false), 8);
+        t.trim(8);
+        assert_eq!(t.aborted.len(), 1);
+        t.trim(9);
+        assert!(t.aborted.is_empty());
+    }
+}

@@ -1,0 +1,234 @@
+"""Transactions (exactly-once) with real brokers and clients.
+
+confluent-kafka's transactional producer commits and aborts transactions over several
+partitions: a `read_committed` consumer sees exactly the committed records, in order,
+once, while a `read_uncommitted` one sees everything; an open transaction holds the last
+stable offset (ListOffsets and fetches at `read_committed`) back until it ends.
+Consume-transform-produce with `send_offsets_to_transaction` (aborts mixed in, the
+consumer rewinding to its committed offsets) yields every input exactly once in the
+output, and the group's offsets move only with committed transactions. A second
+producer with the same `transactional.id` fences the first and aborts its open
+transaction; a transaction left open past `transaction.timeout.ms` is aborted by the
+coordinator. On a 3-broker cluster the coordinator's broker and a partition leader are
+killed mid-stream: every transaction is there whole or not at all, and every committed
+one is there.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from helpers import unique_topic, wait_until
+
+
+def is_cluster(target) -> bool:
+    return hasattr(target, "ids")
+
+
+def new_topic(target, partitions=3, prefix="txn") -> str:
+    name = unique_topic(prefix)
+    rf = 3 if is_cluster(target) else 1
+    admin = AdminClient({"bootstrap.servers": target.bootstrap})
+    admin.create_topics([NewTopic(name, partitions, rf)])[name].result(30)
+    if is_cluster(target):
+        for p in range(partitions):
+            target.wait_leader(name, p, timeout=30)
+    return name
+
+
+def txn_producer(target, txn_id, **conf) -> Producer:
+    p = Producer({"bootstrap.servers": target.bootstrap, "transactional.id": txn_id,
+                  "linger.ms": 5, "broker.address.family": "v4", **conf})
+    p.init_transactions(30)
+    return p
+
+
+def consumer(target, isolation, group=None, **conf) -> Consumer:
+    return Consumer({"bootstrap.servers": target.bootstrap, "broker.address.family": "v4",
+                     "group.id": group or unique_topic("txn-reader"),
+                     "isolation.level": isolation, "enable.auto.commit": False,
+                     "auto.offset.reset": "earliest", **conf})
+
+
+def read_all(target, topic, partitions, isolation, timeout=30.0) -> dict[int, list]:
+    """Every record a consumer at ``isolation`` reads from offset 0 up to the end it is
+    allowed to see: {partition: [(offset, key, value)]}."""
+    c = consumer(target, isolation)
+    try:
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=20, cached=False)[1]
+                for p in range(partitions)}
+        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        got = {p: [] for p in range(partitions)}
+        deadline = time.monotonic() + timeout
+
+        def done():
+            pos = c.position([TopicPartition(topic, p) for p in range(partitions)])
+            return all(tp.offset >= ends[tp.partition] for tp in pos)
+        while not done():
+            assert time.monotonic() < deadline, f"{isolation}: not at {ends} in {timeout}s"
+            for m in c.consume(500, 0.5):
+                assert not m.error(), m.error()
+                got[m.partition()].append((m.offset(), m.key(), m.value()))
+        return got
+    finally:
+        c.close()
+
+
+def values(got) -> list[bytes]:
+    return [v for recs in got.values() for _, _, v in recs]
+
+
+def produce_txn(p, topic, tag, n, partitions, commit=True):
+    p.begin_transaction()
+    for i in range(n):
+        p.produce(topic, key=f"{i}".encode(), value=f"{tag}-{i:04d}".encode(),
+                  partition=i % partitions)
+    if commit:
+        p.commit_transaction(30)
+    else:
+        p.flush(30)
+        p.abort_transaction(30)
+
+
+def test_read_committed_sees_exactly_the_committed_transactions(target):
+    topic = new_topic(target)
+    p = txn_producer(target, unique_topic("tid"))
+    produce_txn(p, topic, "c1", 60, 3)
+    produce_txn(p, topic, "a1", 45, 3, commit=False)
+    produce_txn(p, topic, "c2", 60, 3)
+    produce_txn(p, topic, "a2", 30, 3, commit=False)
+    committed = read_all(target, topic, 3, "read_committed")
+    everything = read_all(target, topic, 3, "read_uncommitted")
+    for part in range(3):
+        want = [f"{tag}-{i:04d}".encode() for tag, n in (("c1", 60), ("c2", 60))
+                for i in range(n) if i % 3 == part]
+        assert [v for _, _, v in committed[part]] == want, f"partition {part}"
+        offsets = [o for o, _, _ in committed[part]]
+        assert offsets == sorted(set(offsets))
+    assert len(values(everything)) == 60 + 45 + 60 + 30
+    assert {v.split(b"-")[0] for v in values(everything)} == {b"c1", b"a1", b"c2", b"a2"}
+
+    # An open transaction holds the last stable offset back; its end releases it.
+    p.begin_transaction()
+    for i in range(10):
+        p.produce(topic, value=f"open-{i}".encode(), partition=0)
+    p.flush(30)
+    rc, ru = consumer(target, "read_committed"), consumer(target, "read_uncommitted")
+    try:
+        tp = TopicPartition(topic, 0)
+        hw = ru.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+        lso = rc.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+        assert lso == hw - 10, (lso, hw)
+        assert not [v for _, _, v in read_all(target, topic, 3, "read_committed")[0]
+                    if v.startswith(b"open")]
+        p.commit_transaction(30)
+        wait_until(lambda: rc.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+                   == ru.get_watermark_offsets(tp, timeout=10, cached=False)[1],
+                   timeout=10, message="the LSO to reach the high watermark")
+    finally:
+        rc.close()
+        ru.close()
+    opened = [v for _, _, v in read_all(target, topic, 3, "read_committed")[0]
+              if v.startswith(b"open")]
+    assert opened == [f"open-{i}".encode() for i in range(10)]
+
+
+def test_consume_transform_produce_is_exactly_once(target):
+    source, sink = new_topic(target, 2, "ctp-in"), new_topic(target, 2, "ctp-out")
+    plain = Producer({"bootstrap.servers": target.bootstrap, "broker.address.family": "v4",
+                      "enable.idempotence": True})
+    for i in range(300):
+        plain.produce(source, value=f"in-{i:04d}".encode(), partition=i % 2)
+    assert plain.flush(30) == 0
+    group = unique_topic("ctp-group")
+    c = consumer(target, "read_committed", group)
+    c.subscribe([source])
+    p = txn_producer(target, unique_topic("ctp-tid"))
+    rounds = aborted = 0
+    done = set()
+    deadline = time.monotonic() + 90
+    try:
+        while len(done) < 300:
+            assert time.monotonic() < deadline, f"only {len(done)} inputs processed"
+            msgs = [m for m in c.consume(40, 1.0) if not m.error()]
+            if not msgs:
+                continue
+            rounds += 1
+            p.begin_transaction()
+            for m in msgs:
+                p.produce(sink, value=m.value().upper(), partition=m.partition())
+            p.send_offsets_to_transaction(c.position(c.assignment()),
+                                          c.consumer_group_metadata(), 30)
+            if rounds % 3 == 0:
+                # Aborted once on the broker: nothing of it counts; rewind to the
+                # committed offsets.
+                p.flush(30)
+                p.abort_transaction(30)
+                aborted += 1
+                for tp in c.committed(c.assignment(), timeout=10):
+                    c.seek(TopicPartition(tp.topic, tp.partition,
+                                          tp.offset if tp.offset >= 0 else 0))
+            else:
+                p.commit_transaction(30)
+                done.update(m.value() for m in msgs)
+    finally:
+        c.close()
+    assert aborted > 0
+    out = values(read_all(target, sink, 2, "read_committed"))
+    assert sorted(out) == sorted(f"IN-{i:04d}".encode() for i in range(300)), \
+        "every input exactly once"
+    assert len(values(read_all(target, sink, 2, "read_uncommitted"))) > 300, "aborted writes"
+    check = consumer(target, "read_committed", group)
+    try:
+        committed = check.committed([TopicPartition(source, i) for i in range(2)], timeout=10)
+        assert [tp.offset for tp in committed] == [150, 150]
+    finally:
+        check.close()
+
+
+def test_a_new_producer_fences_the_old_one_and_aborts_its_transaction(target):
+    topic = new_topic(target, 1)
+    tid = unique_topic("zombie")
+    old = txn_producer(target, tid)
+    old.begin_transaction()
+    for i in range(5):
+        old.produce(topic, value=f"zombie-{i}".encode(), partition=0)
+    old.flush(30)
+    new = txn_producer(target, tid)
+    produce_txn(new, topic, "new", 5, 1)
+    with pytest.raises(KafkaException) as info:
+        old.produce(topic, value=b"zombie-late", partition=0)
+        old.commit_transaction(30)
+    err = info.value.args[0]
+    assert err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                          KafkaError.INVALID_PRODUCER_EPOCH), err
+    assert values(read_all(target, topic, 1, "read_committed")) == \
+        [f"new-{i:04d}".encode() for i in range(5)]
+
+
+def test_an_expired_transaction_is_aborted_by_the_coordinator(target):
+    topic = new_topic(target, 1)
+    p = txn_producer(target, unique_topic("slow"), **{"transaction.timeout.ms": 2000})
+    p.begin_transaction()
+    for i in range(5):
+        p.produce(topic, value=f"late-{i}".encode(), partition=0)
+    p.flush(30)
+    rc, ru = consumer(target, "read_committed"), consumer(target, "read_uncommitted")
+    tp = TopicPartition(topic, 0)
+    try:
+        t0 = time.monotonic()
+        wait_until(lambda: rc.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+                   == ru.get_watermark_offsets(tp, timeout=10, cached=False)[1] > 0,
+                   timeout=15, message="the coordinator to abort the expired transaction")
+        print(f"expired transaction aborted {time.monotonic() - t0:.1f}s after its last write "
+              f"(timeout 2 s, timer every 1 s)")
+    finally:
+        rc.close()
+        ru.close()
+    assert values(read_all(target, topic, 1, "read_committed")) == []
+    with pytest.raises(KafkaException):
+        p.commit_transaction(30)
