@@ -43,6 +43,7 @@ import org.apache.kafka.common.config.ConfigResource;
 import org.apache.kafka.common.errors.InvalidReplicationFactorException;
 import org.apache.kafka.common.errors.InvalidTopicException;
 import org.apache.kafka.common.errors.NotEnoughReplicasException;
+import org.apache.kafka.common.errors.ProducerFencedException;
 import org.apache.kafka.common.errors.RecordTooLargeException;
 import org.apache.kafka.common.errors.TopicExistsException;
 import org.apache.kafka.common.errors.UnknownTopicOrPartitionException;
@@ -85,6 +86,7 @@ public final class ClientChecks {
                 case "static-membership" -> c.staticMembership();
                 case "admin" -> c.adminCalls();
                 case "errors" -> c.errors();
+                case "transactions" -> c.transactions();
                 default -> throw new IllegalArgumentException("no check " + args[2]);
             }
         } finally {
@@ -200,6 +202,110 @@ public final class ClientChecks {
     }
 
     // ---- checks -------------------------------------------------------------------------
+
+    /**
+     * Consume-transform-produce with sendOffsetsToTransaction, commits and aborts mixed: a
+     * read_committed consumer sees every input exactly once in the output, the group's
+     * offsets follow the committed transactions, and a second producer with the same
+     * transactional id fences the first.
+     */
+    private void transactions() throws Exception {
+        String in = newTopic(2, Map.of());
+        String out = newTopic(2, Map.of());
+        produce(in, 200, "in-");
+        String group = "java-eos-" + UUID.randomUUID().toString().substring(0, 8);
+        String txnId = "java-txn-" + UUID.randomUUID().toString().substring(0, 8);
+        Properties pp = producerProps();
+        pp.put(ProducerConfig.TRANSACTIONAL_ID_CONFIG, txnId);
+        Properties cp = consumerProps(group);
+        cp.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed");
+        cp.put(ConsumerConfig.MAX_POLL_RECORDS_CONFIG, "20");
+        int aborted = 0;
+        Set<String> done = new HashSet<>();
+        try (KafkaProducer<String, String> p = new KafkaProducer<>(pp);
+                KafkaConsumer<String, String> c = new KafkaConsumer<>(cp)) {
+            p.initTransactions();
+            c.subscribe(List.of(in));
+            long deadline = System.nanoTime() + Duration.ofSeconds(90).toNanos();
+            int round = 0;
+            while (done.size() < 200) {
+                check(System.nanoTime() < deadline, "processed only " + done.size());
+                var records = c.poll(Duration.ofMillis(500));
+                if (records.isEmpty()) {
+                    continue;
+                }
+                round++;
+                p.beginTransaction();
+                Map<TopicPartition, OffsetAndMetadata> next = new java.util.HashMap<>();
+                for (ConsumerRecord<String, String> r : records) {
+                    p.send(new ProducerRecord<>(out, r.partition(), r.key(), r.value().toUpperCase()));
+                    next.put(new TopicPartition(r.topic(), r.partition()),
+                            new OffsetAndMetadata(r.offset() + 1));
+                }
+                p.sendOffsetsToTransaction(next, c.groupMetadata());
+                if (round % 3 == 0) {
+                    p.flush();
+                    p.abortTransaction();
+                    aborted++;
+                    // Rewind to what the group committed.
+                    Map<TopicPartition, OffsetAndMetadata> committed = c.committed(c.assignment());
+                    for (TopicPartition tp : c.assignment()) {
+                        OffsetAndMetadata o = committed.get(tp);
+                        c.seek(tp, o == null ? 0 : o.offset());
+                    }
+                } else {
+                    p.commitTransaction();
+                    records.forEach(r -> done.add(r.value()));
+                }
+            }
+            Map<TopicPartition, OffsetAndMetadata> committed = c.committed(c.assignment());
+            long sum = committed.values().stream().mapToLong(OffsetAndMetadata::offset).sum();
+            check(sum == 200, "group offsets " + committed);
+        }
+        check(aborted > 0, "no transaction aborted");
+        Properties rp = consumerProps(null);
+        rp.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, "read_committed");
+        List<String> values = new ArrayList<>();
+        try (KafkaConsumer<String, String> c = new KafkaConsumer<>(rp)) {
+            List<TopicPartition> tps = List.of(new TopicPartition(out, 0), new TopicPartition(out, 1));
+            c.assign(tps);
+            c.seekToBeginning(tps);
+            long deadline = System.nanoTime() + Duration.ofSeconds(30).toNanos();
+            while (values.size() < 200 && System.nanoTime() < deadline) {
+                c.poll(Duration.ofMillis(200)).forEach(r -> values.add(r.value()));
+            }
+            // Nothing more arrives: aborted records stay hidden.
+            c.poll(Duration.ofSeconds(1)).forEach(r -> values.add(r.value()));
+        }
+        Set<String> expected = new HashSet<>();
+        for (int i = 0; i < 200; i++) {
+            expected.add(("in-" + i).toUpperCase());
+        }
+        check(values.size() == 200 && new HashSet<>(values).equals(expected),
+                "read_committed output: " + values.size() + " records");
+        System.out.println("  200 inputs, " + aborted + " transactions aborted, output exactly once");
+
+        // Zombie fencing: the newer producer wins.
+        try (KafkaProducer<String, String> old = new KafkaProducer<>(pp)) {
+            old.initTransactions();
+            old.beginTransaction();
+            old.send(new ProducerRecord<>(out, 0, "z", "zombie")).get();
+            try (KafkaProducer<String, String> fresh = new KafkaProducer<>(pp)) {
+                fresh.initTransactions();
+                // Its write is refused (an old epoch, abortable as with Kafka), and ending
+                // its transaction reveals it was fenced.
+                expect(org.apache.kafka.common.errors.InvalidProducerEpochException.class,
+                        failure(old.send(new ProducerRecord<>(out, 0, "z", "zombie-2"))));
+                Throwable got = null;
+                try {
+                    old.abortTransaction();
+                } catch (ProducerFencedException e) {
+                    got = e;
+                }
+                expect(ProducerFencedException.class, got);
+            }
+        }
+    }
 
     /** Every compression codec with every acks setting; keys, values and headers read back. */
     private void compressionAndAcks() throws Exception {

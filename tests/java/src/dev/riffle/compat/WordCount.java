@@ -104,6 +104,9 @@ public final class WordCount {
                 cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
                 cp.put(ConsumerConfig.GROUP_ID_CONFIG, id + "-check");
                 cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+                // Exactly-once output is read as committed transactions only.
+                cp.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG,
+                        guarantee.startsWith("exactly_once") ? "read_committed" : "read_uncommitted");
                 cp.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
                 cp.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, LongDeserializer.class.getName());
                 try (KafkaConsumer<String, Long> c = new KafkaConsumer<String, Long>(cp)) {
