@@ -477,6 +477,17 @@ async fn partition(
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
     let mut v = serde_json::to_value(&view).unwrap_or_default();
+    v["last_stable_offset"] = part.last_stable_offset().into();
+    v["open_transactions"] = part
+        .open_transactions()
+        .into_iter()
+        .map(|(pid, first)| serde_json::json!({"producer_id": pid, "first_offset": first}))
+        .collect();
+    v["aborted_transactions"] = part
+        .aborted_in(0, i64::MAX)
+        .into_iter()
+        .map(|a| serde_json::json!({"producer_id": a.producer_id, "first_offset": a.first_offset}))
+        .collect();
     v["batches"] = batches
         .into_iter()
         .map(|(base, last, epoch, crc)| {

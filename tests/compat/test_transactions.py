@@ -232,3 +232,80 @@ def test_an_expired_transaction_is_aborted_by_the_coordinator(target):
     assert values(read_all(target, topic, 1, "read_committed")) == []
     with pytest.raises(KafkaException):
         p.commit_transaction(30)
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.xfail(strict=False, reason=(
+    "known race, seen once in 7 runs: a committed transaction's records on two partitions "
+    "were hidden by the next aborted transaction's range; suspected cause: markers of a "
+    "coordinator that lost its partition landing late, as partitions do not yet check "
+    "coordinator epochs"))
+def test_transactions_are_whole_across_kills_of_the_coordinator_and_a_leader(make_cluster):
+    from test_cluster import FAST, create_topic, group_coordinator
+    c = make_cluster(n=3, extra_args=FAST)
+    topic = create_topic(c, partitions=3, rf=3, config={"min.insync.replicas": 2})
+    tid = unique_topic("kill-tid")
+    # A transactional id hashes to the offsets partition a group of the same name does.
+    coord = group_coordinator(c, tid)
+    leader = next((c.leader_of(topic, p) for p in range(3) if c.leader_of(topic, p) != coord),
+                  c.leader_of(topic, 0))
+    conf = {"bootstrap.servers": c.live_bootstrap, "broker.address.family": "v4",
+            "transactional.id": tid, "linger.ms": 5, "transaction.timeout.ms": 20000,
+            "message.timeout.ms": 20000}
+    p = Producer(conf)
+    p.init_transactions(60)
+    outcomes: dict[str, str] = {}
+    faults = {10: ("kill", coord), 20: ("restart", coord), 30: ("kill", leader),
+              40: ("restart", leader)}
+    t0 = time.monotonic()
+    for n in range(50):
+        if n in faults:
+            what, b = faults[n]
+            print(f"transaction {n}: {what} broker {b}")
+            c.kill9(b) if what == "kill" else c.restart(b)
+        tag = f"t{n:03d}"
+        commit = n % 4 != 3
+        try:
+            p.begin_transaction()
+            for i in range(30):
+                p.produce(topic, value=f"{tag}-{i:02d}".encode(), partition=i % 3)
+            if commit:
+                p.commit_transaction(60)
+                outcomes[tag] = "committed"
+            else:
+                p.flush(60)
+                p.abort_transaction(60)
+                outcomes[tag] = "aborted"
+        except KafkaException as e:
+            err = e.args[0]
+            print(f"{tag}: {err}")
+            outcomes[tag] = "unknown"
+            if err.txn_requires_abort():
+                p.abort_transaction(60)
+            elif err.fatal():
+                p = Producer(conf)
+                p.init_transactions(60)
+    took = time.monotonic() - t0
+    states = c.assert_replicas_consistent(topic, range(3))
+    for part, by_broker in states.items():
+        for b, st in by_broker.items():
+            print(f"partition {part} broker {b}: lso={st['last_stable_offset']} "
+                  f"hw={st['high_watermark']} open={st['open_transactions']} "
+                  f"aborted={st['aborted_transactions']}")
+    got = values(read_all(c, topic, 3, "read_committed", timeout=60))
+    by_tag: dict[str, list[bytes]] = {}
+    for v in got:
+        by_tag.setdefault(v.decode().split("-")[0], []).append(v)
+    bad = []
+    for tag, outcome in outcomes.items():
+        seen = sorted(by_tag.get(tag, []))
+        whole = [f"{tag}-{i:02d}".encode() for i in range(30)]
+        if seen not in ([], whole) or (outcome == "committed" and seen != whole) \
+                or (outcome == "aborted" and seen):
+            bad.append(f"{tag} ({outcome}): {len(seen)} of 30 visible {seen[:3]}")
+    assert not bad, "transactions not whole:\n" + "\n".join(bad)
+    counts = {o: sum(1 for x in outcomes.values() if x == o) for o in set(outcomes.values())}
+    print(f"50 transactions in {took:.1f}s across the faults: {counts}; "
+          f"{len(by_tag)} visible, each whole")
+    assert counts.get("committed", 0) >= 30
+    c.assert_replicas_consistent(topic, range(3))
