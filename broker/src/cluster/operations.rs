@@ -162,6 +162,24 @@ pub fn replica_counts(image: &Image) -> BTreeMap<BrokerId, usize> {
     counts
 }
 
+/// The reassignment moving `p`'s replica on `src` to `dst` (same place in the list).
+fn move_replica(
+    image: &Image,
+    topic: &str,
+    i: i32,
+    p: &super::image::PartitionState,
+    src: BrokerId,
+    dst: BrokerId,
+) -> Option<Command> {
+    let target: Vec<BrokerId> = p
+        .replicas
+        .iter()
+        .map(|&b| if b == src { dst } else { b })
+        .collect();
+    let state = reassign::start(image, p, &target).ok()?;
+    Some(change(topic, i, p, state))
+}
+
 /// Whether `dst` may take `src`'s replica of `p`: it holds none yet, and it sits on a
 /// rack the partition's other replicas do not use (or on `src`'s rack, or has none).
 fn can_take(image: &Image, p: &super::image::PartitionState, src: BrokerId, dst: BrokerId) -> bool {
@@ -232,16 +250,11 @@ pub fn balance_moves(image: &Image, tolerance_pct: u32, max_in_flight: usize) ->
         }
         let Some((k, src, dst)) = step else { break };
         let (topic, i, p) = parts[k];
-        let target: Vec<BrokerId> = p
-            .replicas
-            .iter()
-            .map(|&b| if b == src { dst } else { b })
-            .collect();
         moved[k] = true;
-        if let Ok(state) = reassign::start(image, p, &target) {
+        if let Some(cmd) = move_replica(image, topic, i, p, src, dst) {
             *counts.entry(src).or_default() -= 1;
             *counts.entry(dst).or_default() += 1;
-            out.push(change(topic, i, p, state));
+            out.push(cmd);
             budget -= 1;
         }
     }
@@ -387,17 +400,12 @@ pub fn byte_moves(
         let Some((k, src, dst)) = step else { break };
         let (topic, i, p, size) = parts[k];
         moved[k] = true;
-        let target: Vec<BrokerId> = p
-            .replicas
-            .iter()
-            .map(|&b| if b == src { dst } else { b })
-            .collect();
-        if let Ok(state) = reassign::start(image, p, &target) {
+        if let Some(cmd) = move_replica(image, topic, i, p, src, dst) {
             *counts.entry(src).or_default() -= 1;
             *counts.entry(dst).or_default() += 1;
             *bytes.entry(src).or_default() -= size;
             *bytes.entry(dst).or_default() += size;
-            out.push(change(topic, i, p, state));
+            out.push(cmd);
             budget -= 1;
         }
     }
@@ -444,15 +452,10 @@ pub fn rack_moves(image: &Image, max_in_flight: usize) -> Vec<Command> {
         else {
             continue;
         };
-        let target: Vec<BrokerId> = p
-            .replicas
-            .iter()
-            .map(|&b| if b == src { dst } else { b })
-            .collect();
-        if let Ok(state) = reassign::start(image, p, &target) {
+        if let Some(cmd) = move_replica(image, topic, i, p, src, dst) {
             *counts.entry(src).or_default() -= 1;
             *counts.entry(dst).or_default() += 1;
-            out.push(change(topic, i, p, state));
+            out.push(cmd);
             budget -= 1;
         }
     }
