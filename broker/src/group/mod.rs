@@ -579,27 +579,12 @@ impl Coordinator {
         generation: i32,
         commits: Vec<(String, i32, Committed)>,
     ) -> Result<(), i16> {
-        let pending = {
-            let mut st = self.lock();
-            let lead = self.lead(&st, group_id)?;
-            let entry = st
-                .groups
-                .entry(group_id.to_string())
-                .or_insert_with(|| Entry::new(group_id));
-            entry
-                .group
-                .check_commit(member_id, instance_id, generation)
-                .map_err(|e| e.code())?;
-            if commits.is_empty() {
-                return Ok(());
-            }
-            let records: Vec<OffsetRecord> = commits
-                .iter()
-                .map(|(t, p, c)| (offsets::key(group_id, t, *p), Some(c.encode())))
-                .collect();
-            (self.append(&lead, &records, None)?, lead.epoch)
+        let member = Some((member_id, instance_id, generation));
+        let Some((pending, epoch)) =
+            self.append_commits(&mut self.lock(), group_id, member, &commits, None)?
+        else {
+            return Ok(());
         };
-        let (pending, epoch) = pending;
         let base = pending.await?;
         let mut st = self.lock();
         let p = offsets_partition(group_id);
@@ -614,6 +599,44 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    /// Checks commits against the group (when a member is named) and appends them to its
+    /// offsets partition under the caller's lock (`producer`: as that producer's
+    /// transactional records); the future resolves once replicated. `None`: nothing to
+    /// write.
+    #[allow(clippy::type_complexity)]
+    fn append_commits(
+        &self,
+        st: &mut State,
+        group_id: &str,
+        member: Option<(&str, Option<&str>, i32)>,
+        commits: &[(String, i32, Committed)],
+        producer: Option<(i64, i16)>,
+    ) -> Result<
+        Option<(
+            impl std::future::Future<Output = Result<i64, i16>> + Send + 'static,
+            i32,
+        )>,
+        i16,
+    > {
+        let lead = self.lead(st, group_id)?;
+        if let Some((member_id, instance_id, generation)) = member {
+            st.groups
+                .entry(group_id.to_string())
+                .or_insert_with(|| Entry::new(group_id))
+                .group
+                .check_commit(member_id, instance_id, generation)
+                .map_err(|e| e.code())?;
+        }
+        if commits.is_empty() {
+            return Ok(None);
+        }
+        let records: Vec<OffsetRecord> = commits
+            .iter()
+            .map(|(t, p, c)| (offsets::key(group_id, t, *p), Some(c.encode())))
+            .collect();
+        Ok(Some((self.append(&lead, &records, producer)?, lead.epoch)))
     }
 
     /// Committed offsets of a group: the given partitions, or all of them.

@@ -58,27 +58,10 @@ impl Coordinator {
         member: Option<(&str, Option<&str>, i32)>,
         commits: Vec<(String, i32, Committed)>,
     ) -> Result<(), i16> {
-        let (pending, epoch) = {
-            let mut st = self.lock();
-            let lead = self.lead(&st, group_id)?;
-            if let Some((member_id, instance_id, generation)) = member {
-                let entry = st
-                    .groups
-                    .entry(group_id.to_string())
-                    .or_insert_with(|| Entry::new(group_id));
-                entry
-                    .group
-                    .check_commit(member_id, instance_id, generation)
-                    .map_err(|e| e.code())?;
-            }
-            if commits.is_empty() {
-                return Ok(());
-            }
-            let records: Vec<OffsetRecord> = commits
-                .iter()
-                .map(|(t, p, c)| (offsets::key(group_id, t, *p), Some(c.encode())))
-                .collect();
-            (self.append(&lead, &records, Some(producer))?, lead.epoch)
+        let Some((pending, epoch)) =
+            self.append_commits(&mut self.lock(), group_id, member, &commits, Some(producer))?
+        else {
+            return Ok(());
         };
         let base = pending.await?;
         let mut st = self.lock();
