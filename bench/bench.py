@@ -109,10 +109,12 @@ def produce_run(bootstrap, topic, partitions, size, count, acks, max_seconds,
             "errors": errors[0] + left}
 
 
-def consume_run(bootstrap, topic, partitions, expected, max_seconds, on_message=None):
+def consume_run(bootstrap, topic, partitions, expected, max_seconds, on_message=None,
+                isolation="read_committed"):
     """Read ``expected`` records from the start of the partitions (manual
     assignment); ``on_message(msg)`` sees each one."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "riffle-bench-unused",
+                  "isolation.level": isolation,
                   "enable.auto.commit": False, "enable.auto.offset.store": False,
                   "fetch.max.bytes": 64 * 1024 * 1024,
                   "max.partition.fetch.bytes": 8 * 1024 * 1024,
@@ -552,6 +554,95 @@ def metric_sum(broker, name, match=""):
                if ln.startswith(name) and match in ln)
 
 
+def txn_produce_run(bootstrap, topic, partitions, size, count, per_txn, max_seconds,
+                    transactional_id=None):
+    """Idempotent produce of ``count`` records; with a transactional id, in transactions
+    of ``per_txn`` records each committed before the next begins (commit latency
+    recorded)."""
+    conf = {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
+            "batch.size": 1024 * 1024, "queue.buffering.max.kbytes": 256 * 1024,
+            "queue.buffering.max.messages": 1_000_000, "broker.address.family": "v4",
+            "message.timeout.ms": 60000}
+    if transactional_id:
+        conf["transactional.id"] = transactional_id
+    prod = Producer(conf)
+    if transactional_id:
+        prod.init_transactions(30)
+    payload = os.urandom(size)
+    commits = []
+    sent = 0
+    start = time.perf_counter()
+    deadline = start + max_seconds
+    while sent < count and time.perf_counter() < deadline:
+        if transactional_id:
+            prod.begin_transaction()
+        n = min(per_txn, count - sent)
+        i = 0
+        while i < n:
+            try:
+                prod.produce(topic, value=payload, partition=(sent + i) % partitions)
+                i += 1
+            except BufferError:
+                prod.poll(0.005)
+        sent += n
+        if transactional_id:
+            t0 = time.perf_counter()
+            prod.commit_transaction(60)
+            commits.append((time.perf_counter() - t0) * 1000)
+    prod.flush(120)
+    elapsed = time.perf_counter() - start
+    commits.sort()
+    pct = (lambda q: commits[min(len(commits) - 1, int(q * len(commits)))]) if commits else (
+        lambda q: float("nan"))
+    return {"records": sent, "bytes": sent * size, "seconds": elapsed,
+            "commits": len(commits), "commit_p50": pct(0.5), "commit_p99": pct(0.99)}
+
+
+def transactions_main(args):
+    """Transactional produce next to idempotent produce (same producer settings, acks=all),
+    and read_committed next to read_uncommitted consumption of the result."""
+    workdir, broker = start_broker(args)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "broker.address.family": "v4"})
+    rows = []
+    reads = []
+    try:
+        for parts in (1, 8):
+            for per_txn in (None, 100, 1000, 10000):
+                kind = f"txn{per_txn}" if per_txn else "idem"
+                topic = f"bench-{kind}-p{parts}"
+                create_topic(admin, topic, parts)
+                pr = txn_produce_run(broker.bootstrap, topic, parts, 1024, args.records_1k,
+                                     per_txn or args.records_1k, args.max_seconds,
+                                     transactional_id=f"bench-{topic}" if per_txn else None)
+                rows.append((parts, per_txn, pr))
+                print(f"  done {topic}: {pr['records']} records", flush=True)
+                if parts == 8 and per_txn == 1000:
+                    for isolation in ("read_uncommitted", "read_committed"):
+                        cr = consume_run(broker.bootstrap, topic, parts, pr["records"],
+                                         args.max_seconds, isolation=isolation)
+                        reads.append((isolation, cr))
+        admin = None
+    finally:
+        broker.stop(check=False)
+    w = (6, 10, 10, 12, 9, 11, 11)
+    print()
+    print(fmt_row(["parts", "txn size", "prod MB/s", "prod rec/s", "commits", "commit p50",
+                   "commit p99"], w))
+    for parts, per_txn, pr in rows:
+        print(fmt_row([parts, per_txn or "-", f"{pr['bytes'] / 1048576 / pr['seconds']:.1f}",
+                       f"{pr['records'] / pr['seconds']:.0f}", pr["commits"] or "-",
+                       f"{pr['commit_p50']:.1f}" if pr["commits"] else "-",
+                       f"{pr['commit_p99']:.1f}" if pr["commits"] else "-"], w))
+    print("(1 KiB records, idempotent producer, acks=all; txn size '-' = no transactions; "
+          "commit latencies in ms)")
+    for isolation, cr in reads:
+        print(f"consume {isolation} (8 partitions, 1000-record transactions): "
+              f"{cr['bytes'] / 1048576 / max(cr['seconds'], 1e-9):.1f} MB/s, "
+              f"{cr['records']} records")
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def compaction_main(args):
     """Log compaction: produce latency at a fixed rate of keyed records into a topic the
     cleaner compacts as it goes, next to the same load into a delete-policy topic, and
@@ -619,6 +710,8 @@ def main():
                     help="cost of topic compression.type: keep the producer's codec vs recompress")
     ap.add_argument("--compaction", action="store_true",
                     help="produce latency with the log cleaner at work, and cleaner throughput")
+    ap.add_argument("--transactions", action="store_true",
+                    help="transactional vs idempotent produce, read_committed consume")
     ap.add_argument("--keys", type=int, default=10_000, help="--compaction: distinct keys")
     ap.add_argument("--failover-rounds", type=int, default=3, help="--cluster: leader kills")
     ap.add_argument("--failover-rate-mb", type=float, default=2.0,
@@ -638,6 +731,9 @@ def main():
         return
     if args.compaction:
         compaction_main(args)
+        return
+    if args.transactions:
+        transactions_main(args)
         return
 
     workdir, broker = start_broker(args)

@@ -57,21 +57,40 @@ pub fn marker_batch(
     buf.freeze()
 }
 
-/// Whether a control batch commits (`Some(true)`) or aborts (`Some(false)`) a
-/// transaction; `None` for a control batch of another kind.
-pub fn marker_kind(batch: &[u8]) -> Result<Option<bool>, BatchError> {
+/// What a transaction marker says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    /// Commit (`true`) or abort.
+    pub commit: bool,
+    /// The epoch of the coordinator that wrote it (-1 when the value is missing).
+    pub coordinator_epoch: i32,
+}
+
+/// The marker a control batch carries; `None` for a control batch of another kind.
+pub fn read_marker(batch: &[u8]) -> Result<Option<Marker>, BatchError> {
     let records = read_records(batch)?;
-    let kind = records
-        .records
-        .first()
-        .and_then(|r| r.key.as_ref())
+    let Some(record) = records.records.first() else {
+        return Ok(None);
+    };
+    let kind = record
+        .key
+        .as_ref()
         .and_then(|k| k.get(2..4))
         .map(|t| i16::from_be_bytes([t[0], t[1]]));
-    Ok(match kind {
-        Some(COMMIT) => Some(true),
-        Some(ABORT) => Some(false),
-        _ => None,
-    })
+    let commit = match kind {
+        Some(COMMIT) => true,
+        Some(ABORT) => false,
+        _ => return Ok(None),
+    };
+    let coordinator_epoch = record
+        .value
+        .as_ref()
+        .and_then(|v| v.get(2..6))
+        .map_or(-1, |e| i32::from_be_bytes([e[0], e[1], e[2], e[3]]));
+    Ok(Some(Marker {
+        commit,
+        coordinator_epoch,
+    }))
 }
 
 #[cfg(test)]
@@ -89,8 +108,14 @@ mod tests {
                 (h.producer_id, h.producer_epoch, h.record_count),
                 (42, 3, 1)
             );
-            assert_eq!(marker_kind(&b).unwrap(), Some(commit));
+            assert_eq!(
+                read_marker(&b).unwrap(),
+                Some(Marker {
+                    commit,
+                    coordinator_epoch: 7
+                })
+            );
         }
-        assert!(marker_kind(&[1, 2, 3]).is_err());
+        assert!(read_marker(&[1, 2, 3]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! Record-level reading and rewriting of v2 batches, for log compaction: which records a
-//! batch holds (offset, key, whether the value is null) and the same batch with only some
+//! batch holds (offset, key, value) and the same batch with only some
 //! of them. A rewritten batch keeps its base offset, last offset delta, timestamps,
 //! producer id, epoch and base sequence and its codec, so offsets never move and
 //! idempotence state stays valid; record count, length and CRC are recomputed.
@@ -25,8 +25,8 @@ pub struct Record {
     pub timestamp_delta: i64,
     /// Key, if any.
     pub key: Option<Bytes>,
-    /// The value is null (a tombstone on a compacted topic).
-    pub tombstone: bool,
+    /// Value; `None` is a tombstone on a compacted topic.
+    pub value: Option<Bytes>,
     /// Where the whole record lies in the decompressed records section.
     span: Range<usize>,
 }
@@ -99,7 +99,7 @@ pub fn read_records(batch: &[u8]) -> Result<Records, BatchError> {
         let offset_delta =
             i32::try_from(varint(&raw, &mut pos)?).map_err(|_| malformed("offset delta"))?;
         let key = bytes_field(&raw, &mut pos)?;
-        let value_len = varint(&raw, &mut pos)?;
+        let value = bytes_field(&raw, &mut pos)?;
         if pos > end {
             return Err(malformed("record longer than its length"));
         }
@@ -107,7 +107,7 @@ pub fn read_records(batch: &[u8]) -> Result<Records, BatchError> {
             offset_delta,
             timestamp_delta,
             key,
-            tombstone: value_len < 0,
+            value,
             span: record_start..end,
         });
         pos = end;
@@ -213,7 +213,7 @@ mod tests {
             let keys: Vec<_> = r.records.iter().map(|r| r.key.clone()).collect();
             assert_eq!(keys[0].as_deref(), Some(&b"a"[..]));
             assert_eq!(keys[3], None);
-            assert!(r.records[1].tombstone && !r.records[0].tombstone);
+            assert!(r.records[1].value.is_none() && r.records[0].value.is_some());
             assert_eq!(
                 r.records.iter().map(|r| r.offset_delta).collect::<Vec<_>>(),
                 [0, 1, 2, 3]

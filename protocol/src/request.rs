@@ -79,6 +79,9 @@ pub enum Body {
     AddOffsetsToTxn(AddOffsetsToTxnRequest),
     EndTxn(EndTxnRequest),
     TxnOffsetCommit(TxnOffsetCommitRequest),
+    DescribeTransactions(DescribeTransactionsRequest),
+    ListTransactions(ListTransactionsRequest),
+    DescribeProducers(DescribeProducersRequest),
 }
 
 /// A decoded request with the header fields handlers need.
@@ -171,6 +174,9 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
         ApiKey::AddOffsetsToTxn => body!(AddOffsetsToTxn, AddOffsetsToTxnRequest),
         ApiKey::EndTxn => body!(EndTxn, EndTxnRequest),
         ApiKey::TxnOffsetCommit => body!(TxnOffsetCommit, TxnOffsetCommitRequest),
+        ApiKey::DescribeTransactions => body!(DescribeTransactions, DescribeTransactionsRequest),
+        ApiKey::ListTransactions => body!(ListTransactions, ListTransactionsRequest),
+        ApiKey::DescribeProducers => body!(DescribeProducers, DescribeProducersRequest),
         _ => return Err(DecodeError::UnsupportedVersion),
     };
     Ok(done(body, client_id))

@@ -947,14 +947,19 @@ def kafka_tool(main_class: str, *args, timeout: float = 120.0, check: bool = Tru
 JAVA_CLASSES = REPO_ROOT / "tests" / "java" / "target" / "classes"
 
 
-def java_main(main_class: str, *args, timeout: float = 300.0) -> subprocess.CompletedProcess:
-    """Runs a class of tests/java/src (compiled by scripts/setup-java-tools.sh) with
-    Kafka's jars on the classpath."""
+def java_command(main_class: str, *args) -> list[str]:
+    """The command that runs a class of tests/java/src (compiled by
+    scripts/setup-java-tools.sh) with Kafka's jars on the classpath."""
     if not JAVA_CLASSES.is_dir():
         raise RuntimeError(f"{JAVA_CLASSES} missing: run scripts/setup-java-tools.sh")
     cp = f"{JAVA_CLASSES}:{KAFKA_TOOLS_CLASSPATH.read_text().strip()}"
-    return subprocess.run(["java", "-Xmx384m", "-XX:+UseSerialGC", "-cp", cp, main_class,
-                           *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return ["java", "-Xmx384m", "-XX:+UseSerialGC", "-cp", cp, main_class, *map(str, args)]
+
+
+def java_main(main_class: str, *args, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """Runs a class of tests/java/src to its end."""
+    return subprocess.run(java_command(main_class, *args), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # -- topic management through kafka-python (used by the kcat and raw suites) --

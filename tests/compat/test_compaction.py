@@ -5,7 +5,9 @@ acknowledged at (offsets never move, gaps stay gaps); a tombstone is readable un
 `delete.retention.ms`, then gone; confluent-kafka, kafka-python, kcat and Kafka's Java
 console consumer all read the compacted log; keyless records are refused with
 INVALID_RECORD. Under a concurrent producer and consumer the latest acknowledged value of
-every key survives compaction, and so it does across a kill -9 in the middle of it.
+every key survives compaction, and so it does across a kill -9 in the middle of it. With
+transactions, the records of aborted transactions are cleaned away and never supersede a
+committed value, and an open transaction's records stay until it ends.
 """
 
 from __future__ import annotations
@@ -137,6 +139,72 @@ def test_latest_value_per_key_tombstones_and_every_client(make_broker):
             if ln.startswith("riffle_log_cleaner_runs_total") and topic in ln]
     assert runs and float(runs[0].split()[-1]) >= 2, runs
     print(f"{total} records acknowledged, {len(got)} left after compaction")
+
+
+def read_uncommitted(b, topic) -> list[tuple[int, bytes, bytes | None]]:
+    c = KafkaConsumer(bootstrap_servers=b.bootstrap, enable_auto_commit=False,
+                      consumer_timeout_ms=3000, isolation_level="read_uncommitted")
+    c.assign([KpTp(topic, 0)])
+    c.seek_to_beginning()
+    out = [(m.offset, m.key, m.value) for m in c]
+    c.close()
+    return out
+
+
+def test_compaction_drops_aborted_transactions_and_waits_for_open_ones(make_broker):
+    b = make_broker()
+    cleaner_every_200ms(b)
+    topic = create(b)
+    p = Producer({"bootstrap.servers": b.bootstrap, "transactional.id": unique_topic("ctid"),
+                  "linger.ms": 0})
+    p.init_transactions(30)
+
+    def txn(pairs, commit):
+        p.begin_transaction()
+        for k, v in pairs:
+            p.produce(topic, key=k, value=v, partition=0)
+        p.flush(30)
+        p.commit_transaction(30) if commit else p.abort_transaction(30)
+
+    keys = [f"K{i}".encode() for i in range(5)]
+    txn([(k, k + b"-committed" + b"." * 200) for k in keys], commit=True)
+    txn([(k, k + b"-aborted" + b"." * 200) for k in keys], commit=False)
+    # An open transaction's update of K0 sits between fillers: the cleaner must stop there.
+    fill = [(f"F{i}".encode(), b"x" * 300) for i in range(20)]
+    produce(b, topic, fill)
+    p.begin_transaction()
+    p.produce(topic, key=b"K0", value=b"K0-open", partition=0)
+    p.flush(30)
+    produce(b, topic, fill)
+
+    def aborted_gone():
+        got = read_uncommitted(b, topic)
+        return got if not any(v and b"-aborted" in v for _, _, v in got) else None
+
+    got = wait_until(aborted_gone, timeout=60, interval=0.5, message="aborted records cleaned")
+    values = {k: v for _, k, v in got}
+    assert all(values[k].startswith(k + b"-committed") for k in keys[1:]), values
+    # The committed K0 stays as long as the open transaction may still abort.
+    assert any(k == b"K0" and v.startswith(b"K0-committed") for _, k, v in got), got
+    assert (b"K0", b"K0-open") in [(k, v) for _, k, v in got]
+    p.commit_transaction(30)
+    produce(b, topic, fill)
+
+    def superseded():
+        got = read_uncommitted(b, topic)
+        k0 = [v for _, k, v in got if k == b"K0"]
+        return got if k0 == [b"K0-open"] else None
+
+    got = wait_until(superseded, timeout=60, interval=0.5, message="K0 superseded by its commit")
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": unique_topic("g"),
+                  "isolation.level": "read_committed", "enable.partition.eof": True})
+    c.assign([TopicPartition(topic, 0, 0)])
+    committed = {}
+    while (m := c.poll(10)) is not None and not m.error():
+        committed[m.key()] = m.value()
+    c.close()
+    assert committed[b"K0"] == b"K0-open"
+    assert all(committed[k].startswith(k + b"-committed") for k in keys[1:]), committed
 
 
 def test_keyless_records_are_refused_on_compacted_topics(make_broker):

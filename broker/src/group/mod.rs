@@ -357,10 +357,10 @@ impl Coordinator {
                     let h = batch::parse_header(&raw).map_err(|e| e.to_string())?;
                     next = h.last_offset() + 1;
                     if h.is_control() {
-                        if let Ok(Some(commit)) = crate::protocol::marker::marker_kind(&raw) {
+                        if let Ok(Some(m)) = crate::protocol::marker::read_marker(&raw) {
                             let done = r.pending.remove(&h.producer_id).unwrap_or_default();
                             for (group, topic, partition, offset, c) in
-                                done.into_iter().filter(|_| commit)
+                                done.into_iter().filter(|_| m.commit)
                             {
                                 apply_commit(
                                     r.groups.entry(group).or_default(),

@@ -428,6 +428,18 @@ impl Broker {
             ),
             None => (-1, -1, String::new()),
         };
+        // KIP-447: a consumer asking for stable offsets waits (retries) while a
+        // transaction still holds an offset of the partition.
+        let require_stable = req.require_stable;
+        let partition_code = |group: &str, topic: &str, p: i32| {
+            let code = if require_stable && self.groups.unstable(group, topic, p) {
+                ResponseError::UnstableOffsetCommit.code()
+            } else {
+                0
+            };
+            self.count_error(ApiKey::OffsetFetch, code);
+            code
+        };
         if version >= 8 {
             let groups = req
                 .groups
@@ -443,18 +455,25 @@ impl Broker {
                         Err(code) => (Vec::new(), code),
                     };
                     self.count_error(ApiKey::OffsetFetch, code);
+                    let group = g.group_id.0.as_str();
                     let topics = topics
                         .into_iter()
                         .map(|(t, parts)| {
                             let partitions = parts
                                 .iter()
                                 .map(|(p, c)| {
-                                    let (o, e, m) = committed(c);
+                                    let code = partition_code(group, &t, *p);
+                                    let (o, e, m) = if code == 0 {
+                                        committed(c)
+                                    } else {
+                                        committed(&None)
+                                    };
                                     OffsetFetchResponsePartitions::default()
                                         .with_partition_index(*p)
                                         .with_committed_offset(o)
                                         .with_committed_leader_epoch(e)
                                         .with_metadata(Some(StrBytes::from_string(m)))
+                                        .with_error_code(code)
                                 })
                                 .collect();
                             OffsetFetchResponseTopics::default()
@@ -505,18 +524,25 @@ impl Broker {
                     .with_topics(topics);
             }
         };
+        let group = req.group_id.0.as_str();
         let topics = by_topic
             .into_iter()
             .map(|(t, parts)| {
                 let partitions = parts
                     .iter()
                     .map(|(p, c)| {
-                        let (o, e, m) = committed(c);
+                        let code = partition_code(group, &t, *p);
+                        let (o, e, m) = if code == 0 {
+                            committed(c)
+                        } else {
+                            committed(&None)
+                        };
                         OffsetFetchResponsePartition::default()
                             .with_partition_index(*p)
                             .with_committed_offset(o)
                             .with_committed_leader_epoch(e)
                             .with_metadata(Some(StrBytes::from_string(m)))
+                            .with_error_code(code)
                     })
                     .collect();
                 OffsetFetchResponseTopic::default()

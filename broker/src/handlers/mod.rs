@@ -13,6 +13,7 @@ mod offsets;
 mod produce;
 mod reassign;
 pub mod txn;
+mod txn_admin;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -282,6 +283,9 @@ impl Broker {
             Body::AddOffsetsToTxn(req) => now!(self.add_offsets_to_txn(req).await),
             Body::EndTxn(req) => now!(self.end_txn(req).await),
             Body::TxnOffsetCommit(req) => now!(self.txn_offset_commit(req).await),
+            Body::DescribeTransactions(req) => now!(self.describe_transactions(req)),
+            Body::ListTransactions(req) => now!(self.list_transactions(req)),
+            Body::DescribeProducers(req) => now!(self.describe_producers(req)),
         };
         Ok(self.observe(name, started, reply))
     }
@@ -356,6 +360,9 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::AddOffsetsToTxn => "AddOffsetsToTxn",
         ApiKey::EndTxn => "EndTxn",
         ApiKey::TxnOffsetCommit => "TxnOffsetCommit",
+        ApiKey::DescribeTransactions => "DescribeTransactions",
+        ApiKey::ListTransactions => "ListTransactions",
+        ApiKey::DescribeProducers => "DescribeProducers",
         _ => "Other",
     }
 }

@@ -236,6 +236,7 @@ pub(super) fn log_error_code(e: &LogError) -> i16 {
         LogError::Storage(_) => ResponseError::KafkaStorageError.code(),
         LogError::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber.code(),
         LogError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch.code(),
+        LogError::CoordinatorFenced => ResponseError::TransactionCoordinatorFenced.code(),
         LogError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp.code(),
         LogError::OffsetOutOfRange => ResponseError::OffsetOutOfRange.code(),
         LogError::NotLeader => ResponseError::NotLeaderOrFollower.code(),

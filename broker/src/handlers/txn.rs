@@ -117,7 +117,7 @@ impl Broker {
             coordinator_epoch,
             partitions: m.partitions.iter().cloned().collect(),
         };
-        self.send_markers(&markers).await?;
+        self.send_markers(id, &markers).await?;
         let done = txn::complete(m, now_ms());
         self.groups.txn_put(id, done.clone()).await?;
         let kind = if markers.commit { "commit" } else { "abort" };
@@ -128,10 +128,16 @@ impl Broker {
     /// Writes markers on every partition through its current leader, retrying until all
     /// are written or [`MARKER_TIMEOUT`] passes (then CONCURRENT_TRANSACTIONS: the client
     /// retries and the timer keeps finishing it). Partitions of deleted topics are done.
-    async fn send_markers(&self, markers: &Markers) -> Result<(), i16> {
+    /// Stops with NOT_COORDINATOR once this broker no longer coordinates `id` at the
+    /// markers' coordinator epoch: the new coordinator finishes the transaction, and
+    /// partitions refuse this one's late markers.
+    async fn send_markers(&self, id: &str, markers: &Markers) -> Result<(), i16> {
         let mut left: BTreeSet<(String, i32)> = markers.partitions.iter().cloned().collect();
         let deadline = tokio::time::Instant::now() + MARKER_TIMEOUT;
         loop {
+            if self.groups.txn_get(id).map(|(_, epoch)| epoch) != Ok(markers.coordinator_epoch) {
+                return Err(E::NotCoordinator.code());
+            }
             let image = self.cluster.image();
             let mut by_leader: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
             left.retain(|(t, p)| {
@@ -164,6 +170,9 @@ impl Broker {
                     self.write_markers_at(&addr, &req).await
                 };
                 for (t, p, code) in results {
+                    if code == E::TransactionCoordinatorFenced.code() {
+                        return Err(E::NotCoordinator.code());
+                    }
                     if code == 0 {
                         left.remove(&(t, p));
                     }

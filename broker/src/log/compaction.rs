@@ -1,9 +1,10 @@
 //! Log compaction decisions, pure: which partitions are worth cleaning, and what becomes
 //! of each stored batch once the latest offset of every key is known. Only records below
-//! the active segment, the high watermark and `min.compaction.lag.ms` are cleaned.
+//! the active segment, the last stable offset and `min.compaction.lag.ms` are cleaned.
 //! Offsets never move: a batch keeps its base offset and last offset delta, dropped
 //! records leave gaps, and a batch left with no record goes (producer state is stored
-//! apart from the log). Control batches stay as they are.
+//! apart from the log). Records of aborted transactions go and never supersede a key's
+//! committed value. Control batches stay as they are.
 
 use std::collections::HashMap;
 
@@ -57,10 +58,53 @@ pub enum Fate {
 /// Records whose keys the cleaner tracks.
 type Latest = HashMap<Bytes, i64>;
 
-/// Adds the keys of one batch to the latest offset of each key.
-pub fn note_keys(latest: &mut Latest, batch: &[u8]) -> Result<(), BatchError> {
+/// The aborted transactions of the cleanable range: per producer, the offsets from its
+/// first record to its abort marker.
+#[derive(Debug, Clone, Default)]
+pub struct AbortedRanges(HashMap<i64, Vec<(i64, i64)>>);
+
+impl AbortedRanges {
+    /// From `(producer, first offset, abort marker offset)` triples.
+    pub fn new(aborted: impl IntoIterator<Item = (i64, i64, i64)>) -> Self {
+        let mut by_producer: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for (producer, first, marker) in aborted {
+            by_producer
+                .entry(producer)
+                .or_default()
+                .push((first, marker));
+        }
+        for ranges in by_producer.values_mut() {
+            ranges.sort_unstable();
+        }
+        AbortedRanges(by_producer)
+    }
+
+    /// Whether a transactional batch of `producer` at `offset` was aborted (one producer's
+    /// transactions never overlap).
+    fn contains(&self, producer: i64, offset: i64) -> bool {
+        let Some(ranges) = self.0.get(&producer) else {
+            return false;
+        };
+        let i = ranges.partition_point(|&(first, _)| first <= offset);
+        i > 0 && offset < ranges[i - 1].1
+    }
+
+    fn aborted(&self, header: &BatchHeader) -> bool {
+        header.is_transactional()
+            && !header.is_control()
+            && self.contains(header.producer_id, header.base_offset)
+    }
+}
+
+/// Adds the keys of one batch to the latest offset of each key (aborted records have
+/// none).
+pub fn note_keys(
+    latest: &mut Latest,
+    batch: &[u8],
+    aborted: &AbortedRanges,
+) -> Result<(), BatchError> {
     let header = parse_header(batch)?;
-    if header.is_control() {
+    if header.is_control() || aborted.aborted(&header) {
         return Ok(());
     }
     for r in read_records(batch)?.records {
@@ -81,10 +125,11 @@ fn timestamp(header: &BatchHeader, delta: i64) -> i64 {
 }
 
 /// Cleans one batch: keeps keyless records and the latest record of each key, except
-/// tombstones older than `delete_retention_ms`.
+/// tombstones older than `delete_retention_ms`; an aborted batch goes whole.
 pub fn clean(
     batch: &[u8],
     latest: &Latest,
+    aborted: &AbortedRanges,
     now_ms: i64,
     delete_retention_ms: i64,
 ) -> Result<Fate, BatchError> {
@@ -92,13 +137,16 @@ pub fn clean(
     if header.is_control() {
         return Ok(Fate::Keep);
     }
+    if aborted.aborted(&header) {
+        return Ok(Fate::Drop);
+    }
     let records = read_records(batch)?;
     let keep = |r: &crate::protocol::records::Record| match &r.key {
         None => true,
         Some(key) => {
             let offset = header.base_offset + i64::from(r.offset_delta);
             latest.get(key) == Some(&offset)
-                && !(r.tombstone
+                && !(r.value.is_none()
                     && now_ms.saturating_sub(timestamp(&header, r.timestamp_delta))
                         > delete_retention_ms)
         }
@@ -123,15 +171,25 @@ mod tests {
     const T0: i64 = 1_700_000_000_000;
 
     fn batch(base: i64, kv: &[(&str, Option<&str>)], ts: i64) -> Vec<u8> {
+        txn_batch(base, kv, ts, None)
+    }
+
+    /// A batch, transactional for `producer` when given.
+    fn txn_batch(
+        base: i64,
+        kv: &[(&str, Option<&str>)],
+        ts: i64,
+        producer: Option<i64>,
+    ) -> Vec<u8> {
         let records: Vec<Record> = kv
             .iter()
             .enumerate()
             .map(|(i, (k, v))| Record {
-                transactional: false,
+                transactional: producer.is_some(),
                 control: false,
                 partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
+                producer_id: producer.unwrap_or(-1),
+                producer_epoch: if producer.is_some() { 0 } else { -1 },
                 timestamp_type: TimestampType::Creation,
                 offset: base + i as i64,
                 // (The encoder starts a new batch where sequences do not follow.)
@@ -181,12 +239,13 @@ mod tests {
             batch(5, &[("k2", Some("f")), ("k4", None)], T0),
         ];
         let mut latest = Latest::new();
+        let none = AbortedRanges::default();
         for b in &log {
-            note_keys(&mut latest, b).expect("keys");
+            note_keys(&mut latest, b, &none).expect("keys");
         }
         let fates: Vec<Fate> = log
             .iter()
-            .map(|b| clean(b, &latest, T0 + 1000, 86_400_000).expect("clean"))
+            .map(|b| clean(b, &latest, &none, T0 + 1000, 86_400_000).expect("clean"))
             .collect();
         let Fate::Rewrite(first) = &fates[0] else {
             panic!("{:?}", fates[0]);
@@ -205,14 +264,38 @@ mod tests {
         assert_eq!(fates[2], Fate::Keep);
         // Once the tombstone is older than delete.retention.ms it goes too; nothing left
         // of a batch whose every record is superseded.
-        let later = clean(&log[2], &latest, T0 + 86_400_001, 86_400_000).expect("clean");
+        let later = clean(&log[2], &latest, &none, T0 + 86_400_001, 86_400_000).expect("clean");
         let Fate::Rewrite(third) = later else {
             panic!("{later:?}");
         };
         assert_eq!(values(&third), [(5, "k2".into(), Some("f".into()))]);
         latest.insert(Bytes::from("k2"), 99);
         latest.insert(Bytes::from("k4"), 99);
-        assert_eq!(clean(&log[2], &latest, T0, 1).expect("clean"), Fate::Drop);
+        assert_eq!(
+            clean(&log[2], &latest, &none, T0, 1).expect("clean"),
+            Fate::Drop
+        );
+    }
+
+    #[test]
+    fn aborted_records_go_and_never_supersede_a_committed_value() {
+        let committed = txn_batch(0, &[("k1", Some("kept"))], T0, Some(9));
+        let aborted = txn_batch(1, &[("k1", Some("aborted"))], T0, Some(9));
+        let ranges = AbortedRanges::new([(9, 1, 2)]);
+        assert!(ranges.contains(9, 1) && !ranges.contains(9, 2) && !ranges.contains(8, 1));
+        let mut latest = Latest::new();
+        for b in [&committed, &aborted] {
+            note_keys(&mut latest, b, &ranges).expect("keys");
+        }
+        assert_eq!(latest.get(&Bytes::from("k1")), Some(&0));
+        assert_eq!(
+            clean(&committed, &latest, &ranges, T0, 1).expect("clean"),
+            Fate::Keep
+        );
+        assert_eq!(
+            clean(&aborted, &latest, &ranges, T0, 1).expect("clean"),
+            Fate::Drop
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use super::topic_config::TopicConfig;
 use super::txn::{Aborted, TxnChange, TxnIndex};
 use crate::cluster::image::PartitionState;
 use crate::protocol::batch::{self, BatchHeader, ATTR_LOG_APPEND_TIME};
+use crate::protocol::marker::Marker;
 use crate::storage::{
     log_key, partition_bounds, Mutation, SegmentMeta, StorageError, Store, CF_INDEX, CF_LOG,
     CF_META,
@@ -41,6 +42,9 @@ pub enum LogError {
     /// Producer epoch is older than the current one.
     #[error("producer epoch is fenced")]
     InvalidProducerEpoch,
+    /// A transaction marker from a coordinator older than the last one that wrote here.
+    #[error("transaction coordinator is fenced")]
+    CoordinatorFenced,
     /// CreateTime timestamp outside the topic's accepted window.
     #[error("timestamp {0} is outside the accepted window")]
     InvalidTimestamp(i64),
@@ -317,6 +321,14 @@ fn aborted_txn_put(uid: u64, marker_offset: i64, a: Aborted) -> Mutation {
         key: aborted_txn_key(uid, marker_offset),
         value: v,
     }
+}
+
+/// The transaction marker a control batch carries (`None` for data and other controls).
+fn control_marker(header: &BatchHeader, raw: &[u8]) -> Option<Marker> {
+    if !header.is_control() {
+        return None;
+    }
+    crate::protocol::marker::read_marker(raw).ok().flatten()
 }
 
 fn producer_key(uid: u64, producer_id: i64) -> Vec<u8> {
@@ -888,8 +900,9 @@ impl Partition {
                     value: seg.encode().to_vec(),
                 });
                 st.segments.insert(seg_base, seg);
-                mutations.extend(self.record_producer(&mut st, &header, base, now));
-                mutations.extend(self.note_txn(&mut st, &header, &raw, base));
+                let marker = control_marker(&header, &raw);
+                mutations.extend(self.record_producer(&mut st, &header, marker, base, now));
+                mutations.extend(self.note_txn(&mut st, &header, marker, base));
                 st.next_offset = last + 1;
                 count += 1;
             }
@@ -1011,6 +1024,7 @@ impl Partition {
         &self,
         st: &mut State,
         header: &BatchHeader,
+        marker: Option<Marker>,
         base: i64,
         now: i64,
     ) -> Option<Mutation> {
@@ -1019,15 +1033,12 @@ impl Partition {
         }
         let prev = st.producers.remove(&header.producer_id);
         let ps = if header.is_control() || header.base_sequence < 0 {
-            // No sequence (a marker): it only moves the epoch, fencing older ones.
-            match prev {
-                Some(p) if p.epoch >= header.producer_epoch => p,
-                _ => ProducerState {
-                    epoch: header.producer_epoch,
-                    batches: Default::default(),
-                    last_update_ms: now,
-                },
-            }
+            ProducerState::record_unsequenced(
+                prev,
+                header.producer_epoch,
+                marker.map(|m| m.coordinator_epoch),
+                now,
+            )
         } else {
             ProducerState::record(
                 prev,
@@ -1049,27 +1060,22 @@ impl Partition {
         Some(m)
     }
 
-    /// Notes a transactional batch (data or marker) stored at `base` in the transaction
-    /// index; returns the writes to persist.
+    /// Notes a transactional batch (data, or a control batch carrying `marker`) stored
+    /// at `base` in the transaction index; returns the writes to persist.
     fn note_txn(
         &self,
         st: &mut State,
         header: &BatchHeader,
-        raw: &[u8],
+        marker: Option<Marker>,
         base: i64,
     ) -> Vec<Mutation> {
-        if !header.is_transactional() {
+        if !header.is_transactional() || (header.is_control() && marker.is_none()) {
             return Vec::new();
         }
-        let marker = if header.is_control() {
-            match riffle_protocol::marker::marker_kind(raw) {
-                Ok(Some(commit)) => Some(commit),
-                _ => return Vec::new(),
-            }
-        } else {
-            None
-        };
-        match st.txns.note(header.producer_id, true, marker, base) {
+        match st
+            .txns
+            .note(header.producer_id, true, marker.map(|m| m.commit), base)
+        {
             Some(TxnChange::Opened(pid, first)) => vec![Mutation::Put {
                 cf: CF_META,
                 key: open_txn_key(self.uid, pid),
@@ -1231,12 +1237,23 @@ impl Partition {
         if st.role != Role::Leader {
             return AppendOutcome::Done(Err(LogError::NotLeader));
         }
+        let marker = control_marker(header, raw);
         if header.is_control() || (header.is_idempotent() && header.base_sequence < 0) {
             // Markers and the coordinator's transactional offset commits carry no
-            // sequence: they only must not come from a fenced epoch.
+            // sequence: they only must not come from a fenced producer or coordinator.
             let current = st.producers.get(&header.producer_id);
-            if current.is_some_and(|p| p.epoch > header.producer_epoch) {
-                return AppendOutcome::Done(Err(LogError::InvalidProducerEpoch));
+            match ProducerState::check_unsequenced(
+                current,
+                header.producer_epoch,
+                marker.map(|m| m.coordinator_epoch),
+            ) {
+                SeqCheck::Fenced => {
+                    return AppendOutcome::Done(Err(LogError::InvalidProducerEpoch))
+                }
+                SeqCheck::CoordinatorFenced => {
+                    return AppendOutcome::Done(Err(LogError::CoordinatorFenced))
+                }
+                _ => {}
             }
         } else if header.is_idempotent() {
             let current = st.producers.get(&header.producer_id);
@@ -1256,6 +1273,9 @@ impl Partition {
                 }
                 SeqCheck::Fenced => {
                     return AppendOutcome::Done(Err(LogError::InvalidProducerEpoch))
+                }
+                SeqCheck::CoordinatorFenced => {
+                    return AppendOutcome::Done(Err(LogError::CoordinatorFenced))
                 }
                 SeqCheck::OutOfOrder => {
                     tracing::warn!(
@@ -1317,8 +1337,8 @@ impl Partition {
                 value: seg.encode().to_vec(),
             },
         ];
-        mutations.extend(self.record_producer(&mut st, header, base, now));
-        mutations.extend(self.note_txn(&mut st, header, raw, base));
+        mutations.extend(self.record_producer(&mut st, header, marker, base, now));
+        mutations.extend(self.note_txn(&mut st, header, marker, base));
         // `flush.messages` / `flush.ms` ask for a sync beyond the broker's fsync policy.
         st.unsynced_records += i64::from(header.record_count);
         let sync = sync
@@ -1406,6 +1426,16 @@ impl Partition {
             .open
             .iter()
             .map(|(&p, &f)| (p, f))
+            .collect()
+    }
+
+    /// Idempotent and transactional producers known here, each with the first offset of
+    /// its open transaction (for DescribeProducers).
+    pub fn producers(&self) -> Vec<(i64, ProducerState, Option<i64>)> {
+        let st = self.lock();
+        st.producers
+            .iter()
+            .map(|(&id, ps)| (id, ps.clone(), st.txns.open.get(&id).copied()))
             .collect()
     }
 
@@ -1506,13 +1536,14 @@ impl Partition {
     }
 
     /// One compaction pass (`cleanup.policy` with `compact`) when the cleanable range (below
-    /// the active segment, the high watermark and `min.compaction.lag.ms`) is dirty enough.
+    /// the active segment, the last stable offset and `min.compaction.lag.ms`) is dirty
+    /// enough.
     /// Returns the dirt it found and, when it cleaned, the bytes before and after.
     /// Blocking (reads and rewrites batches): call it from `spawn_blocking`.
     pub fn compact(&self, cfg: &TopicConfig) -> Result<(Dirt, Option<(u64, u64)>), LogError> {
         let now = now_ms();
         let bad = |e: batch::BatchError| LogError::BadBatch(e.to_string());
-        let (log_start, active, cleaned_to) = {
+        let (log_start, active, cleaned_to, aborted) = {
             let st = self.lock();
             let active = st
                 .segments
@@ -1520,9 +1551,16 @@ impl Partition {
                 .next_back()
                 .copied()
                 .unwrap_or(st.log_start);
-            (st.log_start, active, st.cleaned_to)
+            let aborted = compaction::AbortedRanges::new(
+                st.txns
+                    .aborted
+                    .iter()
+                    .map(|(&marker, a)| (a.producer_id, a.first_offset, marker)),
+            );
+            (st.log_start, active, st.cleaned_to, aborted)
         };
-        let hw = self.high_watermark.load(Ordering::Acquire);
+        // Open transactions may still abort: nothing from the first of them on is cleaned.
+        let stable = self.last_stable_offset();
         let lag_limit = now.saturating_sub(cfg.min_compaction_lag_ms);
         // First pass: the cleanable range, its dirt, and the latest offset of every key.
         let mut latest = HashMap::new();
@@ -1533,19 +1571,19 @@ impl Partition {
         };
         let mut end = log_start;
         let mut from = log_start;
-        'scan: while from < active.min(hw) {
+        'scan: while from < active.min(stable) {
             let chunk =
                 self.store
-                    .read_batches(self.uid, from, active.min(hw), CLEANER_READ_BYTES)?;
+                    .read_batches(self.uid, from, active.min(stable), CLEANER_READ_BYTES)?;
             if chunk.is_empty() {
                 break;
             }
             for b in &chunk {
                 let h = batch::parse_header(b).map_err(bad)?;
-                if h.max_timestamp > lag_limit || h.last_offset() >= hw {
+                if h.max_timestamp > lag_limit || h.last_offset() >= stable {
                     break 'scan;
                 }
-                compaction::note_keys(&mut latest, b).map_err(bad)?;
+                compaction::note_keys(&mut latest, b, &aborted).map_err(bad)?;
                 dirt.total_bytes += b.len() as u64;
                 if h.base_offset >= cleaned_to {
                     dirt.dirty_bytes += b.len() as u64;
@@ -1578,8 +1616,8 @@ impl Partition {
             from = batch::parse_header(last).map_err(bad)?.last_offset() + 1;
             for b in chunk {
                 let base = batch::parse_header(&b).map_err(bad)?.base_offset;
-                let fate =
-                    compaction::clean(&b, &latest, now, cfg.delete_retention_ms).map_err(bad)?;
+                let fate = compaction::clean(&b, &latest, &aborted, now, cfg.delete_retention_ms)
+                    .map_err(bad)?;
                 before += b.len() as u64;
                 after += match &fate {
                     Fate::Keep => b.len() as u64,

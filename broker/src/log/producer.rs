@@ -25,6 +25,9 @@ pub struct ProducerState {
     pub batches: VecDeque<BatchSeq>,
     /// Wall-clock ms of the last append (for expiry).
     pub last_update_ms: i64,
+    /// Epoch of the transaction coordinator whose marker came last (-1: none): markers
+    /// from an older coordinator are refused.
+    pub coordinator_epoch: i32,
 }
 
 /// Outcome of checking a batch against the producer's state.
@@ -38,6 +41,8 @@ pub enum SeqCheck {
     Fenced,
     /// Sequence gap.
     OutOfOrder,
+    /// A transaction marker from an older transaction coordinator than the last one.
+    CoordinatorFenced,
 }
 
 impl ProducerState {
@@ -81,6 +86,46 @@ impl ProducerState {
         }
     }
 
+    /// Checks a batch without sequence numbers (a transaction marker, with its
+    /// coordinator's epoch, or a coordinator's offsets batch): it must not come from a
+    /// fenced producer epoch, nor a marker from a coordinator that lost its partition.
+    pub fn check_unsequenced(
+        current: Option<&ProducerState>,
+        epoch: i16,
+        coordinator_epoch: Option<i32>,
+    ) -> SeqCheck {
+        match current {
+            Some(s) if epoch < s.epoch => SeqCheck::Fenced,
+            Some(s) if coordinator_epoch.is_some_and(|c| c < s.coordinator_epoch) => {
+                SeqCheck::CoordinatorFenced
+            }
+            _ => SeqCheck::Append,
+        }
+    }
+
+    /// Records a batch without sequence numbers: it may only move the epoch forward
+    /// (clearing the sequence history), and a marker's coordinator epoch is remembered.
+    pub fn record_unsequenced(
+        current: Option<ProducerState>,
+        epoch: i16,
+        coordinator_epoch: Option<i32>,
+        now_ms: i64,
+    ) -> ProducerState {
+        let mut state = match current {
+            Some(s) if s.epoch >= epoch => s,
+            other => ProducerState {
+                epoch,
+                batches: VecDeque::new(),
+                last_update_ms: now_ms,
+                coordinator_epoch: other.map_or(-1, |s| s.coordinator_epoch),
+            },
+        };
+        if let Some(c) = coordinator_epoch {
+            state.coordinator_epoch = state.coordinator_epoch.max(c);
+        }
+        state
+    }
+
     /// Records an appended batch (resetting the history on an epoch bump).
     pub fn record(
         current: Option<ProducerState>,
@@ -90,10 +135,17 @@ impl ProducerState {
     ) -> ProducerState {
         let mut state = match current {
             Some(s) if s.epoch == epoch => s,
-            _ => ProducerState {
+            Some(s) => ProducerState {
                 epoch,
                 batches: VecDeque::new(),
                 last_update_ms: now_ms,
+                coordinator_epoch: s.coordinator_epoch,
+            },
+            None => ProducerState {
+                epoch,
+                batches: VecDeque::new(),
+                last_update_ms: now_ms,
+                coordinator_epoch: -1,
             },
         };
         if state.batches.len() == RETAINED_BATCHES {
@@ -104,9 +156,10 @@ impl ProducerState {
         state
     }
 
-    /// Compact binary encoding for the meta column family.
+    /// Compact binary encoding for the meta column family (the coordinator epoch last,
+    /// so states written before it existed still decode).
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(11 + self.batches.len() * 16);
+        let mut b = Vec::with_capacity(15 + self.batches.len() * 16);
         b.extend_from_slice(&self.epoch.to_be_bytes());
         b.extend_from_slice(&self.last_update_ms.to_be_bytes());
         b.push(self.batches.len() as u8);
@@ -115,6 +168,7 @@ impl ProducerState {
             b.extend_from_slice(&x.last_seq.to_be_bytes());
             b.extend_from_slice(&x.base_offset.to_be_bytes());
         }
+        b.extend_from_slice(&self.coordinator_epoch.to_be_bytes());
         b
     }
 
@@ -132,10 +186,16 @@ impl ProducerState {
                 base_offset: i64::from_be_bytes(b.get(at + 8..at + 16)?.try_into().ok()?),
             });
         }
+        let at = 11 + n * 16;
+        let coordinator_epoch = b
+            .get(at..at + 4)
+            .and_then(|e| e.try_into().ok())
+            .map_or(-1, i32::from_be_bytes);
         Some(ProducerState {
             epoch,
             batches,
             last_update_ms,
+            coordinator_epoch,
         })
     }
 }
@@ -216,6 +276,39 @@ mod tests {
         );
         assert_eq!(ProducerState::decode(&s.encode()), Some(s));
         assert_eq!(ProducerState::decode(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn markers_fence_older_producer_epochs_and_older_coordinators() {
+        let s = ProducerState::record_unsequenced(None, 3, Some(5), 0);
+        assert_eq!(
+            ProducerState::check_unsequenced(Some(&s), 2, Some(9)),
+            SeqCheck::Fenced
+        );
+        assert_eq!(
+            ProducerState::check_unsequenced(Some(&s), 3, Some(4)),
+            SeqCheck::CoordinatorFenced
+        );
+        assert_eq!(
+            ProducerState::check_unsequenced(Some(&s), 3, Some(5)),
+            SeqCheck::Append
+        );
+        assert_eq!(
+            ProducerState::check_unsequenced(Some(&s), 3, None),
+            SeqCheck::Append
+        );
+        // A producer epoch bump keeps the coordinator epoch; an offsets batch leaves it.
+        let bumped = ProducerState::record_unsequenced(Some(s.clone()), 4, None, 0);
+        assert_eq!((bumped.epoch, bumped.coordinator_epoch), (4, 5));
+        let newer = ProducerState::record_unsequenced(Some(bumped), 4, Some(7), 0);
+        assert_eq!(newer.coordinator_epoch, 7);
+        assert_eq!(ProducerState::decode(&newer.encode()), Some(newer.clone()));
+        // States stored before the coordinator epoch existed decode with none.
+        let old = &newer.encode()[..11];
+        assert_eq!(
+            ProducerState::decode(old).map(|s| s.coordinator_epoch),
+            Some(-1)
+        );
     }
 
     #[test]

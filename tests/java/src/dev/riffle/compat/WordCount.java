@@ -32,9 +32,14 @@ import org.apache.kafka.streams.kstream.Produced;
 
 /**
  * Kafka Streams word count against Riffle: {@code WordCount BOOTSTRAP REPLICATION_FACTOR
- * GUARANTEE}. Produces a text, counts its words with a topology that needs an internal
- * repartition topic and a compacted changelog topic, and checks that the latest count per
- * word in the output topic is the right one. Exits 0 and prints PASS, or fails.
+ * GUARANTEE [LINES]}. Produces a text, counts its words with a topology that needs an
+ * internal repartition topic and a compacted changelog topic, and checks that the latest
+ * count per word in the output topic is the right one. Exits 0 and prints PASS, or fails.
+ *
+ * <p>With LINES, the text is that many generated lines, produced at a steady pace; once
+ * half of them are in and counts come out it prints {@code HALFWAY} (the caller then kills
+ * a broker). With exactly_once_v2 every word's updates in the output, read committed, must
+ * then be 1, 2, ... n exactly: no update lost, none repeated.
  */
 public final class WordCount {
     private static final String TEXT = """
@@ -47,9 +52,11 @@ public final class WordCount {
         String bootstrap = args[0];
         short rf = Short.parseShort(args[1]);
         String guarantee = args[2];
+        int generated = args.length > 3 ? Integer.parseInt(args[3]) : 0;
         String id = "wc-" + UUID.randomUUID().toString().substring(0, 8);
         String input = id + "-lines";
         String output = id + "-counts";
+        System.out.println("  application " + id);
         Properties ap = new Properties();
         ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         try (Admin admin = Admin.create(ap)) {
@@ -60,11 +67,13 @@ public final class WordCount {
             pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
             pp.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
             pp.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
-            List<String> lines = TEXT.lines().toList();
-            try (KafkaProducer<String, String> p = new KafkaProducer<>(pp)) {
-                for (int i = 0; i < lines.size(); i++) {
-                    p.send(new ProducerRecord<>(input, "line-" + i, lines.get(i))).get();
-                }
+            pp.put(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG, 120_000);
+            List<String> lines = generated > 0 ? generate(generated) : TEXT.lines().toList();
+            KafkaProducer<String, String> producer = new KafkaProducer<>(pp);
+            // Generated lines are produced while the topology runs (below).
+            int upfront = generated > 0 ? 0 : lines.size();
+            for (int i = 0; i < upfront; i++) {
+                producer.send(new ProducerRecord<>(input, "line-" + i, lines.get(i))).get();
             }
             Map<String, Long> expected = lines.stream()
                     .flatMap(l -> Arrays.stream(l.split("\\W+")))
@@ -93,6 +102,7 @@ public final class WordCount {
                     .to(output, Produced.with(Serdes.String(), Serdes.Long()));
 
             Map<String, Long> got = new HashMap<>();
+            Map<String, List<Long>> updates = new HashMap<>();
             try (KafkaStreams streams = new KafkaStreams(b.build(), sp)) {
                 streams.setUncaughtExceptionHandler(e -> {
                     e.printStackTrace();
@@ -111,14 +121,48 @@ public final class WordCount {
                 cp.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, LongDeserializer.class.getName());
                 try (KafkaConsumer<String, Long> c = new KafkaConsumer<String, Long>(cp)) {
                     c.subscribe(List.of(output));
-                    long deadline = System.nanoTime() + Duration.ofSeconds(120).toNanos();
+                    java.util.function.Consumer<Duration> poll = d -> c.poll(d).forEach(r -> {
+                        got.put(r.key(), r.value());
+                        updates.computeIfAbsent(r.key(), k -> new java.util.ArrayList<>())
+                                .add(r.value());
+                    });
+                    // Paced: about 20 s of input, so a broker dies while it flows.
+                    long pause = Math.max(1, 20_000L / Math.max(1, lines.size()));
+                    for (int i = upfront; i < lines.size(); i++) {
+                        producer.send(new ProducerRecord<>(input, "line-" + i, lines.get(i)));
+                        if (i == lines.size() / 2) {
+                            producer.flush();
+                            while (got.isEmpty()) {
+                                poll.accept(Duration.ofMillis(200));
+                            }
+                            System.out.println("HALFWAY");
+                            System.out.flush();
+                        }
+                        Thread.sleep(pause);
+                    }
+                    producer.flush();
+                    long deadline = System.nanoTime() + Duration.ofSeconds(240).toNanos();
                     while (!got.equals(expected)) {
                         if (System.nanoTime() > deadline) {
                             throw new AssertionError("counts " + got + ", expected " + expected
                                     + ", streams " + streams.state());
                         }
-                        c.poll(Duration.ofMillis(200)).forEach(r -> got.put(r.key(), r.value()));
+                        poll.accept(Duration.ofMillis(200));
                     }
+                }
+                producer.close();
+                if (generated > 0 && guarantee.startsWith("exactly_once")) {
+                    // Caching is off: each word's count went out once per occurrence.
+                    for (Map.Entry<String, Long> e : expected.entrySet()) {
+                        List<Long> seen = updates.get(e.getKey());
+                        List<Long> want = java.util.stream.LongStream.rangeClosed(1, e.getValue())
+                                .boxed().toList();
+                        if (!want.equals(seen)) {
+                            throw new AssertionError("updates of '" + e.getKey() + "': " + seen);
+                        }
+                    }
+                    System.out.println("  every count update exactly once ("
+                            + updates.values().stream().mapToInt(List::size).sum() + " updates)");
                 }
                 // Its internal topics: a repartition topic and a compacted changelog.
                 Set<String> internal = admin.listTopics().names().get().stream()
@@ -143,5 +187,23 @@ public final class WordCount {
         }
         System.out.println("PASS wordcount");
         System.exit(0);
+    }
+
+    /** Deterministic lines of eight words from a small vocabulary. */
+    private static List<String> generate(int n) {
+        String[] words = TEXT.split("\\W+");
+        java.util.Random r = new java.util.Random(42);
+        List<String> out = new java.util.ArrayList<>();
+        for (int i = 0; i < n; i++) {
+            StringBuilder line = new StringBuilder();
+            for (int w = 0; w < 8; w++) {
+                String word = words[r.nextInt(words.length)];
+                if (!word.isEmpty()) {
+                    line.append(word).append(' ');
+                }
+            }
+            out.add(line.toString().trim());
+        }
+        return out;
     }
 }
