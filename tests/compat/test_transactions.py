@@ -234,6 +234,32 @@ def test_an_expired_transaction_is_aborted_by_the_coordinator(target):
         p.commit_transaction(30)
 
 
+def test_a_broker_killed_with_a_transaction_open_restarts_with_it_open(make_broker):
+    """kill -9 while a transaction is open: the broker restarts with its transaction index
+    (the last stable offset still held at the open transaction), and the producer's
+    successor aborts it."""
+    b = make_broker()
+    topic = new_topic(b, partitions=1)
+    tid = unique_topic("tid")
+    p = txn_producer(b, tid)
+    produce_txn(p, topic, "c1", 10, 1)
+    p.begin_transaction()
+    for i in range(5):
+        p.produce(topic, value=f"open-{i}".encode(), partition=0)
+    assert p.flush(30) == 0
+    b.kill9()
+    b.restart()
+    c = consumer(b, "read_committed")
+    tp = TopicPartition(topic, 0)
+    # 10 committed records and their marker: the open transaction starts at offset 11.
+    assert c.get_watermark_offsets(tp, timeout=20, cached=False)[1] == 11
+    c.close()
+    txn_producer(b, tid)  # fences the old producer and aborts its transaction
+    got = read_all(b, topic, 1, "read_committed")
+    assert [v for _, _, v in got[0]] == [f"c1-{i:04d}".encode() for i in range(10)]
+    assert len(read_all(b, topic, 1, "read_uncommitted")[0]) == 15
+
+
 def test_offsets_held_by_an_open_transaction_are_unstable_for_read_committed(target):
     """KIP-447: OffsetFetch with require_stable (librdkafka sends it at read_committed)
     is answered UNSTABLE_OFFSET_COMMIT, which the client retries, while a transaction

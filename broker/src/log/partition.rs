@@ -301,8 +301,11 @@ fn epoch_mutation(uid: u64, epoch: i32, start: i64) -> Mutation {
     }
 }
 
+/// Meta key tag of open transactions ("t/" is the catalog's).
+const OPEN_TXN_TAG: u8 = b'u';
+
 fn open_txn_key(uid: u64, producer_id: i64) -> Vec<u8> {
-    let mut k = meta_key(b't', uid);
+    let mut k = meta_key(OPEN_TXN_TAG, uid);
     k.extend_from_slice(&producer_id.to_be_bytes());
     k
 }
@@ -383,7 +386,7 @@ impl Partition {
             Ok(i64::from_be_bytes(b.try_into().map_err(|_| corrupt())?))
         };
         let mut txns = TxnIndex::default();
-        let prefix = meta_key(b't', uid);
+        let prefix = meta_key(OPEN_TXN_TAG, uid);
         for (k, v) in store.scan_prefix(CF_META, &prefix)? {
             txns.open.insert(be64(&k[prefix.len()..])?, be64(&v)?);
         }
@@ -1099,7 +1102,7 @@ impl Partition {
     /// The transaction index rewritten whole (after a truncation).
     fn txn_rewrite(&self, st: &State) -> Vec<Mutation> {
         let mut m = Vec::new();
-        for tag in [b't', b'a'] {
+        for tag in [OPEN_TXN_TAG, b'a'] {
             let from = meta_key(tag, self.uid);
             let mut to = from.clone();
             to.push(0xff);
@@ -1757,8 +1760,8 @@ impl Partition {
             },
             Mutation::DeleteRange {
                 cf: CF_META,
-                from: meta_key(b't', self.uid),
-                to: meta_key(b't', self.uid.wrapping_add(1)),
+                from: meta_key(OPEN_TXN_TAG, self.uid),
+                to: meta_key(OPEN_TXN_TAG, self.uid.wrapping_add(1)),
             },
             Mutation::DeleteRange {
                 cf: CF_META,

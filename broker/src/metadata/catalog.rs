@@ -178,7 +178,13 @@ impl Catalog {
         };
         let broker_configs = BrokerConfigs::new(broker);
         let mut topics = HashMap::new();
-        for (_, v) in store.scan_prefix(CF_META, b"t/")? {
+        for (k, v) in store.scan_prefix(CF_META, b"t/")? {
+            if k.len() == 18 && v.len() == 8 {
+                // An open transaction stored under this prefix by an earlier version
+                // (partition uid + producer id → first offset), not a topic.
+                tracing::warn!(key = ?k, "ignoring a stale open-transaction entry");
+                continue;
+            }
             let rec: TopicRecord = serde_json::from_slice(&v)
                 .map_err(|e| StorageError::Corrupt(format!("topic record: {e}")))?;
             let name: Arc<str> = Arc::from(rec.name.as_str());

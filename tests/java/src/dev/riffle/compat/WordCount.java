@@ -112,7 +112,6 @@ public final class WordCount {
                 streams.start();
                 Properties cp = new Properties();
                 cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
-                cp.put(ConsumerConfig.GROUP_ID_CONFIG, id + "-check");
                 cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
                 // Exactly-once output is read as committed transactions only.
                 cp.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG,
@@ -120,7 +119,13 @@ public final class WordCount {
                 cp.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
                 cp.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, LongDeserializer.class.getName());
                 try (KafkaConsumer<String, Long> c = new KafkaConsumer<String, Long>(cp)) {
-                    c.subscribe(List.of(output));
+                    // Assigned, not subscribed: a group would re-read from its last commit
+                    // after a coordinator failover, and every update must be seen once.
+                    List<org.apache.kafka.common.TopicPartition> outs = java.util.stream.IntStream
+                            .range(0, 3).mapToObj(p -> new org.apache.kafka.common.TopicPartition(output, p))
+                            .toList();
+                    c.assign(outs);
+                    c.seekToBeginning(outs);
                     java.util.function.Consumer<Duration> poll = d -> c.poll(d).forEach(r -> {
                         got.put(r.key(), r.value());
                         updates.computeIfAbsent(r.key(), k -> new java.util.ArrayList<>())
