@@ -566,9 +566,13 @@ def txn_produce_run(bootstrap, topic, partitions, size, count, per_txn, max_seco
     if transactional_id:
         conf["transactional.id"] = transactional_id
     prod = Producer(conf)
+    payload = os.urandom(size)
+    # Connections and the producer id are set up before the clock starts.
     if transactional_id:
         prod.init_transactions(30)
-    payload = os.urandom(size)
+    else:
+        prod.produce(topic, value=payload, partition=0)
+        prod.flush(30)
     commits = []
     sent = 0
     start = time.perf_counter()
