@@ -388,10 +388,16 @@ def test_reassignments_from_the_admin_api_and_cli_under_load(make_cluster):
         status, body = put(c, 2, f"/v1/reassignments/{bulk}/0?replicas="
                                  + ",".join(map(str, [*original, extra])))
         assert status == 200 and body["adding"] == [extra], body
-        listed = mine(3, bulk)
+        # Other brokers see it once they applied the controller's commit.
+        listed = wait_until(lambda: mine(3, bulk), timeout=10, message="listed by broker 3")
         assert [(r["partition"], r["adding"]) for r in listed] == [(0, [extra])]
-        cli = riffle_admin(c, 1, "reassignments")
-        assert cli.returncode == 0 and listed[0] in json.loads(cli.stdout)["reassignments"], cli
+
+        def listed_by_cli():
+            cli = riffle_admin(c, 1, "reassignments")
+            assert cli.returncode == 0, cli
+            return [(r["partition"], r["adding"]) for r in json.loads(cli.stdout)["reassignments"]
+                    if r["topic"] == bulk] == [(0, [extra])]
+        wait_until(listed_by_cli, timeout=10, message="listed by the CLI through broker 1")
         cli = riffle_admin(c, 4, "reassign", bulk, 0, "--cancel")
         assert cli.returncode == 0 and json.loads(cli.stdout)["replicas"] == original, cli
         wait_until(lambda: mine(1, bulk) == [], timeout=10, message="the cancel seen everywhere")

@@ -431,14 +431,15 @@ impl Broker {
         // KIP-447: a consumer asking for stable offsets waits (retries) while a
         // transaction still holds an offset of the partition.
         let require_stable = req.require_stable;
-        let partition_code = |group: &str, topic: &str, p: i32| {
+        let fetched = |group: &str, topic: &str, p: i32, c: &Option<Committed>| {
             let code = if require_stable && self.groups.unstable(group, topic, p) {
                 ResponseError::UnstableOffsetCommit.code()
             } else {
                 0
             };
             self.count_error(ApiKey::OffsetFetch, code);
-            code
+            let (o, e, m) = committed(if code == 0 { c } else { &None });
+            (code, o, e, m)
         };
         if version >= 8 {
             let groups = req
@@ -462,12 +463,7 @@ impl Broker {
                             let partitions = parts
                                 .iter()
                                 .map(|(p, c)| {
-                                    let code = partition_code(group, &t, *p);
-                                    let (o, e, m) = if code == 0 {
-                                        committed(c)
-                                    } else {
-                                        committed(&None)
-                                    };
+                                    let (code, o, e, m) = fetched(group, &t, *p, c);
                                     OffsetFetchResponsePartitions::default()
                                         .with_partition_index(*p)
                                         .with_committed_offset(o)
@@ -531,12 +527,7 @@ impl Broker {
                 let partitions = parts
                     .iter()
                     .map(|(p, c)| {
-                        let code = partition_code(group, &t, *p);
-                        let (o, e, m) = if code == 0 {
-                            committed(c)
-                        } else {
-                            committed(&None)
-                        };
+                        let (code, o, e, m) = fetched(group, &t, *p, c);
                         OffsetFetchResponsePartition::default()
                             .with_partition_index(*p)
                             .with_committed_offset(o)

@@ -2,7 +2,11 @@
 //! (from their first transactional batch to their marker), where the last stable offset
 //! is, and which ranges were aborted (what `read_committed` consumers must drop).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Commit markers remembered so that a truncation that cuts one reopens its transaction:
+/// only an unreplicated tail is ever truncated, a few batches at most.
+const RECENT_COMMITS: usize = 1024;
 
 /// An aborted transaction's range on a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +38,9 @@ pub struct TxnIndex {
     pub open: BTreeMap<i64, i64>,
     /// Aborted transactions by the offset of their abort marker.
     pub aborted: BTreeMap<i64, Aborted>,
+    /// The latest commits (marker offset, producer, first offset), oldest first; kept in
+    /// memory only.
+    recent_commits: VecDeque<(i64, i64, i64)>,
 }
 
 impl TxnIndex {
@@ -49,6 +56,12 @@ impl TxnIndex {
         match marker {
             Some(commit) => {
                 let first = self.open.remove(&producer_id);
+                if let Some(first) = first.filter(|_| commit) {
+                    if self.recent_commits.len() == RECENT_COMMITS {
+                        self.recent_commits.pop_front();
+                    }
+                    self.recent_commits.push_back((base, producer_id, first));
+                }
                 let aborted = first.filter(|_| !commit).map(|first_offset| {
                     let a = Aborted {
                         producer_id,
@@ -85,7 +98,7 @@ impl TxnIndex {
     }
 
     /// Forgets what lies at or above `cut` (a truncated log): transactions opened there,
-    /// and aborts whose marker is gone (their transaction is open again).
+    /// and markers (their transaction is open again).
     pub fn truncate(&mut self, cut: i64) {
         self.open.retain(|_, &mut first| first < cut);
         for (_, a) in self.aborted.split_off(&cut) {
@@ -93,11 +106,22 @@ impl TxnIndex {
                 self.open.insert(a.producer_id, a.first_offset);
             }
         }
+        while let Some(&(marker, producer_id, first)) = self.recent_commits.back() {
+            if marker < cut {
+                break;
+            }
+            self.recent_commits.pop_back();
+            if first < cut {
+                self.open.insert(producer_id, first);
+            }
+        }
     }
 
-    /// Forgets aborts whose marker lies below `log_start` (deleted by retention).
+    /// Forgets markers below `log_start` (deleted by retention).
     pub fn trim(&mut self, log_start: i64) {
         self.aborted = self.aborted.split_off(&log_start);
+        self.recent_commits
+            .retain(|&(marker, _, _)| marker >= log_start);
     }
 }
 
@@ -153,6 +177,12 @@ mod tests {
         );
         assert!(t.aborted.is_empty());
         t.note(1, true, Some(false), 8);
+        t.note(3, true, None, 9);
+        t.note(3, true, Some(true), 10);
+        t.truncate(10);
+        assert_eq!(t.open.get(&3), Some(&9), "commit marker cut: open again");
+        t.note(3, true, Some(true), 10);
+        assert_eq!(t.open.get(&3), None);
         t.trim(8);
         assert_eq!(t.aborted.len(), 1);
         t.trim(9);
