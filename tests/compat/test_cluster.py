@@ -168,6 +168,7 @@ class AckLog:
         self.ack_times = []  # monotonic time of each success, in callback order
         self.ack_partitions = []  # the partition of each of those successes
         self.errors = []     # (value, error)
+        self.fatal = []      # fatal client errors (broken idempotence state)
 
     def ok(self, value, partition, offset):
         with self.lock:
@@ -193,7 +194,8 @@ class AckLog:
                        message=f"{n} acknowledged records")
         except AssertionError as exc:
             with self.lock:
-                detail = f"have {len(self.acked)}; {len(self.errors)} failed, e.g. {self.errors[:3]}"
+                detail = (f"have {len(self.acked)}; {len(self.errors)} failed, e.g. "
+                          f"{self.errors[:3]}; fatal client errors: {self.fatal}")
             raise AssertionError(f"{exc}: {detail}") from None
 
     def longest_gap(self, partition, t0, t1):
@@ -224,7 +226,6 @@ class BackgroundProducer:
         self.log = AckLog()
         self.sent = 0
         self.unresolved = 0   # records without any delivery report after the final flush
-        self.fatal = []       # fatal client errors (broken idempotence state)
         self.flush_timeout = 90.0
         self._stop = threading.Event()
         self._exc = None
@@ -277,7 +278,7 @@ class ConfluentLoad(BackgroundProducer):
 
     def _on_error(self, err):
         if err.fatal():
-            self.fatal.append(err)
+            self.log.fatal.append(err)
 
     def _report(self, err, msg):
         if err is None:
@@ -384,7 +385,7 @@ def verify_acked(cluster, topic, partitions, load, check_order=True, check_dups=
 
 def finish_load(load, check_errors):
     load.stop()
-    assert not load.fatal, f"fatal producer errors: {load.fatal}"
+    assert not load.log.fatal, f"fatal producer errors: {load.log.fatal}"
     assert load.unresolved == 0, f"{load.unresolved} records never got a delivery report"
     if load.log.errors:
         print(f"{len(load.log.errors)} deliveries failed, e.g. {load.log.errors[:3]}")

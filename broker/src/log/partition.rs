@@ -571,11 +571,18 @@ impl Partition {
                     });
                 }
             }
+            // The metadata image is applied whole on every change anywhere in the
+            // cluster: only a new state of this partition settles a pending ISR change
+            // (committed, or refused for being based on an older state). Dropping it
+            // earlier would let the high watermark pass a replica the controller is
+            // about to add to the ISR, and perhaps make leader.
+            if partition_epoch != r.partition_epoch {
+                r.pending_isr = None;
+            }
             r.leader = leader;
             r.replicas = replicas.to_vec();
             r.isr = isr.to_vec();
             r.partition_epoch = partition_epoch;
-            r.pending_isr = None;
             r.min_isr = min_isr.clamp(1, replicas.len().max(1));
         }
         if role == Role::Leader {
@@ -751,9 +758,20 @@ impl Partition {
             .collect()
     }
 
-    /// An ISR change was not committed: allow the next attempt.
-    pub fn isr_change_failed(&self) {
-        self.replica_lock().pending_isr = None;
+    /// The controller refused `change` for good (nothing of it was committed): allow
+    /// the next attempt.
+    pub fn isr_change_refused(&self, change: &IsrChange) {
+        let mut r = self.replica_lock();
+        if r.partition_epoch == change.partition_epoch {
+            r.pending_isr = None;
+        }
+    }
+
+    /// Whether `change` is still waiting for the controller: no newer state of this
+    /// partition has been applied since it was proposed.
+    pub fn isr_change_pending(&self, change: &IsrChange) -> bool {
+        let r = self.replica_lock();
+        r.pending_isr.is_some() && r.partition_epoch == change.partition_epoch
     }
 
     /// Waits until the high watermark reaches `end` while this broker still leads at
@@ -769,16 +787,22 @@ impl Partition {
             let notified = self.progress.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                // Leadership first: a deposed leader's high watermark follows the new
-                // leader's log, whose records at these offsets may be others.
+            // Leadership before and after reading the high watermark: a deposed
+            // leader's high watermark follows the new leader's log, whose records at
+            // these offsets may be others.
+            let leads = || {
                 let st = self.lock();
-                if st.role != Role::Leader || st.leader_epoch != epoch {
-                    return Err(LogError::NotLeader);
-                }
+                st.role == Role::Leader && st.leader_epoch == epoch
+            };
+            if !leads() {
+                return Err(LogError::NotLeader);
             }
             if self.high_watermark.load(Ordering::Acquire) >= end {
-                return Ok(());
+                return if leads() {
+                    Ok(())
+                } else {
+                    Err(LogError::NotLeader)
+                };
             }
             if self.replica_lock().isr.len() < min_isr {
                 return Err(LogError::NotEnoughReplicasAfterAppend);
@@ -1241,58 +1265,50 @@ impl Partition {
             return AppendOutcome::Done(Err(LogError::NotLeader));
         }
         let marker = control_marker(header, raw);
-        if header.is_control() || (header.is_idempotent() && header.base_sequence < 0) {
+        let current = st.producers.get(&header.producer_id);
+        let check = if header.is_control() || (header.is_idempotent() && header.base_sequence < 0) {
             // Markers and the coordinator's transactional offset commits carry no
             // sequence: they only must not come from a fenced producer or coordinator.
-            let current = st.producers.get(&header.producer_id);
-            match ProducerState::check_unsequenced(
+            ProducerState::check_unsequenced(
                 current,
                 header.producer_epoch,
                 marker.map(|m| m.coordinator_epoch),
-            ) {
-                SeqCheck::Fenced => {
-                    return AppendOutcome::Done(Err(LogError::InvalidProducerEpoch))
-                }
-                SeqCheck::CoordinatorFenced => {
-                    return AppendOutcome::Done(Err(LogError::CoordinatorFenced))
-                }
-                _ => {}
-            }
+            )
         } else if header.is_idempotent() {
-            let current = st.producers.get(&header.producer_id);
-            match ProducerState::check(
+            ProducerState::check(
                 current,
                 header.producer_epoch,
                 header.base_sequence,
                 header.last_sequence(),
-            ) {
-                SeqCheck::Append => {}
-                SeqCheck::Duplicate(base_offset) => {
-                    return AppendOutcome::Done(Ok(Appended {
-                        base_offset,
-                        log_append_time: -1,
-                        log_start_offset: st.log_start,
-                    }))
-                }
-                SeqCheck::Fenced => {
-                    return AppendOutcome::Done(Err(LogError::InvalidProducerEpoch))
-                }
-                SeqCheck::CoordinatorFenced => {
-                    return AppendOutcome::Done(Err(LogError::CoordinatorFenced))
-                }
-                SeqCheck::OutOfOrder => {
-                    tracing::warn!(
-                        topic = %self.topic,
-                        partition = self.index,
-                        producer_id = header.producer_id,
-                        epoch = header.producer_epoch,
-                        first_seq = header.base_sequence,
-                        last_seq = header.last_sequence(),
-                        known = ?current,
-                        "out-of-order sequence refused"
-                    );
-                    return AppendOutcome::Done(Err(LogError::OutOfOrderSequence));
-                }
+            )
+        } else {
+            SeqCheck::Append
+        };
+        match check {
+            SeqCheck::Append => {}
+            SeqCheck::Duplicate(base_offset) => {
+                return AppendOutcome::Done(Ok(Appended {
+                    base_offset,
+                    log_append_time: -1,
+                    log_start_offset: st.log_start,
+                }))
+            }
+            SeqCheck::Fenced => return AppendOutcome::Done(Err(LogError::InvalidProducerEpoch)),
+            SeqCheck::CoordinatorFenced => {
+                return AppendOutcome::Done(Err(LogError::CoordinatorFenced))
+            }
+            SeqCheck::OutOfOrder => {
+                tracing::warn!(
+                    topic = %self.topic,
+                    partition = self.index,
+                    producer_id = header.producer_id,
+                    epoch = header.producer_epoch,
+                    first_seq = header.base_sequence,
+                    last_seq = header.last_sequence(),
+                    known = ?current,
+                    "out-of-order sequence refused"
+                );
+                return AppendOutcome::Done(Err(LogError::OutOfOrderSequence));
             }
         }
         let base = st.next_offset;
@@ -1815,4 +1831,90 @@ fn record_at_or_after(
         .iter()
         .find(|r| r.offset >= log_start && want(r.timestamp))
         .map(|r| (r.offset, r.timestamp))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use riffle_client::{encode_batch, NewRecord};
+
+    use super::*;
+    use crate::configs::broker::BrokerConfigs;
+
+    fn state(isr: &[i32], partition_epoch: i32) -> PartitionState {
+        PartitionState {
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch,
+            elr: Vec::new(),
+            adding: Vec::new(),
+            removing: Vec::new(),
+            before: Vec::new(),
+        }
+    }
+
+    async fn append_ten(part: &Arc<Partition>, cfg: &TopicConfig) {
+        let recs: Vec<NewRecord> = (0..10)
+            .map(|_| NewRecord {
+                key: None,
+                value: Some(Bytes::from_static(b"v")),
+                timestamp: now_ms(),
+            })
+            .collect();
+        let raw =
+            encode_batch(&recs, kafka_protocol::records::Compression::None, None).expect("encode");
+        let header = batch::parse_header(&raw).expect("header");
+        part.append(&raw, &header, cfg, false)
+            .wait()
+            .await
+            .expect("append");
+    }
+
+    /// The leader's view of the partition is re-applied on every metadata change in the
+    /// cluster; a re-application must not forget an ISR expansion on its way to the
+    /// controller, or the high watermark passes a replica that is about to join the ISR
+    /// (and may then be elected without records acknowledged meanwhile).
+    #[tokio::test]
+    async fn a_pending_isr_expansion_holds_the_high_watermark_until_settled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let part = Arc::new(
+            Partition::load("t".into(), 0, 7, store, Arc::new(Notify::new())).expect("load"),
+        );
+        let cfg = TopicConfig::resolve(&BTreeMap::new(), &BrokerConfigs::default());
+        let lag = Duration::from_secs(30);
+        part.apply_state(1, &state(&[1, 2], 0), 1);
+        append_ten(&part, &cfg).await;
+        for follower in [2, 3] {
+            part.follower_fetch(follower, 0, 10, 0).expect("fetch");
+        }
+        assert_eq!(part.offsets().high_watermark, 10);
+
+        let change = part.isr_change_due(1, lag).expect("replica 3 caught up");
+        assert_eq!(change.isr, vec![1, 2, 3]);
+        append_ten(&part, &cfg).await;
+        // Unchanged state applied again (another partition changed), then 2 catches up.
+        part.apply_state(1, &state(&[1, 2], 0), 1);
+        part.follower_fetch(2, 0, 20, 0).expect("fetch");
+        assert!(part.isr_change_pending(&change));
+        assert_eq!(part.offsets().high_watermark, 10, "waits for replica 3");
+
+        // A refusal for good settles it: the high watermark moves over the ISR again.
+        part.isr_change_refused(&change);
+        part.follower_fetch(2, 0, 20, 0).expect("fetch");
+        assert_eq!(part.offsets().high_watermark, 20);
+
+        // Proposed again and committed: the new state settles it.
+        append_ten(&part, &cfg).await;
+        part.follower_fetch(3, 0, 20, 0).expect("fetch");
+        let change = part.isr_change_due(1, lag).expect("replica 3 caught up");
+        part.apply_state(1, &state(&[1, 2, 3], 1), 1);
+        assert!(!part.isr_change_pending(&change));
+        part.follower_fetch(2, 0, 30, 0).expect("fetch");
+        assert_eq!(part.offsets().high_watermark, 20, "3 is in the ISR");
+    }
 }

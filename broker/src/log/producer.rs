@@ -86,6 +86,16 @@ impl ProducerState {
         }
     }
 
+    /// A producer's state at a new epoch: no sequence history, the coordinator epoch kept.
+    fn new_epoch(previous: Option<ProducerState>, epoch: i16, now_ms: i64) -> ProducerState {
+        ProducerState {
+            epoch,
+            batches: VecDeque::new(),
+            last_update_ms: now_ms,
+            coordinator_epoch: previous.map_or(-1, |s| s.coordinator_epoch),
+        }
+    }
+
     /// Checks a batch without sequence numbers (a transaction marker, with its
     /// coordinator's epoch, or a coordinator's offsets batch): it must not come from a
     /// fenced producer epoch, nor a marker from a coordinator that lost its partition.
@@ -113,12 +123,7 @@ impl ProducerState {
     ) -> ProducerState {
         let mut state = match current {
             Some(s) if s.epoch >= epoch => s,
-            other => ProducerState {
-                epoch,
-                batches: VecDeque::new(),
-                last_update_ms: now_ms,
-                coordinator_epoch: other.map_or(-1, |s| s.coordinator_epoch),
-            },
+            other => ProducerState::new_epoch(other, epoch, now_ms),
         };
         if let Some(c) = coordinator_epoch {
             state.coordinator_epoch = state.coordinator_epoch.max(c);
@@ -135,18 +140,7 @@ impl ProducerState {
     ) -> ProducerState {
         let mut state = match current {
             Some(s) if s.epoch == epoch => s,
-            Some(s) => ProducerState {
-                epoch,
-                batches: VecDeque::new(),
-                last_update_ms: now_ms,
-                coordinator_epoch: s.coordinator_epoch,
-            },
-            None => ProducerState {
-                epoch,
-                batches: VecDeque::new(),
-                last_update_ms: now_ms,
-                coordinator_epoch: -1,
-            },
+            other => ProducerState::new_epoch(other, epoch, now_ms),
         };
         if state.batches.len() == RETAINED_BATCHES {
             state.batches.pop_front();

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::cluster::{ControlReply, ControlRequest};
 use crate::handlers::Broker;
+use crate::log::{IsrChange, Partition};
 
 /// Checks every led partition on a short interval until `stop`.
 pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
@@ -26,33 +27,72 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
                     continue;
                 };
                 let (b, t) = (broker.clone(), topic.name.to_string());
-                tokio::spawn(async move {
-                    tracing::info!(topic = t, partition = part.index, isr = ?change.isr, "changing ISR");
-                    let req = ControlRequest::AlterIsr {
-                        topic: t.clone(),
-                        partition: part.index,
-                        leader: me,
-                        leader_epoch: change.leader_epoch,
-                        partition_epoch: change.partition_epoch,
-                        isr: change.isr.clone(),
-                    };
-                    let grew = change.isr.len() > part.isr_len();
-                    match b.cluster.control(req, Duration::from_secs(5)).await {
-                        ControlReply::Done { .. } => {
-                            let m = if grew {
-                                &b.metrics.isr_expands
-                            } else {
-                                &b.metrics.isr_shrinks
-                            };
-                            m.inc();
-                        }
-                        other => {
-                            tracing::info!(topic = t, partition = part.index, reply = ?other, "ISR change not committed");
-                            part.isr_change_failed();
-                        }
-                    }
-                });
+                tokio::spawn(async move { propose(&b, &t, &part, change, tick).await });
             }
         }
     }
+}
+
+/// Asks the controller to commit `change`. Until an answer settles it, the change may
+/// still be committed: it stays pending (and is asked again every `retry`) until this
+/// partition's next state is applied, so the high watermark keeps waiting for the
+/// replicas it adds.
+async fn propose(
+    broker: &Broker,
+    topic: &str,
+    part: &Partition,
+    change: IsrChange,
+    retry: Duration,
+) {
+    let me = broker.config.node_id;
+    tracing::info!(topic, partition = part.index, isr = ?change.isr, "changing ISR");
+    let req = ControlRequest::AlterIsr {
+        topic: topic.to_string(),
+        partition: part.index,
+        leader: me,
+        leader_epoch: change.leader_epoch,
+        partition_epoch: change.partition_epoch,
+        isr: change.isr.clone(),
+    };
+    let grew = change.isr.len() > part.isr_len();
+    while part.isr_change_pending(&change) {
+        match broker
+            .cluster
+            .control(req.clone(), Duration::from_secs(5))
+            .await
+        {
+            ControlReply::Done { .. } => {
+                let m = if grew {
+                    &broker.metrics.isr_expands
+                } else {
+                    &broker.metrics.isr_shrinks
+                };
+                m.inc();
+                return;
+            }
+            ControlReply::Error { code, message } if refused_for_good(code) => {
+                tracing::info!(
+                    topic,
+                    partition = part.index,
+                    code,
+                    message,
+                    "ISR change refused"
+                );
+                part.isr_change_refused(&change);
+                return;
+            }
+            other => {
+                tracing::info!(topic, partition = part.index, reply = ?other, "ISR change not committed yet");
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
+}
+
+/// Refusals of a change checked against the partition's current state: nothing of it
+/// can be committed later. Others (no controller, a timeout, a newer partition state) wait
+/// for the next state or another attempt.
+fn refused_for_good(code: i16) -> bool {
+    use kafka_protocol::error::ResponseError as E;
+    code == E::IneligibleReplica.code() || code == E::InvalidRequest.code()
 }
