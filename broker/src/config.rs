@@ -113,6 +113,14 @@ pub struct Config {
     /// The balancer leaves brokers alone whose replica count (and bytes) is within this percentage
     /// of the mean.
     pub balancer_tolerance_percent: u32,
+    /// Enforce ACLs (Kafka: an `authorizer.class.name` is set). Off, every request is
+    /// allowed and the ACL APIs answer SECURITY_DISABLED, as Kafka without an authorizer.
+    pub authorizer_enabled: bool,
+    /// Principals allowed everything, `;`-separated (e.g. `User:admin;User:ops`).
+    pub super_users: String,
+    /// With the authorizer on, a resource without any ACL is open to everyone (else
+    /// only super users may use it).
+    pub allow_everyone_if_no_acl_found: bool,
 }
 
 impl Default for Config {
@@ -159,6 +167,9 @@ impl Default for Config {
             controlled_shutdown_timeout_ms: 30_000,
             max_concurrent_moves: 10,
             balancer_tolerance_percent: 10,
+            authorizer_enabled: false,
+            super_users: String::new(),
+            allow_everyone_if_no_acl_found: false,
         }
     }
 }
@@ -343,6 +354,18 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_BALANCER_TOLERANCE_PERCENT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balancer_tolerance_percent: Option<u32>,
+    /// Enforce ACLs [default: false].
+    #[arg(long, env = "RIFFLE_AUTHORIZER_ENABLED")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorizer_enabled: Option<bool>,
+    /// Principals allowed everything, `;`-separated [default: none].
+    #[arg(long, env = "RIFFLE_SUPER_USERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub super_users: Option<String>,
+    /// Open resources without ACLs to everyone when the authorizer is on [default: false].
+    #[arg(long, env = "RIFFLE_ALLOW_EVERYONE_IF_NO_ACL_FOUND")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_everyone_if_no_acl_found: Option<bool>,
 }
 
 /// Configuration could not be assembled.
@@ -460,6 +483,21 @@ impl Config {
         self.advertised_rpc
             .clone()
             .unwrap_or_else(|| self.rpc_listen.to_string())
+    }
+
+    /// The authorization policy these settings describe.
+    pub fn acl_policy(&self) -> crate::acl::Policy {
+        crate::acl::Policy {
+            enabled: self.authorizer_enabled,
+            super_users: self
+                .super_users
+                .split(';')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(String::from)
+                .collect(),
+            allow_everyone_if_no_acl_found: self.allow_everyone_if_no_acl_found,
+        }
     }
 
     /// Host and port split out of `advertised_listener`.

@@ -6,6 +6,7 @@
 //! Around it: [`cluster`] (metadata quorum, controller), [`replication`] (followers fetch
 //! from leaders) and [`rpc`] (the gRPC both use).
 
+pub mod acl;
 pub mod cleaner;
 pub mod cluster;
 pub mod config;

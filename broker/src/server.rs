@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::task::JoinSet;
 
+use crate::acl::Session;
 use crate::handlers::Broker;
 use crate::protocol::EncodeError;
 
@@ -56,7 +57,11 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let peer = stream.peer_addr().ok();
-    let client_host = peer.map(|p| format!("/{}", p.ip())).unwrap_or_default();
+    // No authentication yet: every connection is the anonymous user at its address.
+    let who = Arc::new(Session {
+        principal: crate::acl::ANONYMOUS.to_string(),
+        host: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+    });
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(broker.config.max_in_flight_per_connection);
     // Writer: resolves replies in request order.
@@ -107,7 +112,7 @@ async fn connection(
                 .inc();
             break;
         }
-        match broker.dispatch(frame.freeze(), &client_host).await {
+        match broker.dispatch(frame.freeze(), &who).await {
             Ok(reply) => {
                 if tx.send(tokio::spawn(reply)).await.is_err() {
                     break;

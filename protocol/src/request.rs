@@ -82,6 +82,9 @@ pub enum Body {
     DescribeTransactions(DescribeTransactionsRequest),
     ListTransactions(ListTransactionsRequest),
     DescribeProducers(DescribeProducersRequest),
+    DescribeAcls(DescribeAclsRequest),
+    CreateAcls(CreateAclsRequest),
+    DeleteAcls(DeleteAclsRequest),
 }
 
 /// A decoded request with the header fields handlers need.
@@ -177,6 +180,9 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
         ApiKey::DescribeTransactions => body!(DescribeTransactions, DescribeTransactionsRequest),
         ApiKey::ListTransactions => body!(ListTransactions, ListTransactionsRequest),
         ApiKey::DescribeProducers => body!(DescribeProducers, DescribeProducersRequest),
+        ApiKey::DescribeAcls => body!(DescribeAcls, DescribeAclsRequest),
+        ApiKey::CreateAcls => body!(CreateAcls, CreateAclsRequest),
+        ApiKey::DeleteAcls => body!(DeleteAcls, DeleteAclsRequest),
         _ => return Err(DecodeError::UnsupportedVersion),
     };
     Ok(done(body, client_id))

@@ -2,7 +2,7 @@
 //! ISR changes, heartbeats) into commands decided by [`super::decide`], commits them,
 //! fences brokers whose heartbeats stop, and moves leadership back to preferred replicas.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use super::image::{
 use super::operations::Sizes;
 use super::{decide, operations, reassign};
 use super::{Import, Raft};
+use crate::acl::{AclBinding, AclFilter};
 use crate::config::Config;
 use crate::group::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::metadata::{names::validate_topic_name, Catalog};
@@ -146,6 +147,10 @@ pub enum ControlRequest {
         /// On.
         on: bool,
     },
+    /// CreateAcls (bindings already validated).
+    CreateAcls(Vec<AclBinding>),
+    /// DeleteAcls: removes every binding each filter selects.
+    DeleteAcls(Vec<AclFilter>),
     /// Elect leaders: preferred replicas, or (unclean) any live replica of offline partitions.
     ElectLeaders {
         /// Unclean instead of preferred.
@@ -206,6 +211,8 @@ pub enum ControlReply {
     Reassigned(Vec<(String, i32, i16, Option<String>)>),
     /// Partition sizes.
     PartitionSizes(Sizes),
+    /// The bindings each DeleteAcls filter removed, in filter order.
+    AclsDeleted(Vec<Vec<AclBinding>>),
     /// Refused with a Kafka error code.
     Error {
         /// Kafka error code.
@@ -439,6 +446,23 @@ impl Controller {
                 }
                 self.commit_done(Command::SetBrokerConfigs { resource, configs })
                     .await
+            }
+            ControlRequest::CreateAcls(acls) => self.commit_done(Command::CreateAcls(acls)).await,
+            ControlRequest::DeleteAcls(filters) => {
+                let matched: Vec<Vec<AclBinding>> = filters
+                    .iter()
+                    .map(|f| img.acls.iter().filter(|b| f.matches(b)).cloned().collect())
+                    .collect();
+                let all: BTreeSet<AclBinding> = matched.iter().flatten().cloned().collect();
+                if !all.is_empty() {
+                    if let Err(r) = self
+                        .commit(Command::DeleteAcls(all.into_iter().collect()))
+                        .await
+                    {
+                        return r;
+                    }
+                }
+                ControlReply::AclsDeleted(matched)
             }
             ControlRequest::AlterIsr {
                 topic,

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::acl::AclBinding;
+
 /// A broker id (Kafka's `node.id`).
 pub type BrokerId = i32;
 
@@ -150,6 +152,9 @@ pub struct Image {
     /// Continuous balancing switched off cluster-wide.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub balancer_off: bool,
+    /// Access control lists.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub acls: BTreeSet<AclBinding>,
 }
 
 /// A change to the image, committed through the quorum.
@@ -249,6 +254,10 @@ pub enum Command {
         /// Broker.
         id: BrokerId,
     },
+    /// Adds ACLs (already present ones stay once).
+    CreateAcls(Vec<AclBinding>),
+    /// Removes ACLs.
+    DeleteAcls(Vec<AclBinding>),
     /// Several commands applied in order, as one log entry.
     Batch(Vec<Command>),
 }
@@ -345,6 +354,12 @@ impl Image {
                 Some(t) => t.configs = configs.clone(),
                 None => return CommandReply::Rejected(format!("topic '{name}' does not exist")),
             },
+            Command::CreateAcls(acls) => self.acls.extend(acls.iter().cloned()),
+            Command::DeleteAcls(acls) => {
+                for a in acls {
+                    self.acls.remove(a);
+                }
+            }
             Command::SetBrokerConfigs { resource, configs } => {
                 if configs.is_empty() {
                     self.broker_configs.remove(resource);

@@ -12,6 +12,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use super::{configs::topic_config_entries, control_error, Broker};
+use crate::acl::{self, op, resource, Session};
 use crate::cluster::{ControlReply, ControlRequest};
 
 impl Broker {
@@ -19,8 +20,10 @@ impl Broker {
         &self,
         req: CreateTopicsRequest,
         version: i16,
+        who: &Session,
     ) -> CreateTopicsResponse {
         let mut results = Vec::with_capacity(req.topics.len());
+        let cluster_create = self.authorize(who, op::CREATE, resource::CLUSTER, acl::CLUSTER_NAME);
         for t in req.topics {
             let name = t.name.0.to_string();
             let mut result = CreatableTopicResult::default()
@@ -43,7 +46,13 @@ impl Broker {
                     None => null_config = Some(c.name.to_string()),
                 }
             }
+            let may_create =
+                cluster_create || self.authorize(who, op::CREATE, resource::TOPIC, &name);
             let outcome = match null_config {
+                _ if !may_create => Err((
+                    ResponseError::TopicAuthorizationFailed.code(),
+                    "Authorization failed.".to_string(),
+                )),
                 Some(k) => Err((
                     ResponseError::InvalidConfig.code(),
                     format!("Null value not supported for topic configs: {k}"),
@@ -121,6 +130,7 @@ impl Broker {
         &self,
         req: DeleteTopicsRequest,
         version: i16,
+        who: &Session,
     ) -> DeleteTopicsResponse {
         let names: Vec<TopicName> = if version >= 6 {
             req.topics.into_iter().filter_map(|t| t.name).collect()
@@ -129,6 +139,16 @@ impl Broker {
         };
         let mut responses = Vec::with_capacity(names.len());
         for name in names {
+            if !self.authorize(who, op::DELETE, resource::TOPIC, name.0.as_str()) {
+                let code = ResponseError::TopicAuthorizationFailed.code();
+                self.count_error(ApiKey::DeleteTopics, code);
+                responses.push(
+                    DeletableTopicResult::default()
+                        .with_name(Some(name))
+                        .with_error_code(code),
+                );
+                continue;
+            }
             let partitions = self
                 .catalog
                 .get(name.0.as_str())
@@ -162,9 +182,23 @@ impl Broker {
     pub(super) async fn create_partitions(
         &self,
         req: CreatePartitionsRequest,
+        who: &Session,
     ) -> CreatePartitionsResponse {
         let mut results = Vec::with_capacity(req.topics.len());
         for t in req.topics {
+            if !self.authorize(who, op::ALTER, resource::TOPIC, t.name.0.as_str()) {
+                let code = ResponseError::TopicAuthorizationFailed.code();
+                self.count_error(ApiKey::CreatePartitions, code);
+                results.push(
+                    CreatePartitionsTopicResult::default()
+                        .with_name(t.name)
+                        .with_error_code(code)
+                        .with_error_message(Some(StrBytes::from_static_str(
+                            "Authorization failed.",
+                        ))),
+                );
+                continue;
+            }
             let assignments: Vec<Vec<BrokerId>> = t
                 .assignments
                 .unwrap_or_default()

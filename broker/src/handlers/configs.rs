@@ -12,6 +12,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use super::{str_bytes, Broker};
+use crate::acl::{self, op, resource, Session};
 use crate::cluster::ControlRequest;
 use crate::configs::broker::{broker_key, check_dynamic, Scope, BROKER_KEYS};
 use crate::configs::topic::{self, default_value, TOPIC_KEYS};
@@ -238,10 +239,38 @@ enum Change<'a> {
 }
 
 impl Broker {
+    /// Whether `who` may describe (or alter) the configs of a resource: topics are
+    /// authorized on the topic, broker resources on the cluster.
+    fn config_access(
+        &self,
+        who: &Session,
+        operation: i8,
+        resource_type: i8,
+        name: &str,
+    ) -> Result<(), (i16, String)> {
+        let (allowed, code) = if resource_type == RESOURCE_TOPIC {
+            (
+                self.authorize(who, operation, resource::TOPIC, name),
+                ResponseError::TopicAuthorizationFailed.code(),
+            )
+        } else {
+            (
+                self.authorize(who, operation, resource::CLUSTER, acl::CLUSTER_NAME),
+                ResponseError::ClusterAuthorizationFailed.code(),
+            )
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err((code, "Authorization failed.".into()))
+        }
+    }
+
     pub(super) fn describe_configs(
         &self,
         req: DescribeConfigsRequest,
         version: i16,
+        who: &Session,
     ) -> DescribeConfigsResponse {
         let broker = self.catalog.broker_configs();
         let me = self.config.node_id.to_string();
@@ -254,7 +283,8 @@ impl Broker {
                     .with_resource_type(r.resource_type)
                     .with_resource_name(r.resource_name.clone());
                 let name = r.resource_name.as_str();
-                let entries = match r.resource_type {
+                let access = self.config_access(who, op::DESCRIBE_CONFIGS, r.resource_type, name);
+                let entries = access.and_then(|()| match r.resource_type {
                     RESOURCE_TOPIC => match self.catalog.get(name) {
                         Some(t) => Ok(topic_config_entries(&t.overrides(), &broker)),
                         None => Err((
@@ -273,7 +303,7 @@ impl Broker {
                         ResponseError::InvalidRequest.code(),
                         format!("Unsupported resource type {t}"),
                     )),
-                };
+                });
                 let res = match entries {
                     Ok(e) => res.with_configs(to_result(e, &r.configuration_keys, req.include_synonyms, docs)),
                     Err((code, msg)) => res
@@ -412,22 +442,32 @@ impl Broker {
         }
     }
 
-    pub(super) async fn alter_configs(&self, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    pub(super) async fn alter_configs(
+        &self,
+        req: AlterConfigsRequest,
+        who: &Session,
+    ) -> AlterConfigsResponse {
         let mut responses = Vec::with_capacity(req.resources.len());
         for r in req.resources {
+            let name = r.resource_name.as_str();
+            let access = self.config_access(who, op::ALTER_CONFIGS, r.resource_type, name);
             let set = r
                 .configs
                 .iter()
                 .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str())))
                 .collect();
-            let outcome = self
-                .alter(
-                    r.resource_type,
-                    r.resource_name.as_str(),
-                    Change::Replace(set),
-                    req.validate_only,
-                )
-                .await;
+            let outcome = match access {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    self.alter(
+                        r.resource_type,
+                        name,
+                        Change::Replace(set),
+                        req.validate_only,
+                    )
+                    .await
+                }
+            };
             let (code, msg) = outcome.err().map_or((0, None), |(c, m)| (c, Some(m)));
             self.count_error(ApiKey::AlterConfigs, code);
             responses.push(
@@ -444,9 +484,12 @@ impl Broker {
     pub(super) async fn incremental_alter_configs(
         &self,
         req: IncrementalAlterConfigsRequest,
+        who: &Session,
     ) -> IncrementalAlterConfigsResponse {
         let mut responses = Vec::with_capacity(req.resources.len());
         for r in req.resources {
+            let name = r.resource_name.as_str();
+            let access = self.config_access(who, op::ALTER_CONFIGS, r.resource_type, name);
             let ops = r
                 .configs
                 .iter()
@@ -458,14 +501,13 @@ impl Broker {
                     )
                 })
                 .collect();
-            let outcome = self
-                .alter(
-                    r.resource_type,
-                    r.resource_name.as_str(),
-                    Change::Ops(ops),
-                    req.validate_only,
-                )
-                .await;
+            let outcome = match access {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    self.alter(r.resource_type, name, Change::Ops(ops), req.validate_only)
+                        .await
+                }
+            };
             let (code, msg) = outcome.err().map_or((0, None), |(c, m)| (c, Some(m)));
             self.count_error(ApiKey::IncrementalAlterConfigs, code);
             responses.push(

@@ -15,6 +15,7 @@ use kafka_protocol::messages::{
 use tokio::time::Instant;
 
 use super::{leader_check, Broker};
+use crate::acl::{op, resource, Session};
 use crate::log::LogError;
 use crate::protocol::batch;
 
@@ -26,14 +27,17 @@ struct Wanted {
     offset: i64,
     max_bytes: usize,
     leader_epoch: i32,
+    /// The client may not read this topic.
+    denied: bool,
 }
 
 impl Broker {
-    pub(super) async fn fetch(self: &Arc<Self>, req: FetchRequest) -> FetchResponse {
+    pub(super) async fn fetch(self: &Arc<Self>, req: FetchRequest, who: &Session) -> FetchResponse {
         let wanted: Vec<(TopicName, Vec<Wanted>)> = req
             .topics
             .into_iter()
             .map(|t| {
+                let denied = !self.authorize(who, op::READ, resource::TOPIC, t.topic.0.as_str());
                 let parts = t
                     .partitions
                     .into_iter()
@@ -42,6 +46,7 @@ impl Broker {
                         offset: p.fetch_offset,
                         max_bytes: p.partition_max_bytes.max(0) as usize,
                         leader_epoch: p.current_leader_epoch,
+                        denied,
                     })
                     .collect();
                 (t.topic, parts)
@@ -140,6 +145,12 @@ impl Broker {
                     .with_preferred_read_replica(BrokerId(-1))
                     .with_aborted_transactions(Some(Vec::new()))
                     .with_records(Some(Bytes::new()));
+                if w.denied {
+                    any_error = true;
+                    partitions
+                        .push(pd.with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+                    continue;
+                }
                 let Some(part) = topic.as_ref().and_then(|t| t.partition(w.partition)) else {
                     any_error = true;
                     partitions

@@ -24,6 +24,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
 use super::{str_bytes, Broker, Reply};
+use crate::acl::{op, resource, Session};
 use crate::group::offsets::offsets_partition;
 use crate::group::{
     Committed, JoinParams, JoinReply, Outcome, SyncReply, MAX_METADATA_BYTES, OFFSETS_TOPIC,
@@ -327,8 +328,13 @@ impl Broker {
         }
     }
 
-    pub(super) async fn offset_commit(&self, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    pub(super) async fn offset_commit(
+        &self,
+        req: OffsetCommitRequest,
+        who: &Session,
+    ) -> OffsetCommitResponse {
         let group_id = req.group_id.0.to_string();
+        let group_allowed = self.authorize(who, op::READ, resource::GROUP, &group_id);
         let now = now_ms();
         let mut valid = Vec::new();
         // Per-partition checks first; the group-level check then covers the rest.
@@ -342,7 +348,11 @@ impl Broker {
                     .as_ref()
                     .map(|m| m.to_string())
                     .unwrap_or_default();
-                let code = if topic
+                let code = if !group_allowed {
+                    ResponseError::GroupAuthorizationFailed.code()
+                } else if !self.authorize(who, op::READ, resource::TOPIC, t.name.0.as_str()) {
+                    ResponseError::TopicAuthorizationFailed.code()
+                } else if topic
                     .as_ref()
                     .and_then(|tp| tp.partition(p.partition_index))
                     .is_none()
@@ -369,6 +379,8 @@ impl Broker {
         }
         let group_error = if group_id.is_empty() {
             Err(ResponseError::InvalidGroupId.code())
+        } else if valid.is_empty() {
+            Ok(())
         } else {
             self.groups
                 .commit(
@@ -409,8 +421,12 @@ impl Broker {
         &self,
         req: OffsetFetchRequest,
         version: i16,
+        who: &Session,
     ) -> OffsetFetchResponse {
         let lookup = |group: &str, topics: Option<Vec<(String, Vec<i32>)>>| {
+            if !self.authorize(who, op::DESCRIBE, resource::GROUP, group) {
+                return Err(ResponseError::GroupAuthorizationFailed.code());
+            }
             let mut by_topic: Vec<TopicCommits> = Vec::new();
             for (t, p, c) in self.groups.committed(group, topics.as_deref())? {
                 match by_topic.iter_mut().find(|(name, _)| *name == t) {
@@ -544,11 +560,28 @@ impl Broker {
         OffsetFetchResponse::default().with_topics(topics)
     }
 
-    pub(super) fn describe_groups(&self, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+    pub(super) fn describe_groups(
+        &self,
+        req: DescribeGroupsRequest,
+        who: &Session,
+    ) -> DescribeGroupsResponse {
+        let with_ops = req.include_authorized_operations;
         let groups = req
             .groups
             .into_iter()
             .map(|gid| {
+                if !self.authorize(who, op::DESCRIBE, resource::GROUP, gid.0.as_str()) {
+                    let code = ResponseError::GroupAuthorizationFailed.code();
+                    self.count_error(ApiKey::DescribeGroups, code);
+                    return DescribedGroup::default()
+                        .with_error_code(code)
+                        .with_group_id(gid);
+                }
+                let ops = if with_ops {
+                    self.authorized_operations(who, resource::GROUP, gid.0.as_str())
+                } else {
+                    i32::MIN
+                };
                 let d = self.groups.describe(gid.0.as_str());
                 self.count_error(ApiKey::DescribeGroups, d.error);
                 let members = d
@@ -571,16 +604,30 @@ impl Broker {
                     .with_protocol_type(StrBytes::from_string(d.protocol_type))
                     .with_protocol_data(StrBytes::from_string(d.protocol))
                     .with_members(members)
+                    .with_authorized_operations(ops)
             })
             .collect();
         DescribeGroupsResponse::default().with_groups(groups)
     }
 
-    pub(super) fn list_groups(&self, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+    pub(super) fn list_groups(
+        &self,
+        req: ListGroupsRequest,
+        version: i16,
+        who: &Session,
+    ) -> ListGroupsResponse {
+        // Kafka: DESCRIBE on the cluster lists every group, else those the client may describe.
+        let all = self.authorize(
+            who,
+            op::DESCRIBE,
+            resource::CLUSTER,
+            crate::acl::CLUSTER_NAME,
+        );
         let groups =
             self.groups
                 .list()
                 .into_iter()
+                .filter(|(id, _, _)| all || self.authorize(who, op::DESCRIBE, resource::GROUP, id))
                 .filter(|(_, _, state)| {
                     req.states_filter.is_empty()
                         || req
@@ -610,10 +657,18 @@ impl Broker {
         ListGroupsResponse::default().with_groups(groups)
     }
 
-    pub(super) async fn delete_groups(&self, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    pub(super) async fn delete_groups(
+        &self,
+        req: DeleteGroupsRequest,
+        who: &Session,
+    ) -> DeleteGroupsResponse {
         let mut results = Vec::with_capacity(req.groups_names.len());
         for g in req.groups_names {
-            let code = self.groups.delete_group(g.0.as_str()).await;
+            let code = if self.authorize(who, op::DELETE, resource::GROUP, g.0.as_str()) {
+                self.groups.delete_group(g.0.as_str()).await
+            } else {
+                ResponseError::GroupAuthorizationFailed.code()
+            };
             self.count_error(ApiKey::DeleteGroups, code);
             results.push(
                 delete_groups_response::DeletableGroupResult::default()

@@ -13,6 +13,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
 use super::{str_bytes, Broker};
+use crate::acl::{self, op, resource, Session};
 use crate::cluster::image::BrokerState;
 use crate::cluster::{ControlReply, ControlRequest};
 use crate::config::split_host_port;
@@ -67,7 +68,12 @@ impl Broker {
             })
     }
 
-    pub(super) async fn metadata(&self, req: MetadataRequest, version: i16) -> MetadataResponse {
+    pub(super) async fn metadata(
+        &self,
+        req: MetadataRequest,
+        version: i16,
+        who: &Session,
+    ) -> MetadataResponse {
         let hide_self = self.cut_off();
         let brokers = self
             .live_brokers()
@@ -99,11 +105,14 @@ impl Broker {
             .broker_configs()
             .get_bool("auto.create.topics.enable", true)
             && (version < 4 || req.allow_auto_topic_creation);
-        let topics = match requested {
+        let may = |o: i8, name: &str| self.authorize(who, o, resource::TOPIC, name);
+        let topics: Vec<MetadataResponseTopic> = match requested {
+            // Listing all topics shows those the client may describe.
             None => self
                 .catalog
                 .all()
                 .iter()
+                .filter(|t| may(op::DESCRIBE, &t.name))
                 .map(|t| self.describe_topic(t))
                 .collect(),
             Some(refs) => {
@@ -111,9 +120,23 @@ impl Broker {
                 for r in refs {
                     out.push(match r {
                         MetadataRequestTopicRef::Name(name) => {
-                            self.metadata_for_name(name, auto_create).await
+                            let n = name.0.as_str();
+                            if !may(op::DESCRIBE, n) {
+                                denied(Some(name), uuid::Uuid::nil())
+                            } else {
+                                // Creating needs CREATE on the cluster or on the topic.
+                                let create = auto_create
+                                    && (self.authorize(
+                                        who,
+                                        op::CREATE,
+                                        resource::CLUSTER,
+                                        acl::CLUSTER_NAME,
+                                    ) || may(op::CREATE, n));
+                                self.metadata_for_name(name, create).await
+                            }
                         }
                         MetadataRequestTopicRef::Id(id) => match self.catalog.get_by_id(id) {
+                            Some(t) if !may(op::DESCRIBE, &t.name) => denied(None, id),
                             Some(t) => self.describe_topic(&t),
                             None => MetadataResponseTopic::default()
                                 .with_topic_id(id)
@@ -128,11 +151,36 @@ impl Broker {
         for t in &topics {
             self.count_error(ApiKey::Metadata, t.error_code);
         }
-        MetadataResponse::default()
+        let topics = if req.include_topic_authorized_operations {
+            topics
+                .into_iter()
+                .map(|t| {
+                    let ops = match &t.name {
+                        Some(n) if t.error_code == 0 => {
+                            self.authorized_operations(who, resource::TOPIC, n.0.as_str())
+                        }
+                        _ => i32::MIN,
+                    };
+                    t.with_topic_authorized_operations(ops)
+                })
+                .collect()
+        } else {
+            topics
+        };
+        let resp = MetadataResponse::default()
             .with_brokers(brokers)
             .with_cluster_id(Some(str_bytes(&self.cluster_id())))
             .with_controller_id(self.controller())
-            .with_topics(topics)
+            .with_topics(topics);
+        if req.include_cluster_authorized_operations {
+            resp.with_cluster_authorized_operations(self.authorized_operations(
+                who,
+                resource::CLUSTER,
+                acl::CLUSTER_NAME,
+            ))
+        } else {
+            resp
+        }
     }
 
     async fn metadata_for_name(&self, name: TopicName, auto_create: bool) -> MetadataResponseTopic {
@@ -233,7 +281,11 @@ impl Broker {
             .with_partitions(partitions)
     }
 
-    pub(super) fn describe_cluster(&self, _req: DescribeClusterRequest) -> DescribeClusterResponse {
+    pub(super) fn describe_cluster(
+        &self,
+        req: DescribeClusterRequest,
+        who: &Session,
+    ) -> DescribeClusterResponse {
         let brokers = self
             .live_brokers()
             .into_iter()
@@ -245,11 +297,17 @@ impl Broker {
                     .with_rack(rack)
             })
             .collect();
+        let ops = if req.include_cluster_authorized_operations {
+            self.authorized_operations(who, resource::CLUSTER, acl::CLUSTER_NAME)
+        } else {
+            i32::MIN
+        };
         DescribeClusterResponse::default()
             .with_cluster_id(str_bytes(&self.cluster_id()))
             .with_controller_id(self.controller())
             .with_endpoint_type(1)
             .with_brokers(brokers)
+            .with_cluster_authorized_operations(ops)
     }
 
     pub(super) async fn elect_leaders(&self, req: ElectLeadersRequest) -> ElectLeadersResponse {
@@ -307,4 +365,12 @@ impl Broker {
 enum MetadataRequestTopicRef {
     Name(TopicName),
     Id(uuid::Uuid),
+}
+
+/// A topic the client may not describe: named as asked, nothing else said.
+fn denied(name: Option<TopicName>, id: uuid::Uuid) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(name)
+        .with_topic_id(id)
+        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
 }

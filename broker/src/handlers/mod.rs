@@ -4,7 +4,9 @@
 //! admin changes) before it returns; what is left (waiting for durability, fetch
 //! long-polls) is returned as a future that the connection resolves in request order.
 
+mod acls;
 mod admin;
+mod authz;
 mod configs;
 mod fetch;
 mod groups;
@@ -25,6 +27,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Notify;
 
+use crate::acl::Session;
 use crate::cluster::{Cluster, ControlReply, ControlRequest, Import};
 use crate::config::Config;
 use crate::group::{Coordinator, GroupTimings};
@@ -57,6 +60,8 @@ pub struct Broker {
     pub catalog: Arc<Catalog>,
     /// The cluster: metadata quorum, controller, registration.
     pub cluster: Arc<Cluster>,
+    /// Authorization settings.
+    acl_policy: crate::acl::Policy,
     /// Producer ids reserved for this broker: (next, end).
     pids: std::sync::Mutex<(i64, i64)>,
     /// Storage.
@@ -142,6 +147,7 @@ impl Broker {
         };
         let cluster = Cluster::start(&config, store.clone(), applier, import).await?;
         Ok(Arc::new(Broker {
+            acl_policy: config.acl_policy(),
             config,
             catalog,
             cluster,
@@ -189,6 +195,30 @@ impl Broker {
         *self.stopping.borrow()
     }
 
+    /// Whether `who` may perform `operation` on a resource, under the cluster's ACLs.
+    pub fn authorize(&self, who: &Session, operation: i8, resource_type: i8, name: &str) -> bool {
+        !self.acl_policy.enabled
+            || crate::acl::authorize(
+                &self.cluster.image().acls,
+                &self.acl_policy,
+                who,
+                operation,
+                resource_type,
+                name,
+            )
+    }
+
+    /// Kafka's authorized-operations bits of a resource for `who`.
+    pub fn authorized_operations(&self, who: &Session, resource_type: i8, name: &str) -> i32 {
+        crate::acl::authorized_operations(
+            &self.cluster.image().acls,
+            &self.acl_policy,
+            who,
+            resource_type,
+            name,
+        )
+    }
+
     /// Whether this broker may act as leader of `part`. A leader that has lost its
     /// controller session and hears from none of its followers is cut off from the
     /// cluster: another leader has most likely been elected, so it steps aside (clients
@@ -209,11 +239,11 @@ impl Broker {
         (StrBytes::from_string(host), port)
     }
 
-    /// Handles one request frame (without its size prefix) from client address `peer`.
+    /// Handles one request frame (without its size prefix) from the client `who`.
     pub async fn dispatch(
         self: &Arc<Self>,
         frame: Bytes,
-        peer: &str,
+        who: &Arc<Session>,
     ) -> Result<Reply, DecodeError> {
         let Request {
             api,
@@ -231,6 +261,9 @@ impl Broker {
                 ready(encode_response(api, v, corr, &resp).map(Some))
             }};
         }
+        if let Some(refused) = self.refusal(api, v, corr, &body, who) {
+            return Ok(self.observe(name, started, refused));
+        }
         let reply: Reply = match body {
             // Answer with a v0 body listing what we support, so the client retries lower.
             Body::ApiVersionsUnsupported => ready(
@@ -243,25 +276,27 @@ impl Broker {
                 .map(Some),
             ),
             Body::ApiVersions(_) => now!(self.api_versions(0)),
-            Body::Metadata(req) => now!(self.metadata(req, v).await),
-            Body::Produce(req) => self.produce(req, v, corr),
+            Body::Metadata(req) => now!(self.metadata(req, v, who).await),
+            Body::Produce(req) => self.produce(req, v, corr, who),
             Body::Fetch(req) => {
-                let this = self.clone();
-                Box::pin(
-                    async move { encode_response(api, v, corr, &this.fetch(req).await).map(Some) },
-                )
+                let (this, who) = (self.clone(), who.clone());
+                Box::pin(async move {
+                    encode_response(api, v, corr, &this.fetch(req, &who).await).map(Some)
+                })
             }
-            Body::ListOffsets(req) => now!(self.list_offsets(req, v).await),
+            Body::ListOffsets(req) => now!(self.list_offsets(req, v, who).await),
             Body::OffsetForLeaderEpoch(req) => now!(self.offset_for_leader_epoch(req)),
             Body::InitProducerId(req) => now!(self.init_producer_id(req).await),
-            Body::CreateTopics(req) => now!(self.create_topics(req, v).await),
-            Body::DeleteTopics(req) => now!(self.delete_topics(req, v).await),
-            Body::CreatePartitions(req) => now!(self.create_partitions(req).await),
-            Body::DeleteRecords(req) => now!(self.delete_records(req).await),
-            Body::DescribeConfigs(req) => now!(self.describe_configs(req, v)),
-            Body::AlterConfigs(req) => now!(self.alter_configs(req).await),
-            Body::IncrementalAlterConfigs(req) => now!(self.incremental_alter_configs(req).await),
-            Body::DescribeCluster(req) => now!(self.describe_cluster(req)),
+            Body::CreateTopics(req) => now!(self.create_topics(req, v, who).await),
+            Body::DeleteTopics(req) => now!(self.delete_topics(req, v, who).await),
+            Body::CreatePartitions(req) => now!(self.create_partitions(req, who).await),
+            Body::DeleteRecords(req) => now!(self.delete_records(req, who).await),
+            Body::DescribeConfigs(req) => now!(self.describe_configs(req, v, who)),
+            Body::AlterConfigs(req) => now!(self.alter_configs(req, who).await),
+            Body::IncrementalAlterConfigs(req) => {
+                now!(self.incremental_alter_configs(req, who).await)
+            }
+            Body::DescribeCluster(req) => now!(self.describe_cluster(req, who)),
             Body::ElectLeaders(req) => now!(self.elect_leaders(req).await),
             Body::AlterPartitionReassignments(req) => {
                 now!(self.alter_partition_reassignments(req).await)
@@ -269,23 +304,28 @@ impl Broker {
             Body::ListPartitionReassignments(req) => now!(self.list_partition_reassignments(req)),
             Body::DescribeLogDirs(req) => now!(self.describe_log_dirs(req)),
             Body::FindCoordinator(req) => now!(self.find_coordinator(req, v)),
-            Body::JoinGroup(req) => self.join_group(req, v, corr, &client_id, peer),
+            Body::JoinGroup(req) => {
+                self.join_group(req, v, corr, &client_id, &format!("/{}", who.host))
+            }
             Body::SyncGroup(req) => self.sync_group(req, v, corr),
             Body::Heartbeat(req) => now!(self.heartbeat(req)),
             Body::LeaveGroup(req) => now!(self.leave_group(req, v)),
-            Body::OffsetCommit(req) => now!(self.offset_commit(req).await),
-            Body::OffsetFetch(req) => now!(self.offset_fetch(req, v)),
-            Body::DescribeGroups(req) => now!(self.describe_groups(req)),
-            Body::ListGroups(req) => now!(self.list_groups(req, v)),
-            Body::DeleteGroups(req) => now!(self.delete_groups(req).await),
+            Body::OffsetCommit(req) => now!(self.offset_commit(req, who).await),
+            Body::OffsetFetch(req) => now!(self.offset_fetch(req, v, who)),
+            Body::DescribeGroups(req) => now!(self.describe_groups(req, who)),
+            Body::ListGroups(req) => now!(self.list_groups(req, v, who)),
+            Body::DeleteGroups(req) => now!(self.delete_groups(req, who).await),
             Body::OffsetDelete(req) => now!(self.offset_delete(req).await),
-            Body::AddPartitionsToTxn(req) => now!(self.add_partitions_to_txn(req).await),
+            Body::AddPartitionsToTxn(req) => now!(self.add_partitions_to_txn(req, who).await),
             Body::AddOffsetsToTxn(req) => now!(self.add_offsets_to_txn(req).await),
             Body::EndTxn(req) => now!(self.end_txn(req).await),
-            Body::TxnOffsetCommit(req) => now!(self.txn_offset_commit(req).await),
+            Body::TxnOffsetCommit(req) => now!(self.txn_offset_commit(req, who).await),
             Body::DescribeTransactions(req) => now!(self.describe_transactions(req)),
             Body::ListTransactions(req) => now!(self.list_transactions(req)),
             Body::DescribeProducers(req) => now!(self.describe_producers(req)),
+            Body::DescribeAcls(req) => now!(self.describe_acls(req, who)),
+            Body::CreateAcls(req) => now!(self.create_acls(req, who).await),
+            Body::DeleteAcls(req) => now!(self.delete_acls(req, who).await),
         };
         Ok(self.observe(name, started, reply))
     }
@@ -363,6 +403,9 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeTransactions => "DescribeTransactions",
         ApiKey::ListTransactions => "ListTransactions",
         ApiKey::DescribeProducers => "DescribeProducers",
+        ApiKey::DescribeAcls => "DescribeAcls",
+        ApiKey::CreateAcls => "CreateAcls",
+        ApiKey::DeleteAcls => "DeleteAcls",
         _ => "Other",
     }
 }

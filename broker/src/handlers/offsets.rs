@@ -16,6 +16,7 @@ use kafka_protocol::messages::*;
 
 use super::produce::log_error_code;
 use super::{leader_check, Broker};
+use crate::acl::{op, resource, Session};
 
 /// ListOffsets special timestamps.
 const LATEST: i64 = -1;
@@ -27,13 +28,20 @@ impl Broker {
         self: &Arc<Self>,
         req: ListOffsetsRequest,
         version: i16,
+        who: &Session,
     ) -> ListOffsetsResponse {
+        let denied: Vec<bool> = req
+            .topics
+            .iter()
+            .map(|t| !self.authorize(who, op::DESCRIBE, resource::TOPIC, t.name.0.as_str()))
+            .collect();
         let this = self.clone();
         let committed = req.isolation_level == 1;
         let topics = tokio::task::spawn_blocking(move || {
             req.topics
                 .into_iter()
-                .map(|t| {
+                .zip(denied)
+                .map(|(t, denied)| {
                     let topic = this.catalog.get(t.name.0.as_str());
                     let partitions = t
                         .partitions
@@ -44,6 +52,11 @@ impl Broker {
                                 .with_timestamp(-1)
                                 .with_offset(-1)
                                 .with_leader_epoch(-1);
+                            if denied {
+                                return resp.with_error_code(
+                                    ResponseError::TopicAuthorizationFailed.code(),
+                                );
+                            }
                             let Some(part) =
                                 topic.as_ref().and_then(|t| t.partition(p.partition_index))
                             else {
@@ -139,9 +152,14 @@ impl Broker {
         OffsetForLeaderEpochResponse::default().with_topics(topics)
     }
 
-    pub(super) async fn delete_records(&self, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    pub(super) async fn delete_records(
+        &self,
+        req: DeleteRecordsRequest,
+        who: &Session,
+    ) -> DeleteRecordsResponse {
         let mut topics = Vec::with_capacity(req.topics.len());
         for t in req.topics {
+            let denied = !self.authorize(who, op::DELETE, resource::TOPIC, t.name.0.as_str());
             let topic = self.catalog.get(t.name.0.as_str());
             let mut partitions = Vec::with_capacity(t.partitions.len());
             for p in t.partitions {
@@ -149,6 +167,9 @@ impl Broker {
                     .with_partition_index(p.partition_index)
                     .with_low_watermark(-1);
                 let resp = match topic.as_ref().and_then(|t| t.partition(p.partition_index)) {
+                    _ if denied => {
+                        resp.with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    }
                     None => resp.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
                     // Followers move their log start after the leader's.
                     Some(part) if leader_check(&part, -1) != 0 => {

@@ -12,6 +12,7 @@ use kafka_protocol::messages::{
 };
 
 use super::{Broker, Reply};
+use crate::acl::{op, resource, Session};
 use crate::cluster::{ControlReply, ControlRequest};
 use crate::config::FsyncPolicy;
 use crate::group::OFFSETS_TOPIC;
@@ -22,7 +23,13 @@ use crate::protocol::{batch, encode_response};
 impl Broker {
     /// Appends synchronously (so pipelined requests keep their order) and returns the
     /// future that waits for durability and encodes the response.
-    pub(super) fn produce(self: &Arc<Self>, req: ProduceRequest, version: i16, corr: i32) -> Reply {
+    pub(super) fn produce(
+        self: &Arc<Self>,
+        req: ProduceRequest,
+        version: i16,
+        corr: i32,
+        who: &Session,
+    ) -> Reply {
         let acks = req.acks;
         let sync = match self.config.fsync_policy {
             FsyncPolicy::Always => true,
@@ -32,11 +39,14 @@ impl Broker {
         let mut pending = Vec::with_capacity(req.topic_data.len());
         for t in req.topic_data {
             let topic = self.catalog.get(t.name.0.as_str());
+            let allowed = self.authorize(who, op::WRITE, resource::TOPIC, t.name.0.as_str());
             let parts: Vec<_> = t
                 .partition_data
                 .into_iter()
                 .map(|p| {
-                    let result = if matches!(acks, -1..=1) {
+                    let result = if !allowed {
+                        Err(ResponseError::TopicAuthorizationFailed.code())
+                    } else if matches!(acks, -1..=1) {
                         self.append_partition(
                             topic.as_ref(),
                             p.index,

@@ -22,6 +22,7 @@ use kafka_protocol::messages::*;
 use serde::{Deserialize, Serialize};
 
 use super::Broker;
+use crate::acl::{op, resource, Session};
 use crate::group::offsets::offsets_partition;
 use crate::group::{Committed, OFFSETS_TOPIC};
 use crate::log::now_ms;
@@ -271,23 +272,34 @@ impl Broker {
     pub(super) async fn add_partitions_to_txn(
         &self,
         req: AddPartitionsToTxnRequest,
+        who: &Session,
     ) -> AddPartitionsToTxnResponse {
         let id = req.v3_and_below_transactional_id.0.to_string();
+        let txn_allowed = self.authorize(who, op::WRITE, resource::TRANSACTIONAL_ID, &id);
         let wanted: Vec<(String, i32)> = req
             .v3_and_below_topics
             .iter()
             .flat_map(|t| t.partitions.iter().map(|p| (t.name.0.to_string(), *p)))
             .collect();
         let image = self.cluster.image();
-        let unknown: Vec<bool> = wanted
+        // Partitions refused on their own (not authorized, unknown) fail the others.
+        let refused: Vec<Option<i16>> = wanted
             .iter()
             .map(|(t, p)| {
-                image.topics.get(t).is_none_or(|topic| {
+                if !txn_allowed {
+                    Some(E::TransactionalIdAuthorizationFailed.code())
+                } else if !self.authorize(who, op::WRITE, resource::TOPIC, t) {
+                    Some(E::TopicAuthorizationFailed.code())
+                } else if image.topics.get(t).is_none_or(|topic| {
                     usize::try_from(*p).map_or(true, |i| i >= topic.partitions.len())
-                })
+                }) {
+                    Some(E::UnknownTopicOrPartition.code())
+                } else {
+                    None
+                }
             })
             .collect();
-        let code = if unknown.iter().any(|&u| u) {
+        let code = if refused.iter().any(Option::is_some) {
             Err(E::OperationNotAttempted.code())
         } else {
             let pid = req.v3_and_below_producer_id.0;
@@ -296,11 +308,11 @@ impl Broker {
         };
         let mut by_topic: BTreeMap<String, Vec<AddPartitionsToTxnPartitionResult>> =
             BTreeMap::new();
-        for ((t, p), unknown) in wanted.into_iter().zip(unknown) {
-            let c = match (&code, unknown) {
-                (_, true) => E::UnknownTopicOrPartition.code(),
-                (Ok(()), false) => 0,
-                (Err(c), false) => *c,
+        for ((t, p), refused) in wanted.into_iter().zip(refused) {
+            let c = match (&code, refused) {
+                (_, Some(c)) => c,
+                (Ok(()), None) => 0,
+                (Err(c), None) => *c,
             };
             self.count_error(ApiKey::AddPartitionsToTxn, c);
             by_topic.entry(t).or_default().push(
@@ -395,6 +407,7 @@ impl Broker {
     pub(super) async fn txn_offset_commit(
         &self,
         req: TxnOffsetCommitRequest,
+        who: &Session,
     ) -> TxnOffsetCommitResponse {
         let now = now_ms();
         let commits: Vec<(String, i32, Committed)> = req
@@ -429,7 +442,22 @@ impl Broker {
         let too_long = commits
             .iter()
             .any(|(_, _, c)| c.metadata.len() > crate::group::MAX_METADATA_BYTES);
-        let code = if too_long {
+        let code = if !self.authorize(
+            who,
+            op::WRITE,
+            resource::TRANSACTIONAL_ID,
+            req.transactional_id.0.as_str(),
+        ) {
+            E::TransactionalIdAuthorizationFailed.code()
+        } else if !self.authorize(who, op::READ, resource::GROUP, req.group_id.0.as_str()) {
+            E::GroupAuthorizationFailed.code()
+        } else if req
+            .topics
+            .iter()
+            .any(|t| !self.authorize(who, op::READ, resource::TOPIC, t.name.0.as_str()))
+        {
+            E::TopicAuthorizationFailed.code()
+        } else if too_long {
             E::OffsetMetadataTooLarge.code()
         } else {
             self.groups
