@@ -63,3 +63,4 @@ echo "setup-test-deps: kcat $(kcat -V 2>&1 | grep -o "Version [^ ]*" | head -1 |
 
 # Apache Kafka's command-line tools for the compatibility suite (JDK and Maven are on the machine).
 bash "${REPO_ROOT}/scripts/setup-java-tools.sh"
+bash "${REPO_ROOT}/scripts/setup-librdkafka-tests.sh"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every test dependency and runs all tests: formatting and lint, Rust unit and
 # integration tests (real broker processes), and the client-compatibility suite
-# (kafka-python, confluent-kafka, aiokafka, kcat against a real broker), the Kubernetes
+# (kafka-python, confluent-kafka, aiokafka, kcat, Kafka's Java tools, librdkafka's own
+# admin test against a real broker), the Kubernetes
 # manifests, and the operator against a real API server.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

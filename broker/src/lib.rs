@@ -21,6 +21,7 @@ pub use riffle_protocol as protocol;
 pub mod replication;
 pub mod retention;
 pub mod rpc;
+pub mod scram;
 pub mod server;
 pub mod storage;
 pub mod txn;

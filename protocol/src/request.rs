@@ -85,6 +85,8 @@ pub enum Body {
     DescribeAcls(DescribeAclsRequest),
     CreateAcls(CreateAclsRequest),
     DeleteAcls(DeleteAclsRequest),
+    DescribeUserScramCredentials(DescribeUserScramCredentialsRequest),
+    AlterUserScramCredentials(AlterUserScramCredentialsRequest),
 }
 
 /// A decoded request with the header fields handlers need.
@@ -183,6 +185,15 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
         ApiKey::DescribeAcls => body!(DescribeAcls, DescribeAclsRequest),
         ApiKey::CreateAcls => body!(CreateAcls, CreateAclsRequest),
         ApiKey::DeleteAcls => body!(DeleteAcls, DeleteAclsRequest),
+        ApiKey::DescribeUserScramCredentials => {
+            body!(
+                DescribeUserScramCredentials,
+                DescribeUserScramCredentialsRequest
+            )
+        }
+        ApiKey::AlterUserScramCredentials => {
+            body!(AlterUserScramCredentials, AlterUserScramCredentialsRequest)
+        }
         _ => return Err(DecodeError::UnsupportedVersion),
     };
     Ok(done(body, client_id))

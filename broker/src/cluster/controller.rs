@@ -24,6 +24,7 @@ use crate::acl::{AclBinding, AclFilter};
 use crate::config::Config;
 use crate::group::{OFFSETS_PARTITIONS, OFFSETS_TOPIC};
 use crate::metadata::{names::validate_topic_name, Catalog};
+use crate::scram::Credential;
 
 /// Kinds of moves the controller starts: replicas spread over racks, replicas balanced,
 /// preferred leaderships balanced, replicas off decommissioning brokers.
@@ -151,6 +152,13 @@ pub enum ControlRequest {
     CreateAcls(Vec<AclBinding>),
     /// DeleteAcls: removes every binding each filter selects.
     DeleteAcls(Vec<AclFilter>),
+    /// AlterUserScramCredentials (already validated, one operation per user).
+    AlterScram {
+        /// `(user, mechanism)` to remove.
+        deletions: Vec<(String, i8)>,
+        /// `(user, mechanism, credential)` to add or replace.
+        upsertions: Vec<(String, i8, Credential)>,
+    },
     /// Elect leaders: preferred replicas, or (unclean) any live replica of offline partitions.
     ElectLeaders {
         /// Unclean instead of preferred.
@@ -211,8 +219,21 @@ pub enum ControlReply {
     Reassigned(Vec<(String, i32, i16, Option<String>)>),
     /// Partition sizes.
     PartitionSizes(Sizes),
-    /// The bindings each DeleteAcls filter removed, in filter order.
-    AclsDeleted(Vec<Vec<AclBinding>>),
+    /// DeleteAcls done.
+    AclsDeleted {
+        /// Raft log index of the change (0: nothing changed).
+        log_index: u64,
+        /// The bindings each filter removed, in filter order.
+        deleted: Vec<Vec<AclBinding>>,
+    },
+    /// AlterUserScramCredentials done.
+    ScramAltered {
+        /// Raft log index of the change (0: nothing changed).
+        log_index: u64,
+        /// Users whose alteration was refused: `(user, Kafka error code, message)`; the
+        /// others were committed.
+        refused: Vec<(String, i16, String)>,
+    },
     /// Refused with a Kafka error code.
     Error {
         /// Kafka error code.
@@ -454,15 +475,52 @@ impl Controller {
                     .map(|f| img.acls.iter().filter(|b| f.matches(b)).cloned().collect())
                     .collect();
                 let all: BTreeSet<AclBinding> = matched.iter().flatten().cloned().collect();
+                let mut log_index = 0;
                 if !all.is_empty() {
-                    if let Err(r) = self
+                    match self
                         .commit(Command::DeleteAcls(all.into_iter().collect()))
                         .await
                     {
-                        return r;
+                        Ok((i, _)) => log_index = i,
+                        Err(r) => return r,
                     }
                 }
-                ControlReply::AclsDeleted(matched)
+                ControlReply::AclsDeleted {
+                    log_index,
+                    deleted: matched,
+                }
+            }
+            ControlRequest::AlterScram {
+                mut deletions,
+                upsertions,
+            } => {
+                let mut refused = Vec::new();
+                deletions.retain(|(user, mechanism)| {
+                    let known = img
+                        .scram
+                        .get(user)
+                        .is_some_and(|m| m.contains_key(mechanism));
+                    if !known {
+                        refused.push((
+                            user.clone(),
+                            E::ResourceNotFound.code(),
+                            "Attempt to delete a user credential that does not exist".into(),
+                        ));
+                    }
+                    known
+                });
+                let mut log_index = 0;
+                if !deletions.is_empty() || !upsertions.is_empty() {
+                    let cmd = Command::AlterScram {
+                        deletions,
+                        upsertions,
+                    };
+                    match self.commit(cmd).await {
+                        Ok((i, _)) => log_index = i,
+                        Err(r) => return r,
+                    }
+                }
+                ControlReply::ScramAltered { log_index, refused }
             }
             ControlRequest::AlterIsr {
                 topic,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::acl::AclBinding;
+use crate::scram::Credential;
 
 /// A broker id (Kafka's `node.id`).
 pub type BrokerId = i32;
@@ -155,6 +156,9 @@ pub struct Image {
     /// Access control lists.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub acls: BTreeSet<AclBinding>,
+    /// SCRAM credentials by user and mechanism.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scram: BTreeMap<String, BTreeMap<i8, Credential>>,
 }
 
 /// A change to the image, committed through the quorum.
@@ -258,6 +262,14 @@ pub enum Command {
     CreateAcls(Vec<AclBinding>),
     /// Removes ACLs.
     DeleteAcls(Vec<AclBinding>),
+    /// Removes and adds (or replaces) SCRAM credentials: `(user, mechanism)` and
+    /// `(user, mechanism, credential)`.
+    AlterScram {
+        /// Credentials removed.
+        deletions: Vec<(String, i8)>,
+        /// Credentials added or replaced.
+        upsertions: Vec<(String, i8, Credential)>,
+    },
     /// Several commands applied in order, as one log entry.
     Batch(Vec<Command>),
 }
@@ -355,6 +367,25 @@ impl Image {
                 None => return CommandReply::Rejected(format!("topic '{name}' does not exist")),
             },
             Command::CreateAcls(acls) => self.acls.extend(acls.iter().cloned()),
+            Command::AlterScram {
+                deletions,
+                upsertions,
+            } => {
+                for (user, mechanism) in deletions {
+                    if let Some(m) = self.scram.get_mut(user) {
+                        m.remove(mechanism);
+                        if m.is_empty() {
+                            self.scram.remove(user);
+                        }
+                    }
+                }
+                for (user, mechanism, c) in upsertions {
+                    self.scram
+                        .entry(user.clone())
+                        .or_default()
+                        .insert(*mechanism, c.clone());
+                }
+            }
             Command::DeleteAcls(acls) => {
                 for a in acls {
                     self.acls.remove(a);

@@ -364,7 +364,9 @@ impl Cluster {
                     self.wait_applied(log_index, deadline).await;
                     return reply;
                 }
-                ControlReply::Created { log_index, .. } => {
+                ControlReply::Created { log_index, .. }
+                | ControlReply::AclsDeleted { log_index, .. }
+                | ControlReply::ScramAltered { log_index, .. } => {
                     self.wait_applied(log_index, deadline).await;
                     return reply;
                 }

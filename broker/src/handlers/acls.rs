@@ -192,7 +192,7 @@ impl Broker {
             .control(ControlRequest::DeleteAcls(valid), ACL_TIMEOUT_MS)
             .await
         {
-            ControlReply::AclsDeleted(d) => Ok(d),
+            ControlReply::AclsDeleted { deleted, .. } => Ok(deleted),
             other => Err(super::control_error(&other).unwrap_or((
                 ResponseError::UnknownServerError.code(),
                 format!("{other:?}"),

@@ -14,6 +14,7 @@ mod metadata;
 mod offsets;
 mod produce;
 mod reassign;
+mod scram;
 pub mod txn;
 mod txn_admin;
 
@@ -326,6 +327,12 @@ impl Broker {
             Body::DescribeAcls(req) => now!(self.describe_acls(req, who)),
             Body::CreateAcls(req) => now!(self.create_acls(req, who).await),
             Body::DeleteAcls(req) => now!(self.delete_acls(req, who).await),
+            Body::DescribeUserScramCredentials(req) => {
+                now!(self.describe_user_scram_credentials(req, who))
+            }
+            Body::AlterUserScramCredentials(req) => {
+                now!(self.alter_user_scram_credentials(req, who).await)
+            }
         };
         Ok(self.observe(name, started, reply))
     }
@@ -406,6 +413,8 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DescribeAcls => "DescribeAcls",
         ApiKey::CreateAcls => "CreateAcls",
         ApiKey::DeleteAcls => "DeleteAcls",
+        ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
+        ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
         _ => "Other",
     }
 }
