@@ -42,21 +42,14 @@ impl Broker {
         req: CreateAclsRequest,
         who: &Session,
     ) -> CreateAclsResponse {
-        let results = |code: i16, msg: Option<String>, n: usize| {
-            (0..n)
-                .map(|_| {
-                    AclCreationResult::default()
-                        .with_error_code(code)
-                        .with_error_message(msg.as_deref().map(str_bytes))
-                })
-                .collect()
+        let result = |code: i16, msg: Option<&str>| {
+            AclCreationResult::default()
+                .with_error_code(code)
+                .with_error_message(msg.map(str_bytes))
         };
         if let Err((code, msg)) = self.acl_access(who, op::ALTER) {
-            return CreateAclsResponse::default().with_results(results(
-                code,
-                Some(msg),
-                req.creations.len(),
-            ));
+            let refused = req.creations.iter().map(|_| result(code, Some(&msg)));
+            return CreateAclsResponse::default().with_results(refused.collect());
         }
         let bindings: Vec<Result<AclBinding, String>> = req
             .creations
@@ -91,15 +84,10 @@ impl Broker {
         };
         let results = bindings
             .into_iter()
-            .map(|b| {
-                let (code, msg) = match (b, &outcome) {
-                    (Err(why), _) => (ResponseError::InvalidRequest.code(), Some(why)),
-                    (Ok(_), Ok(())) => (0, None),
-                    (Ok(_), Err((code, msg))) => (*code, Some(msg.clone())),
-                };
-                AclCreationResult::default()
-                    .with_error_code(code)
-                    .with_error_message(msg.as_deref().map(str_bytes))
+            .map(|b| match (b, &outcome) {
+                (Err(why), _) => result(ResponseError::InvalidRequest.code(), Some(&why)),
+                (Ok(_), Ok(())) => result(0, None),
+                (Ok(_), Err((code, msg))) => result(*code, Some(msg)),
             })
             .collect();
         CreateAclsResponse::default().with_results(results)

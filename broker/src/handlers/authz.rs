@@ -71,13 +71,11 @@ impl Broker {
                 }
                 _ => None,
             },
-            Body::AddOffsetsToTxn(r) if txn(&r.transactional_id) || group(&r.group_id) => {
-                let code = if txn(&r.transactional_id) {
-                    txn_err
-                } else {
-                    group_err
-                };
-                refuse!(AddOffsetsToTxnResponse::default().with_error_code(code))
+            Body::AddOffsetsToTxn(r) if txn(&r.transactional_id) => {
+                refuse!(AddOffsetsToTxnResponse::default().with_error_code(txn_err))
+            }
+            Body::AddOffsetsToTxn(r) if group(&r.group_id) => {
+                refuse!(AddOffsetsToTxnResponse::default().with_error_code(group_err))
             }
             Body::EndTxn(r) if txn(&r.transactional_id) => {
                 refuse!(EndTxnResponse::default().with_error_code(txn_err))
