@@ -219,13 +219,43 @@ impl AclFilter {
     }
 }
 
-/// Who asks: the principal and the client's host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One client connection: who asks (the principal and the client's host), and until
+/// when its quotas hold its next request back.
+#[derive(Debug, Default)]
 pub struct Session {
     /// `Type:name`.
     pub principal: String,
     /// Client IP address.
     pub host: String,
+    /// A client over its quota is not read from again before this instant (Kafka mutes
+    /// the channel for the throttle time).
+    pub throttled_until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Session {
+    /// The principal's name without its type (`alice` for `User:alice`).
+    pub fn user(&self) -> &str {
+        self.principal
+            .split_once(':')
+            .map_or(self.principal.as_str(), |(_, n)| n)
+    }
+
+    /// Holds the connection's next request back until `until` (the later of two holds wins).
+    pub fn throttle_until(&self, until: std::time::Instant) {
+        let mut t = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *t = Some(t.map_or(until, |old| old.max(until)));
+    }
+
+    /// Takes the pending hold, if any.
+    pub fn take_throttle(&self) -> Option<std::time::Instant> {
+        self.throttled_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
 }
 
 /// Authorization settings (from the broker configuration).
@@ -344,6 +374,7 @@ mod tests {
         Session {
             principal: who.into(),
             host: host.into(),
+            ..Session::default()
         }
     }
 

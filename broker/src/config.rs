@@ -63,6 +63,10 @@ pub struct Config {
     pub fsync_policy: FsyncPolicy,
     /// Requests processed concurrently per connection (responses still go out in order).
     pub max_in_flight_per_connection: usize,
+    /// Samples a client quota's rate is measured over (Kafka's `quota.window.num`).
+    pub quota_window_num: u32,
+    /// Length of one sample in seconds (Kafka's `quota.window.size.seconds`).
+    pub quota_window_size_seconds: u32,
     /// Wait for more members when the first joins an empty group.
     pub group_initial_rebalance_delay_ms: u64,
     /// Smallest consumer session timeout accepted.
@@ -144,6 +148,8 @@ impl Default for Config {
             min_insync_replicas: 1,
             fsync_policy: FsyncPolicy::AcksAll,
             max_in_flight_per_connection: 16,
+            quota_window_num: 11,
+            quota_window_size_seconds: 1,
             group_initial_rebalance_delay_ms: 3000,
             group_min_session_timeout_ms: 6000,
             group_max_session_timeout_ms: 1_800_000,
@@ -258,6 +264,14 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_MAX_IN_FLIGHT_PER_CONNECTION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_connection: Option<usize>,
+    /// Samples of a client quota's rate window [default: 11].
+    #[arg(long, env = "RIFFLE_QUOTA_WINDOW_NUM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_window_num: Option<u32>,
+    /// Seconds per quota sample [default: 1].
+    #[arg(long, env = "RIFFLE_QUOTA_WINDOW_SIZE_SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_window_size_seconds: Option<u32>,
     /// Initial group rebalance delay [default: 3000].
     #[arg(long, env = "RIFFLE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -430,6 +444,9 @@ impl Config {
         }
         if self.max_in_flight_per_connection == 0 {
             return bad("max_in_flight_per_connection must be >= 1");
+        }
+        if self.quota_window_num == 0 || self.quota_window_size_seconds == 0 {
+            return bad("quota_window_num and quota_window_size_seconds must be >= 1");
         }
         if self.group_min_session_timeout_ms < 1
             || self.group_min_session_timeout_ms > self.group_max_session_timeout_ms

@@ -17,6 +17,7 @@ pub mod http;
 pub mod log;
 pub mod metadata;
 pub mod metrics;
+pub mod quota;
 pub use riffle_protocol as protocol;
 pub mod replication;
 pub mod retention;

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub operations: IntGaugeVec,
     /// Replication throttle rates in effect on this broker (bytes/s; 0: unthrottled).
     pub throttle_rate: IntGaugeVec,
+    /// Client quota throttle time imposed, in milliseconds, by quota key.
+    pub quota_throttle_ms: IntCounterVec,
     /// Bytes this broker sent to replicas that reassignments add.
     pub reassignment_bytes: IntCounter,
     /// Cluster operations the active controller started, by kind (rack, replicas,
@@ -285,6 +287,11 @@ impl Metrics {
                 "riffle_balancer_moves_total",
                 "Moves the active controller started, by kind",
                 &["kind"],
+            ),
+            quota_throttle_ms: counter(
+                "riffle_client_quota_throttle_ms_total",
+                "Throttle time imposed on clients over their quota (ms), by quota",
+                &["quota"],
             ),
             cleaner_runs: counter(
                 "riffle_log_cleaner_runs_total",

@@ -61,6 +61,7 @@ async fn connection(
     let who = Arc::new(Session {
         principal: crate::acl::ANONYMOUS.to_string(),
         host: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+        ..Session::default()
     });
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(broker.config.max_in_flight_per_connection);
@@ -84,6 +85,14 @@ async fn connection(
     });
     let max = broker.config.socket_request_max_bytes;
     loop {
+        // A client over its quota waits before its next request is read (its socket
+        // buffer fills and it backs off, as with Kafka's muted channel).
+        if let Some(until) = who.take_throttle() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
         let mut size_buf = [0u8; 4];
         let read = tokio::select! {
             r = rd.read_exact(&mut size_buf) => r,

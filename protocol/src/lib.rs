@@ -67,6 +67,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // SCRAM credentials (KIP-554).
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
+    // Client quotas (KIP-546).
+    (ApiKey::DescribeClientQuotas, 0, 1),
+    (ApiKey::AlterClientQuotas, 0, 1),
+    // The config resources that exist (KIP-1142; v0 lists client-metrics resources).
+    (ApiKey::ListConfigResources, 0, 1),
 ];
 
 /// Lowest Produce version actually served.

@@ -87,6 +87,9 @@ pub enum Body {
     DeleteAcls(DeleteAclsRequest),
     DescribeUserScramCredentials(DescribeUserScramCredentialsRequest),
     AlterUserScramCredentials(AlterUserScramCredentialsRequest),
+    DescribeClientQuotas(DescribeClientQuotasRequest),
+    AlterClientQuotas(AlterClientQuotasRequest),
+    ListConfigResources(ListConfigResourcesRequest),
 }
 
 /// A decoded request with the header fields handlers need.
@@ -191,6 +194,9 @@ pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
                 DescribeUserScramCredentialsRequest
             )
         }
+        ApiKey::DescribeClientQuotas => body!(DescribeClientQuotas, DescribeClientQuotasRequest),
+        ApiKey::AlterClientQuotas => body!(AlterClientQuotas, AlterClientQuotasRequest),
+        ApiKey::ListConfigResources => body!(ListConfigResources, ListConfigResourcesRequest),
         ApiKey::AlterUserScramCredentials => {
             body!(AlterUserScramCredentials, AlterUserScramCredentialsRequest)
         }

@@ -331,6 +331,7 @@ def offset_for_leader_epoch_v3(conn: Conn, topic: str, partition: int, leader_ep
 API_DESCRIBE_CONFIGS = 32
 API_INCREMENTAL_ALTER_CONFIGS = 44
 RESOURCE_BROKER = 4
+RESOURCE_GROUP = 32
 OP_SET, OP_DELETE = 0, 1
 
 

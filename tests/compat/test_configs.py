@@ -3,7 +3,7 @@
 Every Kafka 4 topic config key: a valid value is accepted and described back, an
 invalid one is refused with INVALID_CONFIG and Kafka's message. compression.type
 recompresses produced batches. Dynamic broker configs (cluster-wide default and per
-broker) take effect without a restart and survive one.
+broker) take effect without a restart and survive one; so do group configs.
 """
 
 from __future__ import annotations
@@ -356,3 +356,72 @@ def test_flush_messages_syncs_the_log_beyond_the_fsync_policy(make_broker):
     assert produce_one_by_one(plain, 20) <= 2
     assert produce_one_by_one(every, 20) >= 20
     assert 2 <= produce_one_by_one(tenth, 20) <= 4
+
+
+# Group configs (the GROUP resource, Kafka 4.1): key -> default.
+GROUP_DEFAULTS = {
+    "consumer.session.timeout.ms": "45000", "consumer.heartbeat.interval.ms": "5000",
+    "share.session.timeout.ms": "45000", "share.heartbeat.interval.ms": "5000",
+    "share.record.lock.duration.ms": "30000", "share.auto.offset.reset": "latest",
+    "share.isolation.level": "read_uncommitted", "streams.session.timeout.ms": "45000",
+    "streams.heartbeat.interval.ms": "5000", "streams.num.standby.replicas": "0",
+}
+
+
+def test_group_configs_are_set_described_validated_and_survive_a_restart(make_broker):
+    b = make_broker()
+    adm = ck.admin(b)
+    group = unique_topic("gcfg")
+
+    # Any group id, existing or not, describes Kafka's defaults.
+    desc = _ck_describe(adm, ResourceType.GROUP, group)
+    assert {k: e.value for k, e in desc.items()} == GROUP_DEFAULTS
+    assert {e.source for e in desc.values()} == {ConfigSource.DEFAULT_CONFIG.value}
+
+    _ck_incremental(adm, ResourceType.GROUP, group,
+                    ("consumer.session.timeout.ms", "50000", AlterConfigOpType.SET),
+                    ("share.auto.offset.reset", "by_duration:PT1H", AlterConfigOpType.SET),
+                    ).result(timeout=OP_TIMEOUT)
+    entry = _ck_describe(adm, ResourceType.GROUP, group)["consumer.session.timeout.ms"]
+    assert (entry.value, entry.source) == ("50000", ConfigSource.GROUP_CONFIG.value)
+    assert [(s.name, s.value) for s in entry.synonyms.values()] == \
+        [("consumer.session.timeout.ms", "50000")]
+    # Other groups are untouched.
+    other = _ck_describe(adm, ResourceType.GROUP, group + "-other")
+    assert other["consumer.session.timeout.ms"].value == "45000"
+
+    # Kafka's refusals: bounds, types, unknown keys, list operations, the empty name.
+    for ops, message in [
+        ([("consumer.session.timeout.ms", "1000", AlterConfigOpType.SET)],
+         "consumer.session.timeout.ms must be greater than or equal to "
+         "group.consumer.min.session.timeout.ms"),
+        ([("streams.num.standby.replicas", "3", AlterConfigOpType.SET)],
+         "streams.num.standby.replicas must be less than or equal to "
+         "group.streams.max.standby.replicas"),
+        ([("share.isolation.level", "dirty", AlterConfigOpType.SET)],
+         "Invalid value dirty for configuration share.isolation.level: "
+         "String must be one of: read_committed, read_uncommitted"),
+        ([("session.timeout.ms", "50000", AlterConfigOpType.SET)],
+         "Unknown group config name: session.timeout.ms"),
+        ([("consumer.heartbeat.interval.ms", "6000", AlterConfigOpType.APPEND)],
+         "Can't APPEND to key consumer.heartbeat.interval.ms because its type is not LIST."),
+    ]:
+        code, text = _ck_error(_ck_incremental(adm, ResourceType.GROUP, group, *ops))
+        assert (code, text) == (KafkaError.INVALID_CONFIG, message)
+    with kw.Conn(b.port) as conn:
+        code, text = kw.incremental_alter_configs_v0(
+            conn, kw.RESOURCE_GROUP, "", [("consumer.session.timeout.ms", kw.OP_SET, "50000")])
+    assert (code, text) == (KafkaError.INVALID_REQUEST, "Group name must not be empty")
+    # A refused change left the stored value alone.
+    assert _ck_describe(adm, ResourceType.GROUP, group)["consumer.session.timeout.ms"].value == "50000"
+
+    b.restart()
+    adm = ck.admin(b)
+    desc = _ck_describe(adm, ResourceType.GROUP, group)
+    assert desc["consumer.session.timeout.ms"].value == "50000"
+    assert desc["share.auto.offset.reset"].value == "by_duration:PT1H"
+    _ck_incremental(adm, ResourceType.GROUP, group,
+                    ("consumer.session.timeout.ms", None, AlterConfigOpType.DELETE),
+                    ).result(timeout=OP_TIMEOUT)
+    entry = _ck_describe(adm, ResourceType.GROUP, group)["consumer.session.timeout.ms"]
+    assert (entry.value, entry.source) == ("45000", ConfigSource.DEFAULT_CONFIG.value)

@@ -5,8 +5,8 @@ librdkafka's CI runs them against Kafka.
 0081 is the Admin API test: topics and partitions, ACLs, configs (incremental too),
 DeleteRecords, consumer groups and their offsets, DescribeTopics/DescribeCluster with
 authorized operations, ListOffsets and SCRAM users, with a producer and with a consumer
-handle. The runner is told the broker is Kafka 3.9: at 4.0 it also expects the GROUP
-config resource of the new consumer group protocol (KIP-848), which Riffle does not offer.
+handle. The runner is told the broker is Kafka 4.1 (RIFFLE_LIBRDKAFKA_KAFKA_VERSION
+overrides it), so it also checks the GROUP config resource.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def run_suite(broker, tmp_path: Path, *tests: str) -> subprocess.CompletedProces
     # a quiet machine next to the broker.
     (tmp_path / "test.conf").write_text(
         f"bootstrap.servers={broker.bootstrap}\ntest.timeout.multiplier=4\n")
-    env = dict(os.environ, TEST_KAFKA_VERSION="3.9.0",
+    env = dict(os.environ, TEST_KAFKA_VERSION=os.environ.get("RIFFLE_LIBRDKAFKA_KAFKA_VERSION", "4.1.0"),
                LD_LIBRARY_PATH=f"{LIBRDKAFKA / 'src'}:{LIBRDKAFKA / 'src-cpp'}")
     return subprocess.run([str(runner), "-p1", *tests], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=1500)

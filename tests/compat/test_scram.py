@@ -80,8 +80,6 @@ def test_alter_describe_delete_with_confluent_kafka_across_a_kill(make_broker):
 
 
 def test_kafka_configs_manages_scram_users(make_broker):
-    # kafka-configs --describe of users also reads client quotas (not offered yet), so
-    # the credentials are read back through the admin client.
     b = make_broker()
     adm = AdminClient({"bootstrap.servers": b.bootstrap})
     user = unique_topic("erin")
@@ -89,6 +87,10 @@ def test_kafka_configs_manages_scram_users(make_broker):
     tool("--alter", "--add-config", "SCRAM-SHA-256=[iterations=8192,password=erin-secret]",
          "--entity-type", "users", "--entity-name", user)
     assert described(adm, [user]) == {user: {ScramMechanism.SCRAM_SHA_256: 8192}}
+    # kafka-configs reads credentials and quotas back together.
+    out = tool("--describe", "--entity-type", "users", "--entity-name", user).stdout
+    assert f"SCRAM credential configs for user-principal '{user}' are " \
+           "SCRAM-SHA-256=iterations=8192" in out, out
     tool("--alter", "--delete-config", "SCRAM-SHA-256", "--entity-type", "users",
          "--entity-name", user)
     assert described(adm, [user]) == {user: KafkaError.RESOURCE_NOT_FOUND}

@@ -97,6 +97,15 @@ pub enum ControlRequest {
         /// New dynamic configs.
         configs: BTreeMap<String, String>,
     },
+    /// AlterClientQuotas (each entity's alteration already validated).
+    AlterClientQuotas(Vec<(crate::quota::Entity, Vec<crate::quota::Op>)>),
+    /// Replace a group's config overrides.
+    SetGroupConfigs {
+        /// Group id.
+        group: String,
+        /// New overrides.
+        configs: BTreeMap<String, String>,
+    },
     /// A partition leader asks to change its ISR (Kafka's AlterPartition).
     AlterIsr {
         /// Topic.
@@ -466,6 +475,23 @@ impl Controller {
                     return refuse(E::InvalidConfig.code(), msg);
                 }
                 self.commit_done(Command::SetBrokerConfigs { resource, configs })
+                    .await
+            }
+            ControlRequest::AlterClientQuotas(alterations) => {
+                let checked = alterations
+                    .iter()
+                    .try_for_each(|(entity, ops)| crate::quota::validate(entity, ops));
+                if let Err(msg) = checked {
+                    return refuse(E::InvalidRequest.code(), msg);
+                }
+                self.commit_done(Command::AlterClientQuotas(alterations))
+                    .await
+            }
+            ControlRequest::SetGroupConfigs { group, configs } => {
+                if let Err(msg) = crate::configs::group::validate_set(&configs) {
+                    return refuse(E::InvalidConfig.code(), msg);
+                }
+                self.commit_done(Command::SetGroupConfigs { group, configs })
                     .await
             }
             ControlRequest::CreateAcls(acls) => self.commit_done(Command::CreateAcls(acls)).await,

@@ -140,6 +140,16 @@ pub struct Image {
     /// Dynamic broker configs by resource: `""` is the cluster-wide default, `"<id>"` one broker.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub broker_configs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Client quotas by entity.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "crate::quota::as_pairs"
+    )]
+    pub client_quotas: crate::quota::Quotas,
+    /// Group config overrides by group id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub group_configs: BTreeMap<String, BTreeMap<String, String>>,
     /// Brokers being decommissioned: no new replicas go there, theirs move away.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub decommissioning: BTreeSet<BrokerId>,
@@ -213,6 +223,15 @@ pub enum Command {
         /// Resource name.
         resource: String,
         /// New dynamic configs (empty: none).
+        configs: BTreeMap<String, String>,
+    },
+    /// Alters client quotas, entity by entity (each alteration validated).
+    AlterClientQuotas(Vec<(crate::quota::Entity, Vec<crate::quota::Op>)>),
+    /// Replaces a group's config overrides.
+    SetGroupConfigs {
+        /// Group id.
+        group: String,
+        /// New overrides (empty: none).
         configs: BTreeMap<String, String>,
     },
     /// Replaces a partition's state if its partition epoch is still `expected_epoch`.
@@ -399,6 +418,18 @@ impl Image {
                         .insert(resource.clone(), configs.clone());
                 }
             }
+            Command::AlterClientQuotas(alterations) => {
+                for (entity, ops) in alterations {
+                    crate::quota::apply(&mut self.client_quotas, entity, ops);
+                }
+            }
+            Command::SetGroupConfigs { group, configs } => {
+                if configs.is_empty() {
+                    self.group_configs.remove(group);
+                } else {
+                    self.group_configs.insert(group.clone(), configs.clone());
+                }
+            }
             Command::ChangePartition {
                 topic,
                 partition,
@@ -577,6 +608,33 @@ pub(crate) mod tests {
                 until_restart: false
             }
         );
+    }
+
+    #[test]
+    fn quotas_and_group_configs_survive_the_snapshot_encoding() {
+        let mut img = Image::default();
+        let entity: crate::quota::Entity = [
+            ("user".to_string(), Some("alice".to_string())),
+            ("client-id".to_string(), None),
+        ]
+        .into();
+        let op = (
+            "producer_byte_rate".to_string(),
+            Some(crate::quota::Value(1024.0)),
+        );
+        img.apply(&Command::AlterClientQuotas(vec![(entity, vec![op])]));
+        img.apply(&Command::SetGroupConfigs {
+            group: "g".into(),
+            configs: [(
+                "consumer.session.timeout.ms".to_string(),
+                "50000".to_string(),
+            )]
+            .into(),
+        });
+        let text = serde_json::to_string(&img).expect("encodes");
+        let back: Image = serde_json::from_str(&text).expect("decodes");
+        assert_eq!(back, img);
+        assert_eq!(back.client_quotas.len(), 1);
     }
 
     #[test]

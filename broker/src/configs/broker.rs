@@ -189,6 +189,24 @@ pub static BROKER_KEYS: &[BrokerKey] = &[
         |c| c.socket_request_max_bytes.to_string()
     ),
     key!(
+        "quota.window.num",
+        Int,
+        Check::AtLeast(1),
+        ReadOnly,
+        "11",
+        "Samples a client quota's rate is measured over",
+        |c| c.quota_window_num.to_string()
+    ),
+    key!(
+        "quota.window.size.seconds",
+        Int,
+        Check::AtLeast(1),
+        ReadOnly,
+        "1",
+        "Length of one client quota sample in seconds",
+        |c| c.quota_window_size_seconds.to_string()
+    ),
+    key!(
         "broker.heartbeat.interval.ms",
         Int,
         Check::Any,

@@ -1,6 +1,7 @@
-//! Topic and broker configs with Kafka's names, types, validation and defaults.
+//! Topic, broker and group configs with Kafka's names, types, validation and defaults.
 
 pub mod broker;
+pub mod group;
 pub mod topic;
 pub mod value;
 
@@ -19,4 +20,6 @@ pub enum Source {
     StaticBroker = 4,
     /// Nothing sets it.
     Default = 5,
+    /// Set on the group.
+    Group = 8,
 }

@@ -93,6 +93,16 @@ impl Broker {
             Body::ListPartitionReassignments(_) if cluster(op::DESCRIBE) => {
                 refuse!(ListPartitionReassignmentsResponse::default().with_error_code(cluster_err))
             }
+            Body::DescribeClientQuotas(_) if cluster(op::DESCRIBE_CONFIGS) => {
+                refuse!(DescribeClientQuotasResponse::default()
+                    .with_error_code(cluster_err)
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "Cluster authorization failed."
+                    ))))
+            }
+            Body::ListConfigResources(_) if cluster(op::DESCRIBE_CONFIGS) => {
+                refuse!(ListConfigResourcesResponse::default().with_error_code(cluster_err))
+            }
             Body::DescribeLogDirs(_) if cluster(op::DESCRIBE) => {
                 refuse!(DescribeLogDirsResponse::default().with_error_code(cluster_err))
             }

@@ -1,6 +1,6 @@
-//! DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for TOPIC and BROKER
-//! resources. Topic overrides and dynamic broker configs both go through the metadata
-//! quorum; the key tables are in [`crate::configs`].
+//! DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for TOPIC, BROKER and
+//! GROUP resources. Topic and group overrides and dynamic broker configs all go through
+//! the metadata quorum; the key tables are in [`crate::configs`].
 
 use std::collections::BTreeMap;
 
@@ -15,12 +15,15 @@ use super::{str_bytes, Broker};
 use crate::acl::{self, op, resource, Session};
 use crate::cluster::ControlRequest;
 use crate::configs::broker::{broker_key, check_dynamic, Scope, BROKER_KEYS};
+use crate::configs::group::{self, GROUP_KEYS};
 use crate::configs::topic::{self, default_value, TOPIC_KEYS};
 use crate::configs::value::{list_items, Kind};
 use crate::configs::{BrokerConfigs, Source};
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
+const RESOURCE_CLIENT_METRICS: i8 = 16;
+const RESOURCE_GROUP: i8 = 32;
 
 /// IncrementalAlterConfigs operations.
 const OP_SET: i8 = 0;
@@ -76,6 +79,30 @@ pub(super) fn topic_config_entries(
             Entry {
                 name: k.name.to_string(),
                 value: layers.first().map(|l| l.1.clone()).unwrap_or_default(),
+                kind: Some(k.kind),
+                doc: k.doc,
+                read_only: false,
+                layers,
+            }
+        })
+        .collect()
+}
+
+/// Every group config with its effective value: the group's own or Kafka's default.
+fn group_config_entries(overrides: &BTreeMap<String, String>) -> Vec<Entry> {
+    GROUP_KEYS
+        .iter()
+        .map(|k| {
+            let layers: Vec<_> = overrides
+                .get(k.name)
+                .map(|v| (k.name.to_string(), v.clone(), Source::Group))
+                .into_iter()
+                .collect();
+            Entry {
+                name: k.name.to_string(),
+                value: layers
+                    .first()
+                    .map_or_else(|| k.default.to_string(), |l| l.1.clone()),
                 kind: Some(k.kind),
                 doc: k.doc,
                 read_only: false,
@@ -238,9 +265,51 @@ enum Change<'a> {
     Ops(Vec<(&'a str, i8, Option<&'a str>)>),
 }
 
+/// The answer to a GROUP resource without a name.
+fn empty_group() -> (i16, String) {
+    (
+        ResponseError::InvalidRequest.code(),
+        "Group name must not be empty".into(),
+    )
+}
+
+/// Applies a change to a topic's or group's overrides. `key` gives a known key's type
+/// and current default; unknown keys are left for the caller's validation to refuse
+/// (after the LIST check, in Kafka's order).
+fn edit_overrides(
+    values: &mut BTreeMap<String, String>,
+    change: Change<'_>,
+    key: impl Fn(&str) -> Option<(Kind, String)>,
+) -> Result<(), (i16, String)> {
+    match change {
+        Change::Replace(set) => {
+            values.clear();
+            for (k, v) in set {
+                let v = v.ok_or_else(|| {
+                    (
+                        ResponseError::InvalidRequest.code(),
+                        format!("Null value not supported for : {k}"),
+                    )
+                })?;
+                values.insert(k.to_string(), v.to_string());
+            }
+        }
+        Change::Ops(ops) => {
+            for (k, op, v) in ops {
+                let known = key(k);
+                let kind = known.as_ref().map(|d| d.0);
+                apply_op(values, k, kind, op, v, || {
+                    known.as_ref().map(|d| d.1.clone()).unwrap_or_default()
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Broker {
-    /// Whether `who` may describe (or alter) the configs of a resource: topics are
-    /// authorized on the topic, broker resources on the cluster.
+    /// Whether `who` may describe (or alter) the configs of a resource: topics and groups
+    /// are authorized on themselves, broker resources on the cluster.
     fn config_access(
         &self,
         who: &Session,
@@ -248,16 +317,19 @@ impl Broker {
         resource_type: i8,
         name: &str,
     ) -> Result<(), (i16, String)> {
-        let (allowed, code) = if resource_type == RESOURCE_TOPIC {
-            (
+        let (allowed, code) = match resource_type {
+            RESOURCE_TOPIC => (
                 self.authorize(who, operation, resource::TOPIC, name),
                 ResponseError::TopicAuthorizationFailed.code(),
-            )
-        } else {
-            (
+            ),
+            RESOURCE_GROUP => (
+                self.authorize(who, operation, resource::GROUP, name),
+                ResponseError::GroupAuthorizationFailed.code(),
+            ),
+            _ => (
                 self.authorize(who, operation, resource::CLUSTER, acl::CLUSTER_NAME),
                 ResponseError::ClusterAuthorizationFailed.code(),
-            )
+            ),
         };
         if allowed {
             Ok(())
@@ -292,6 +364,10 @@ impl Broker {
                             format!("Topic {name} does not exist"),
                         )),
                     },
+                    RESOURCE_GROUP if name.is_empty() => Err(empty_group()),
+                    RESOURCE_GROUP => Ok(group_config_entries(
+                        self.cluster.image().group_configs.get(name).unwrap_or(&BTreeMap::new()),
+                    )),
                     RESOURCE_BROKER if name.is_empty() || name == me => {
                         Ok(broker_entries(&broker, name.is_empty()))
                     }
@@ -317,6 +393,61 @@ impl Broker {
         DescribeConfigsResponse::default().with_results(results)
     }
 
+    /// ListConfigResources: the topics, brokers and groups whose configs can be described
+    /// (v0 asks for client-metrics resources only, which Riffle has none of).
+    pub(super) fn list_config_resources(
+        &self,
+        req: ListConfigResourcesRequest,
+        version: i16,
+    ) -> ListConfigResourcesResponse {
+        let types = match version {
+            0 => vec![RESOURCE_CLIENT_METRICS],
+            _ if req.resource_types.is_empty() => {
+                vec![
+                    RESOURCE_TOPIC,
+                    RESOURCE_BROKER,
+                    RESOURCE_CLIENT_METRICS,
+                    RESOURCE_GROUP,
+                ]
+            }
+            _ => req.resource_types,
+        };
+        let image = self.cluster.image();
+        let mut found: Vec<(i8, String)> = Vec::new();
+        for t in types {
+            match t {
+                RESOURCE_TOPIC => found.extend(image.topics.keys().map(|n| (t, n.clone()))),
+                RESOURCE_BROKER => found.extend(image.brokers.keys().map(|id| (t, id.to_string()))),
+                RESOURCE_CLIENT_METRICS => {}
+                RESOURCE_GROUP => {
+                    let mut groups: Vec<String> = self
+                        .groups
+                        .list()
+                        .into_iter()
+                        .map(|(id, _, _)| id)
+                        .collect();
+                    groups.extend(image.group_configs.keys().cloned());
+                    groups.sort();
+                    groups.dedup();
+                    found.extend(groups.into_iter().map(|g| (t, g)));
+                }
+                _ => {
+                    return ListConfigResourcesResponse::default()
+                        .with_error_code(ResponseError::UnsupportedVersion.code())
+                }
+            }
+        }
+        let resources = found
+            .into_iter()
+            .map(|(t, name)| {
+                list_config_resources_response::ConfigResource::default()
+                    .with_resource_type(t)
+                    .with_resource_name(StrBytes::from_string(name))
+            })
+            .collect();
+        ListConfigResourcesResponse::default().with_config_resources(resources)
+    }
+
     /// Validates one resource's change and (unless `validate_only`) commits it.
     async fn alter(
         &self,
@@ -336,30 +467,9 @@ impl Broker {
                 })?;
                 let broker = self.catalog.broker_configs();
                 let mut values = topic.overrides();
-                match change {
-                    Change::Replace(set) => {
-                        values.clear();
-                        for (k, v) in set {
-                            let v = v.ok_or_else(|| {
-                                (
-                                    ResponseError::InvalidRequest.code(),
-                                    format!("Null value not supported for : {k}"),
-                                )
-                            })?;
-                            values.insert(k.to_string(), v.to_string());
-                        }
-                    }
-                    Change::Ops(ops) => {
-                        for (k, op, v) in ops {
-                            // Unknown keys are refused by validation below (after
-                            // the LIST check, in Kafka's order).
-                            let key = topic::topic_key(k);
-                            let default =
-                                || key.map(|d| default_value(d, &broker).0).unwrap_or_default();
-                            apply_op(&mut values, k, key.map(|d| d.kind), op, v, default)?;
-                        }
-                    }
-                }
+                edit_overrides(&mut values, change, |k| {
+                    topic::topic_key(k).map(|d| (d.kind, default_value(d, &broker).0))
+                })?;
                 topic::validate_set(&values).map_err(invalid_config)?;
                 let configs = values
                     .iter()
@@ -367,6 +477,28 @@ impl Broker {
                     .collect();
                 ControlRequest::SetTopicConfigs {
                     name: name.to_string(),
+                    configs,
+                }
+            }
+            RESOURCE_GROUP if name.is_empty() => return Err(empty_group()),
+            RESOURCE_GROUP => {
+                let mut values = self
+                    .cluster
+                    .image()
+                    .group_configs
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_default();
+                edit_overrides(&mut values, change, |k| {
+                    group::group_key(k).map(|d| (d.kind, d.default.to_string()))
+                })?;
+                group::validate_set(&values).map_err(invalid_config)?;
+                let configs = values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), group::normalised(k, v)))
+                    .collect();
+                ControlRequest::SetGroupConfigs {
+                    group: name.to_string(),
                     configs,
                 }
             }

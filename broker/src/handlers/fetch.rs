@@ -32,7 +32,19 @@ struct Wanted {
 }
 
 impl Broker {
-    pub(super) async fn fetch(self: &Arc<Self>, req: FetchRequest, who: &Session) -> FetchResponse {
+    pub(super) async fn fetch(
+        self: &Arc<Self>,
+        req: FetchRequest,
+        who: &Session,
+        client_id: &str,
+    ) -> FetchResponse {
+        // A client already over its byte rate gets nothing but the time to wait, as from
+        // Kafka; otherwise what it is sent counts against its quota.
+        let key = crate::quota::CONSUMER_BYTE_RATE;
+        let throttled = self.throttle(key, who, client_id, 0);
+        if throttled > 0 {
+            return FetchResponse::default().with_throttle_time_ms(throttled);
+        }
         let wanted: Vec<(TopicName, Vec<Wanted>)> = req
             .topics
             .into_iter()
@@ -83,7 +95,9 @@ impl Broker {
             let stopping = *self.stopping.borrow();
             if total >= min_bytes.max(1) || any_error || stopping || Instant::now() >= deadline {
                 self.count_fetched(&responses);
-                return FetchResponse::default().with_responses(responses);
+                return FetchResponse::default()
+                    .with_throttle_time_ms(self.throttle(key, who, client_id, total))
+                    .with_responses(responses);
             }
             // On wake-up, deadline or shutdown: read once more so fresh data is returned.
             tokio::select! {

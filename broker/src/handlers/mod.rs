@@ -13,6 +13,7 @@ mod groups;
 mod metadata;
 mod offsets;
 mod produce;
+mod quotas;
 mod reassign;
 mod scram;
 pub mod txn;
@@ -79,6 +80,8 @@ pub struct Broker {
     pub leader_throttle: crate::replication::throttle::Throttle,
     /// Throttle of replication traffic this broker fetches for its throttled replicas.
     pub follower_throttle: crate::replication::throttle::Throttle,
+    /// Client byte rates counted against their quotas.
+    quota_rates: crate::quota::Rates,
     /// One lock per transactional id coordinated here: its requests run one at a time.
     txn_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -147,8 +150,13 @@ impl Broker {
             })
         };
         let cluster = Cluster::start(&config, store.clone(), applier, import).await?;
+        let quota_rates = crate::quota::Rates::new(
+            config.quota_window_num as usize,
+            std::time::Duration::from_secs(config.quota_window_size_seconds.into()),
+        );
         Ok(Arc::new(Broker {
             acl_policy: config.acl_policy(),
+            quota_rates,
             config,
             catalog,
             cluster,
@@ -207,6 +215,30 @@ impl Broker {
                 resource_type,
                 name,
             )
+    }
+
+    /// Counts `bytes` of a client's traffic against its `key` quota (if one applies) and
+    /// returns the throttle time in ms; a throttled connection's next request waits that
+    /// long.
+    pub fn throttle(&self, key: &'static str, who: &Session, client_id: &str, bytes: usize) -> i32 {
+        let image = self.cluster.image();
+        let Some((account, quota)) =
+            crate::quota::resolve(&image.client_quotas, key, who.user(), client_id)
+        else {
+            return 0;
+        };
+        let now = Instant::now();
+        let wait = self.quota_rates.record(key, account, quota, bytes, now);
+        if wait.is_zero() {
+            return 0;
+        }
+        who.throttle_until(now + wait);
+        let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+        self.metrics
+            .quota_throttle_ms
+            .with_label_values(&[key])
+            .inc_by(ms as u64);
+        ms
     }
 
     /// Kafka's authorized-operations bits of a resource for `who`.
@@ -278,11 +310,12 @@ impl Broker {
             ),
             Body::ApiVersions(_) => now!(self.api_versions(0)),
             Body::Metadata(req) => now!(self.metadata(req, v, who).await),
-            Body::Produce(req) => self.produce(req, v, corr, who),
+            Body::Produce(req) => self.produce(req, v, corr, who, &client_id),
             Body::Fetch(req) => {
                 let (this, who) = (self.clone(), who.clone());
                 Box::pin(async move {
-                    encode_response(api, v, corr, &this.fetch(req, &who).await).map(Some)
+                    let resp = this.fetch(req, &who, &client_id).await;
+                    encode_response(api, v, corr, &resp).map(Some)
                 })
             }
             Body::ListOffsets(req) => now!(self.list_offsets(req, v, who).await),
@@ -333,6 +366,9 @@ impl Broker {
             Body::AlterUserScramCredentials(req) => {
                 now!(self.alter_user_scram_credentials(req, who).await)
             }
+            Body::DescribeClientQuotas(req) => now!(self.describe_client_quotas(req)),
+            Body::AlterClientQuotas(req) => now!(self.alter_client_quotas(req, who).await),
+            Body::ListConfigResources(req) => now!(self.list_config_resources(req, v)),
         };
         Ok(self.observe(name, started, reply))
     }
@@ -415,6 +451,9 @@ fn api_name(api: ApiKey) -> &'static str {
         ApiKey::DeleteAcls => "DeleteAcls",
         ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
         ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
+        ApiKey::DescribeClientQuotas => "DescribeClientQuotas",
+        ApiKey::AlterClientQuotas => "AlterClientQuotas",
+        ApiKey::ListConfigResources => "ListConfigResources",
         _ => "Other",
     }
 }

@@ -29,8 +29,16 @@ impl Broker {
         version: i16,
         corr: i32,
         who: &Session,
+        client_id: &str,
     ) -> Reply {
         let acks = req.acks;
+        let bytes: usize = req
+            .topic_data
+            .iter()
+            .flat_map(|t| &t.partition_data)
+            .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+            .sum();
+        let throttle_ms = self.throttle(crate::quota::PRODUCER_BYTE_RATE, who, client_id, bytes);
         let sync = match self.config.fsync_policy {
             FsyncPolicy::Always => true,
             FsyncPolicy::AcksAll => acks == -1,
@@ -103,7 +111,9 @@ impl Broker {
                         .with_partition_responses(out),
                 );
             }
-            let resp = ProduceResponse::default().with_responses(responses);
+            let resp = ProduceResponse::default()
+                .with_responses(responses)
+                .with_throttle_time_ms(throttle_ms);
             encode_response(ApiKey::Produce, version, corr, &resp).map(Some)
         })
     }
