@@ -63,6 +63,9 @@ pub struct Config {
     pub fsync_policy: FsyncPolicy,
     /// Requests processed concurrently per connection (responses still go out in order).
     pub max_in_flight_per_connection: usize,
+    /// Bytes of requests read and not yet answered, over all connections; a request that
+    /// would pass it is not read until others finish (Kafka's `queued.max.request.bytes`).
+    pub queued_max_request_bytes: u64,
     /// Samples a client quota's rate is measured over (Kafka's `quota.window.num`).
     pub quota_window_num: u32,
     /// Length of one sample in seconds (Kafka's `quota.window.size.seconds`).
@@ -148,6 +151,7 @@ impl Default for Config {
             min_insync_replicas: 1,
             fsync_policy: FsyncPolicy::AcksAll,
             max_in_flight_per_connection: 16,
+            queued_max_request_bytes: 128 << 20,
             quota_window_num: 11,
             quota_window_size_seconds: 1,
             group_initial_rebalance_delay_ms: 3000,
@@ -264,6 +268,10 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_MAX_IN_FLIGHT_PER_CONNECTION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_connection: Option<usize>,
+    /// Request bytes held at once over all connections [default: 134217728].
+    #[arg(long, env = "RIFFLE_QUEUED_MAX_REQUEST_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_max_request_bytes: Option<u64>,
     /// Samples of a client quota's rate window [default: 11].
     #[arg(long, env = "RIFFLE_QUOTA_WINDOW_NUM")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -444,6 +452,9 @@ impl Config {
         }
         if self.max_in_flight_per_connection == 0 {
             return bad("max_in_flight_per_connection must be >= 1");
+        }
+        if self.queued_max_request_bytes == 0 {
+            return bad("queued_max_request_bytes must be >= 1");
         }
         if self.quota_window_num == 0 || self.quota_window_size_seconds == 0 {
             return bad("quota_window_num and quota_window_size_seconds must be >= 1");

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub partition_bytes: IntGaugeVec,
     /// Open client connections.
     pub connections: IntGauge,
+    /// Bytes of requests read and not yet answered (bounded by `queued_max_request_bytes`).
+    pub request_bytes_held: IntGauge,
     /// Storage bytes (SST plus memtables) per column family.
     pub storage_bytes: IntGaugeVec,
     /// Write groups synced to the WAL (fsync policy, `flush.messages`, `flush.ms`).
@@ -179,6 +181,14 @@ impl Metrics {
                 &r,
                 IntGauge::new("riffle_connections_open", "Open client connections")
                     .expect("valid metric"),
+            ),
+            request_bytes_held: reg(
+                &r,
+                IntGauge::new(
+                    "riffle_request_bytes_held",
+                    "Bytes of requests read and not yet answered",
+                )
+                .expect("valid metric"),
             ),
             wal_syncs: reg(
                 &r,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::task::JoinSet;
 
@@ -15,6 +15,19 @@ use crate::protocol::EncodeError;
 
 type Pending = JoinHandle<Result<Option<Bytes>, EncodeError>>;
 
+/// A request's share of the budget, returned (and the gauge lowered) when dropped.
+struct Release {
+    _permit: OwnedSemaphorePermit,
+    broker: Arc<Broker>,
+    held: i64,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.broker.metrics.request_bytes_held.sub(self.held);
+    }
+}
+
 /// Accepts connections until `shutdown` turns true, then waits for open connections to
 /// finish the requests they already read.
 pub async fn serve(
@@ -23,6 +36,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let budget = Arc::new(Budget::new(broker.config.queued_max_request_bytes));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -30,9 +44,10 @@ pub async fn serve(
                     let _ = stream.set_nodelay(true);
                     let b = broker.clone();
                     let sd = shutdown.clone();
+                    let budget = budget.clone();
                     conns.spawn(async move {
                         b.metrics.connections.inc();
-                        if let Err(e) = connection(stream, b.clone(), sd).await {
+                        if let Err(e) = connection(stream, b.clone(), sd, budget).await {
                             tracing::debug!(%peer, error = %e, "connection ended");
                         }
                         b.metrics.connections.dec();
@@ -51,10 +66,35 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
+/// The broker-wide budget of request bytes read and not yet answered.
+struct Budget {
+    permits: Arc<Semaphore>,
+    /// Permits a request may take at most: a request larger than the whole budget takes
+    /// all of it and runs alone.
+    max: u32,
+}
+
+impl Budget {
+    fn new(bytes: u64) -> Budget {
+        let max = bytes.clamp(1, u32::MAX as u64) as u32;
+        Budget {
+            permits: Arc::new(Semaphore::new(max as usize)),
+            max,
+        }
+    }
+
+    /// Waits until `size` bytes fit in the budget.
+    async fn reserve(&self, size: usize) -> Option<OwnedSemaphorePermit> {
+        let n = (size.min(self.max as usize) as u32).max(1);
+        self.permits.clone().acquire_many_owned(n).await.ok()
+    }
+}
+
 async fn connection(
     stream: TcpStream,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
+    budget: Arc<Budget>,
 ) -> std::io::Result<()> {
     let peer = stream.peer_addr().ok();
     // No authentication yet: every connection is the anonymous user at its address.
@@ -112,6 +152,19 @@ async fn connection(
             );
             break;
         }
+        // Nothing is allocated for a request before it fits in the budget.
+        let permit = tokio::select! {
+            p = budget.reserve(size as usize) => p,
+            _ = shutdown.changed() => break,
+        };
+        let Some(permit) = permit else { break };
+        let held = permit.num_permits() as i64;
+        broker.metrics.request_bytes_held.add(held);
+        let release = Release {
+            _permit: permit,
+            broker: broker.clone(),
+            held,
+        };
         let mut frame = BytesMut::zeroed(size as usize);
         if rd.read_exact(&mut frame).await.is_err() {
             broker
@@ -123,6 +176,12 @@ async fn connection(
         }
         match broker.dispatch(frame.freeze(), &who).await {
             Ok(reply) => {
+                // The request's bytes count until it is answered.
+                let reply = async move {
+                    let out = reply.await;
+                    drop(release);
+                    out
+                };
                 if tx.send(tokio::spawn(reply)).await.is_err() {
                     break;
                 }

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 import pytest
 
 import kafka_wire as w
-from helpers import create_topic, kp_consume_all, unique_topic
+from helpers import create_topic, kp_consume_all, unique_topic, wait_until
 
 CANARY_RECORDS = [(f"canary-{i}".encode(), os.urandom(64)) for i in range(50)]
 
@@ -136,3 +137,34 @@ def test_metadata_invalid_topic_name(broker, name):
         md = w.metadata_v1(conn, [name])
     (t,) = md["topics"]
     assert t["name"] == name and t["error_code"] == w.ERR_INVALID_TOPIC, t
+
+
+def _gauge(broker, name) -> float:
+    status, text = broker.http_get("/metrics")
+    assert status == 200
+    (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+def test_request_bytes_are_bounded_over_all_connections(make_broker):
+    """Clients announcing big requests and sending them slowly hold at most
+    queued_max_request_bytes between them: the others are not read (nothing is allocated
+    for them) until memory frees, then go on."""
+    budget, size = 4 << 20, 3 << 20
+    b = make_broker("--queued-max-request-bytes", str(budget))
+    held = lambda: _gauge(b, "riffle_request_bytes_held")  # noqa: E731
+    slow = [w.Conn(b.port) for _ in range(3)]
+    for c in slow:
+        c.send(struct.pack(">i", size) + b"\x00" * 65536)
+    wait_until(lambda: held() == size, timeout=10, message="first slow request admitted")
+    time.sleep(0.5)
+    assert held() == size, "a second 3 MiB request was admitted into a 4 MiB budget"
+    # As each slow client goes away the next is admitted, never two at once.
+    for c in slow:
+        c.close()
+        time.sleep(0.3)
+        assert held() <= budget
+    wait_until(lambda: held() == 0, timeout=10, message="budget returned")
+    with w.Conn(b.port) as conn:
+        err, apis = w.api_versions(conn, 0)
+    assert err == 0 and w.API_PRODUCE in apis

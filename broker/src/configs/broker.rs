@@ -189,6 +189,15 @@ pub static BROKER_KEYS: &[BrokerKey] = &[
         |c| c.socket_request_max_bytes.to_string()
     ),
     key!(
+        "queued.max.request.bytes",
+        Long,
+        Check::AtLeast(-1),
+        ReadOnly,
+        "-1",
+        "Request bytes read and not yet answered, over all connections",
+        |c| c.queued_max_request_bytes.to_string()
+    ),
+    key!(
         "quota.window.num",
         Int,
         Check::AtLeast(1),

@@ -70,12 +70,22 @@ impl Broker {
                 .collect();
             pending.push((t.name, parts));
         }
-        if acks == 0 {
-            // No response; the appends above still happen.
-            return Box::pin(std::future::ready(Ok(None)));
-        }
         let this = self.clone();
         let timeout = Duration::from_millis(req.timeout_ms.max(1000) as u64);
+        if acks == 0 {
+            // No response, but the request stays in flight until its records are written
+            // locally: a client sending faster than the log writes is held back instead
+            // of queueing without bound.
+            return Box::pin(async move {
+                let deadline = tokio::time::Instant::now() + timeout;
+                for (_, result) in pending.into_iter().flat_map(|(_, parts)| parts) {
+                    if let Ok(p) = result {
+                        let _ = p.wait(&this, 1, deadline).await;
+                    }
+                }
+                Ok(None)
+            });
+        }
         Box::pin(async move {
             let mut responses = Vec::with_capacity(pending.len());
             for (name, parts) in pending {
