@@ -63,6 +63,8 @@ pub struct Config {
     pub fsync_policy: FsyncPolicy,
     /// Requests processed concurrently per connection (responses still go out in order).
     pub max_in_flight_per_connection: usize,
+    /// Memtable memory of the log column family (RocksDB write buffers).
+    pub log_memtable_bytes: usize,
     /// Bytes of requests read and not yet answered, over all connections; a request that
     /// would pass it is not read until others finish (Kafka's `queued.max.request.bytes`).
     pub queued_max_request_bytes: u64,
@@ -152,6 +154,7 @@ impl Default for Config {
             fsync_policy: FsyncPolicy::AcksAll,
             max_in_flight_per_connection: 16,
             queued_max_request_bytes: 128 << 20,
+            log_memtable_bytes: crate::storage::Store::DEFAULT_LOG_MEMTABLE_BYTES,
             quota_window_num: 11,
             quota_window_size_seconds: 1,
             group_initial_rebalance_delay_ms: 3000,
@@ -268,6 +271,10 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_MAX_IN_FLIGHT_PER_CONNECTION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_connection: Option<usize>,
+    /// Memtable memory of the log [default: 536870912].
+    #[arg(long, env = "RIFFLE_LOG_MEMTABLE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_memtable_bytes: Option<usize>,
     /// Request bytes held at once over all connections [default: 134217728].
     #[arg(long, env = "RIFFLE_QUEUED_MAX_REQUEST_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -452,6 +459,9 @@ impl Config {
         }
         if self.max_in_flight_per_connection == 0 {
             return bad("max_in_flight_per_connection must be >= 1");
+        }
+        if self.log_memtable_bytes < 4 << 20 {
+            return bad("log_memtable_bytes must be >= 4194304");
         }
         if self.queued_max_request_bytes == 0 {
             return bad("queued_max_request_bytes must be >= 1");

@@ -21,8 +21,30 @@ use tokio::sync::watch;
 #[global_allocator]
 static ALLOC: riffle_protocol::alloc::GuardedAlloc = riffle_protocol::alloc::GuardedAlloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+/// glibc gives each thread that allocates concurrently its own heap (up to 8 per core),
+/// and freed memory stays in whichever heap freed it: with the runtime's, RocksDB's and
+/// the writer's threads that grew the broker's RSS past 1 GiB under the benchmark,
+/// against under 500 MiB with two heaps and no measurable throughput loss. Done before
+/// any thread starts; `MALLOC_ARENA_MAX` in the environment still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only adjusts allocator parameters; no thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RIFFLE_LOG")

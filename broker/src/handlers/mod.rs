@@ -100,8 +100,10 @@ impl Broker {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(crate::storage::StorageError::from)
             .map_err(crate::metadata::CatalogError::from)?;
-        let store =
-            Arc::new(Store::open(&config.data_dir).map_err(crate::metadata::CatalogError::from)?);
+        let store = Arc::new(
+            Store::open_with(&config.data_dir, config.log_memtable_bytes)
+                .map_err(crate::metadata::CatalogError::from)?,
+        );
         let data_arrived = Arc::new(Notify::new());
         let catalog =
             Arc::new(Catalog::load(store.clone(), config.clone(), data_arrived.clone()).await?);
