@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use prometheus::IntGauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -16,15 +17,15 @@ use crate::protocol::EncodeError;
 type Pending = JoinHandle<Result<Option<Bytes>, EncodeError>>;
 
 /// A request's share of the budget, returned (and the gauge lowered) when dropped.
-struct Release {
+struct Reserved {
     _permit: OwnedSemaphorePermit,
-    broker: Arc<Broker>,
-    held: i64,
+    gauge: IntGauge,
+    bytes: i64,
 }
 
-impl Drop for Release {
+impl Drop for Reserved {
     fn drop(&mut self) {
-        self.broker.metrics.request_bytes_held.sub(self.held);
+        self.gauge.sub(self.bytes);
     }
 }
 
@@ -36,7 +37,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
-    let budget = Arc::new(Budget::new(broker.config.queued_max_request_bytes));
+    let budget = Arc::new(Budget::new(
+        broker.config.queued_max_request_bytes,
+        broker.metrics.request_bytes_held.clone(),
+    ));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -72,21 +76,30 @@ struct Budget {
     /// Permits a request may take at most: a request larger than the whole budget takes
     /// all of it and runs alone.
     max: u32,
+    /// Bytes reserved now.
+    gauge: IntGauge,
 }
 
 impl Budget {
-    fn new(bytes: u64) -> Budget {
+    fn new(bytes: u64, gauge: IntGauge) -> Budget {
         let max = bytes.clamp(1, u32::MAX as u64) as u32;
         Budget {
             permits: Arc::new(Semaphore::new(max as usize)),
             max,
+            gauge,
         }
     }
 
     /// Waits until `size` bytes fit in the budget.
-    async fn reserve(&self, size: usize) -> Option<OwnedSemaphorePermit> {
+    async fn reserve(&self, size: usize) -> Option<Reserved> {
         let n = (size.min(self.max as usize) as u32).max(1);
-        self.permits.clone().acquire_many_owned(n).await.ok()
+        let permit = self.permits.clone().acquire_many_owned(n).await.ok()?;
+        self.gauge.add(n.into());
+        Some(Reserved {
+            _permit: permit,
+            gauge: self.gauge.clone(),
+            bytes: n.into(),
+        })
     }
 }
 
@@ -153,18 +166,11 @@ async fn connection(
             break;
         }
         // Nothing is allocated for a request before it fits in the budget.
-        let permit = tokio::select! {
-            p = budget.reserve(size as usize) => p,
+        let reserved = tokio::select! {
+            r = budget.reserve(size as usize) => r,
             _ = shutdown.changed() => break,
         };
-        let Some(permit) = permit else { break };
-        let held = permit.num_permits() as i64;
-        broker.metrics.request_bytes_held.add(held);
-        let release = Release {
-            _permit: permit,
-            broker: broker.clone(),
-            held,
-        };
+        let Some(reserved) = reserved else { break };
         let mut frame = BytesMut::zeroed(size as usize);
         if rd.read_exact(&mut frame).await.is_err() {
             broker
@@ -179,7 +185,7 @@ async fn connection(
                 // The request's bytes count until it is answered.
                 let reply = async move {
                     let out = reply.await;
-                    drop(release);
+                    drop(reserved);
                     out
                 };
                 if tx.send(tokio::spawn(reply)).await.is_err() {
