@@ -273,3 +273,64 @@ def test_every_broker_enforces_the_same_acls(make_cluster):
     # Whichever broker leads the partition refuses the write.
     err = deliver(c.bootstrap, topic)
     assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, err
+
+
+def test_coordinator_lookup_and_transaction_tooling_are_authorized(make_broker):
+    """FindCoordinator needs DESCRIBE on the group or transactional id; kafka-transactions
+    lists and describes only the ids the client may describe, and describe-producers
+    needs READ on the topic."""
+    b = make_broker(*AUTHZ)
+    adm = admin(b.bootstrap)
+    topic, hidden_tid, open_tid = unique_topic("txtool"), unique_topic("hid"), unique_topic("vis")
+    create_topics(adm, topic)
+    # Both ids start a transaction while still open to everyone.
+    producers = []
+    for tid in (hidden_tid, open_tid):
+        p = Producer({"bootstrap.servers": b.bootstrap, "transactional.id": tid})
+        p.init_transactions(T)
+        p.begin_transaction()
+        p.produce(topic, b"v")
+        assert p.flush(T) == 0
+        producers.append(p)
+    A = AclPermissionType
+    create(adm, [
+        binding(ResourceType.TRANSACTIONAL_ID, hidden_tid, "User:*", AclOperation.DESCRIBE,
+                A.DENY),
+        binding(ResourceType.GROUP, "hidden-group", "User:*", AclOperation.DESCRIBE, A.DENY),
+        # The topic may be described (the tool finds its leader) but not read.
+        binding(ResourceType.TOPIC, topic, "User:*", AclOperation.DESCRIBE, A.ALLOW),
+        binding(ResourceType.TOPIC, topic, "User:*", AclOperation.READ, A.DENY),
+    ])
+
+    def tool(*args, check=True):
+        return kafka_tool("org.apache.kafka.tools.TransactionsCommand", "--bootstrap-server",
+                          b.bootstrap, *args, check=check)
+
+    listed = tool("list").stdout
+    assert open_tid in listed and hidden_tid not in listed, listed
+    assert "Ongoing" in tool("describe", "--transactional-id", open_tid).stdout
+    # The tool's FindCoordinator for the hidden id is refused before it can describe it.
+    refused = tool("describe", "--transactional-id", hidden_tid, check=False)
+    assert refused.returncode != 0
+    assert "failed due to authorization failure" in refused.stdout + refused.stderr
+    refused = tool("describe-producers", "--topic", topic, "--partition", "0", check=False)
+    assert refused.returncode != 0
+    assert "Failed to describe active producers" in refused.stdout + refused.stderr
+    assert f"authorization failure on topic `{topic}`" in refused.stdout + refused.stderr
+
+    # A new producer cannot even find the hidden id's coordinator.
+    p = Producer({"bootstrap.servers": b.bootstrap, "transactional.id": hidden_tid})
+    with pytest.raises(KafkaException) as exc:
+        p.init_transactions(T)
+    assert exc.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    # Nor a consumer its group's.
+    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "hidden-group"})
+    try:
+        c.subscribe([topic])
+        seen = []
+        wait_until(lambda: seen.append(c.poll(0.5)) or any(
+            m is not None and m.error() is not None
+            and m.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED for m in seen),
+            timeout=20, message="GROUP_AUTHORIZATION_FAILED")
+    finally:
+        c.close()

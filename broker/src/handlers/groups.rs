@@ -93,14 +93,19 @@ impl Broker {
         &self,
         req: FindCoordinatorRequest,
         version: i16,
+        who: &Session,
     ) -> FindCoordinatorResponse {
-        // Groups (0) and transactional ids (1) share the offsets partitions' leaders.
-        let lookup = |key: &str| {
-            if req.key_type > 1 {
-                Err(ResponseError::InvalidRequest.code())
-            } else {
-                self.group_coordinator(key)
+        // Groups (0) and transactional ids (1) share the offsets partitions' leaders;
+        // as in Kafka, finding one takes DESCRIBE on it.
+        let lookup = |key: &str| match req.key_type {
+            0 if !self.authorize(who, op::DESCRIBE, resource::GROUP, key) => {
+                Err(ResponseError::GroupAuthorizationFailed.code())
             }
+            1 if !self.authorize(who, op::DESCRIBE, resource::TRANSACTIONAL_ID, key) => {
+                Err(ResponseError::TransactionalIdAuthorizationFailed.code())
+            }
+            0 | 1 => self.group_coordinator(key),
+            _ => Err(ResponseError::InvalidRequest.code()),
         };
         if version >= 4 {
             let coordinators = req

@@ -339,7 +339,7 @@ impl Broker {
             }
             Body::ListPartitionReassignments(req) => now!(self.list_partition_reassignments(req)),
             Body::DescribeLogDirs(req) => now!(self.describe_log_dirs(req)),
-            Body::FindCoordinator(req) => now!(self.find_coordinator(req, v)),
+            Body::FindCoordinator(req) => now!(self.find_coordinator(req, v, who)),
             Body::JoinGroup(req) => {
                 self.join_group(req, v, corr, &client_id, &format!("/{}", who.host))
             }
@@ -356,9 +356,9 @@ impl Broker {
             Body::AddOffsetsToTxn(req) => now!(self.add_offsets_to_txn(req).await),
             Body::EndTxn(req) => now!(self.end_txn(req).await),
             Body::TxnOffsetCommit(req) => now!(self.txn_offset_commit(req, who).await),
-            Body::DescribeTransactions(req) => now!(self.describe_transactions(req)),
-            Body::ListTransactions(req) => now!(self.list_transactions(req)),
-            Body::DescribeProducers(req) => now!(self.describe_producers(req)),
+            Body::DescribeTransactions(req) => now!(self.describe_transactions(req, who)),
+            Body::ListTransactions(req) => now!(self.list_transactions(req, who)),
+            Body::DescribeProducers(req) => now!(self.describe_producers(req, who)),
             Body::DescribeAcls(req) => now!(self.describe_acls(req, who)),
             Body::CreateAcls(req) => now!(self.create_acls(req, who).await),
             Body::DeleteAcls(req) => now!(self.delete_acls(req, who).await),

@@ -14,6 +14,7 @@ use kafka_protocol::messages::list_transactions_response::TransactionState as Li
 use kafka_protocol::messages::*;
 
 use super::{str_bytes, Broker};
+use crate::acl::{op, resource, Session};
 use crate::log::now_ms;
 use crate::txn::TxnMeta;
 
@@ -25,16 +26,21 @@ fn listed(m: &TxnMeta, states: &[&str], producers: &[i64], min_duration_ms: i64,
 }
 
 impl Broker {
-    /// DescribeTransactions: each id's state, as its coordinator (this broker) has it.
+    /// DescribeTransactions: each id's state, as its coordinator (this broker) has it
+    /// (DESCRIBE on the transactional id).
     pub(super) fn describe_transactions(
         &self,
         req: DescribeTransactionsRequest,
+        who: &Session,
     ) -> DescribeTransactionsResponse {
         let states = req
             .transactional_ids
             .into_iter()
             .map(|id| {
+                let allowed =
+                    self.authorize(who, op::DESCRIBE, resource::TRANSACTIONAL_ID, id.0.as_str());
                 let found = match self.groups.txn_get(id.0.as_str()) {
+                    _ if !allowed => Err(E::TransactionalIdAuthorizationFailed.code()),
                     Ok((Some(m), _)) => Ok(m),
                     Ok((None, _)) => Err(E::TransactionalIdNotFound.code()),
                     Err(code) => Err(code),
@@ -75,10 +81,12 @@ impl Broker {
         DescribeTransactionsResponse::default().with_transaction_states(states)
     }
 
-    /// ListTransactions: the transactional ids this broker coordinates, filtered.
+    /// ListTransactions: the transactional ids this broker coordinates and the client may
+    /// describe, filtered.
     pub(super) fn list_transactions(
         &self,
         req: ListTransactionsRequest,
+        who: &Session,
     ) -> ListTransactionsResponse {
         let known = [
             "Empty",
@@ -100,6 +108,7 @@ impl Broker {
             .txn_list()
             .into_iter()
             .filter(|(_, m)| listed(m, &states, &producers, req.duration_filter, now))
+            .filter(|(id, _)| self.authorize(who, op::DESCRIBE, resource::TRANSACTIONAL_ID, id))
             .collect();
         txns.sort_by(|a, b| a.0.cmp(&b.0));
         ListTransactionsResponse::default()
@@ -117,21 +126,28 @@ impl Broker {
     }
 
     /// DescribeProducers: the producers each partition led here knows, with their open
-    /// transaction.
+    /// transaction (READ on the topic).
     pub(super) fn describe_producers(
         &self,
         req: DescribeProducersRequest,
+        who: &Session,
     ) -> DescribeProducersResponse {
         let topics = req
             .topics
             .into_iter()
             .map(|t| {
                 let topic = self.catalog.get(t.name.0.as_str());
+                let allowed = self.authorize(who, op::READ, resource::TOPIC, t.name.0.as_str());
                 let partitions = t
                     .partition_indexes
                     .iter()
                     .map(|&p| {
                         let out = PartitionResponse::default().with_partition_index(p);
+                        if !allowed {
+                            let code = E::TopicAuthorizationFailed.code();
+                            self.count_error(ApiKey::DescribeProducers, code);
+                            return out.with_error_code(code);
+                        }
                         let Some(part) = topic.as_ref().and_then(|topic| topic.partition(p)) else {
                             self.count_error(
                                 ApiKey::DescribeProducers,
