@@ -190,6 +190,21 @@ def deliver(bootstrap, topic, value=b"v"):
     return errors[0]
 
 
+def assert_group_refused(bootstrap, group, topic):
+    """A consumer of `group` subscribed to `topic` gets GROUP_AUTHORIZATION_FAILED."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "auto.offset.reset": "earliest"})
+    try:
+        c.subscribe([topic])
+        seen = []
+        wait_until(lambda: seen.append(c.poll(0.5)) or any(
+            m is not None and m.error() is not None
+            and m.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED for m in seen),
+            timeout=20, message="GROUP_AUTHORIZATION_FAILED")
+    finally:
+        c.close()
+
+
 def test_acls_are_enforced_for_the_anonymous_user_at_its_host(make_broker):
     b = make_broker(*AUTHZ)
     adm = admin(b.bootstrap)
@@ -240,17 +255,7 @@ def test_acls_are_enforced_for_the_anonymous_user_at_its_host(make_broker):
     assert ops[closed] == topic_ops - {AclOperation.WRITE}
 
     # A consumer of a group it may not read is refused.
-    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "denied-group",
-                  "auto.offset.reset": "earliest"})
-    try:
-        c.subscribe([opened])
-        seen = []
-        wait_until(lambda: seen.append(c.poll(0.5)) or any(
-            m is not None and m.error() is not None
-            and m.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED for m in seen),
-            timeout=20, message="GROUP_AUTHORIZATION_FAILED")
-    finally:
-        c.close()
+    assert_group_refused(b.bootstrap, "denied-group", opened)
 
     # Deleting the deny opens the topic again.
     gone = adm.delete_acls([any_filter(name=closed, permission_type=A.DENY,
@@ -324,13 +329,4 @@ def test_coordinator_lookup_and_transaction_tooling_are_authorized(make_broker):
         p.init_transactions(T)
     assert exc.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
     # Nor a consumer its group's.
-    c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "hidden-group"})
-    try:
-        c.subscribe([topic])
-        seen = []
-        wait_until(lambda: seen.append(c.poll(0.5)) or any(
-            m is not None and m.error() is not None
-            and m.error().code() == KafkaError.GROUP_AUTHORIZATION_FAILED for m in seen),
-            timeout=20, message="GROUP_AUTHORIZATION_FAILED")
-    finally:
-        c.close()
+    assert_group_refused(b.bootstrap, "hidden-group", topic)

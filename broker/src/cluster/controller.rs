@@ -360,6 +360,15 @@ impl Controller {
         }
     }
 
+    /// Commits `cmd` unless it would change nothing (`unchanged`); the log index of the
+    /// change, 0 when nothing was committed.
+    async fn commit_unless(&self, unchanged: bool, cmd: Command) -> Result<u64, ControlReply> {
+        if unchanged {
+            return Ok(0);
+        }
+        self.commit(cmd).await.map(|(log_index, _)| log_index)
+    }
+
     async fn commit_done(&self, cmd: Command) -> ControlReply {
         match self.commit(cmd).await {
             Ok((log_index, CommandReply::Done)) => ControlReply::Done { log_index },
@@ -501,16 +510,12 @@ impl Controller {
                     .map(|f| img.acls.iter().filter(|b| f.matches(b)).cloned().collect())
                     .collect();
                 let all: BTreeSet<AclBinding> = matched.iter().flatten().cloned().collect();
-                let mut log_index = 0;
-                if !all.is_empty() {
-                    match self
-                        .commit(Command::DeleteAcls(all.into_iter().collect()))
-                        .await
-                    {
-                        Ok((i, _)) => log_index = i,
-                        Err(r) => return r,
-                    }
-                }
+                let unchanged = all.is_empty();
+                let cmd = Command::DeleteAcls(all.into_iter().collect());
+                let log_index = match self.commit_unless(unchanged, cmd).await {
+                    Ok(i) => i,
+                    Err(r) => return r,
+                };
                 ControlReply::AclsDeleted {
                     log_index,
                     deleted: matched,
@@ -535,17 +540,15 @@ impl Controller {
                     }
                     known
                 });
-                let mut log_index = 0;
-                if !deletions.is_empty() || !upsertions.is_empty() {
-                    let cmd = Command::AlterScram {
-                        deletions,
-                        upsertions,
-                    };
-                    match self.commit(cmd).await {
-                        Ok((i, _)) => log_index = i,
-                        Err(r) => return r,
-                    }
-                }
+                let unchanged = deletions.is_empty() && upsertions.is_empty();
+                let cmd = Command::AlterScram {
+                    deletions,
+                    upsertions,
+                };
+                let log_index = match self.commit_unless(unchanged, cmd).await {
+                    Ok(i) => i,
+                    Err(r) => return r,
+                };
                 ControlReply::ScramAltered { log_index, refused }
             }
             ControlRequest::AlterIsr {
