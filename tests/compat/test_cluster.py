@@ -350,6 +350,52 @@ class KafkaPythonLoad(BackgroundProducer):
         self.prod.close(timeout=10)
 
 
+class TailReader:
+    """A consumer following partitions' tips from offset 0 in a thread, with
+    ``auto.offset.reset=error``: a fetch answered OFFSET_OUT_OF_RANGE surfaces as an
+    error instead of silently moving the position (to the start: duplicates; to the
+    end, the usual default: records skipped)."""
+
+    def __init__(self, cluster, topic, partitions=(0,)):
+        self.c = Consumer(ck_conf(cluster, **{"group.id": "riffle-compat-tail",
+                                              "enable.auto.commit": False,
+                                              "auto.offset.reset": "error"}))
+        self.c.assign([TopicPartition(topic, p, 0) for p in partitions])
+        self.offsets = {p: [] for p in partitions}
+        self.errors = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="tail-reader")
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            for m in self.c.consume(num_messages=500, timeout=0.2):
+                if m.error():
+                    if m.error().code() != KafkaError._PARTITION_EOF:
+                        self.errors.append(m.error())
+                else:
+                    self.offsets[m.partition()].append(m.offset())
+
+    def stop_and_check(self, ends):
+        """Once it has read up to ``ends`` ({partition: offset}): every offset read
+        once, in order, and no fetch refused as out of range."""
+        def there():
+            return all(self.offsets[p] and self.offsets[p][-1] + 1 >= end
+                       for p, end in ends.items())
+        wait_until(there, timeout=60, message=f"the tailing consumer at offsets {ends}")
+        self.close()
+        resets = [e for e in self.errors if e.code() in (
+            KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE)]
+        assert not resets, f"the consumer's position was refused: {resets[:3]}"
+        for p, read in self.offsets.items():
+            assert read == list(range(len(read))), f"partition {p}: offsets read out of order"
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(10)
+        self.c.close()
+
+
 def verify_acked(cluster, topic, partitions, load, check_order=True, check_dups=True):
     """Read the partitions back: offsets start at 0 without gaps, every
     acknowledged value sits at its acknowledged (partition, offset), no value
@@ -394,13 +440,15 @@ def finish_load(load, check_errors):
                                      f"{load.log.errors[:5]}")
 
 
-def failover_under_load(cluster, load_cls, kills):
+def failover_under_load(cluster, load_cls, kills, tail=False):
     """kill -9 the leader of a one-partition RF3 topic ``kills`` times under
     an acks=all load; after each kill wait for a new leader and the first
-    acknowledgement, then restart the killed broker and wait for a full ISR."""
+    acknowledgement, then restart the killed broker and wait for a full ISR.
+    ``tail``: a consumer follows the tip throughout (see ``TailReader``)."""
     topic = create_topic(cluster, partitions=1, rf=3, config={"min.insync.replicas": 2})
     cluster.wait_isr(topic, [0], cluster.ids)
     load = load_cls(cluster, topic).start()
+    reader = TailReader(cluster, topic) if tail else None
     try:
         load.log.wait_acks(200)
         for k in range(kills):
@@ -421,11 +469,15 @@ def failover_under_load(cluster, load_cls, kills):
         load.log.wait_acks(load.log.count() + 100)
     except BaseException:
         load.abort()
+        if reader:
+            reader.close()
         raise
     finish_load(load, check_errors=False)
     idempotent = getattr(load, "idempotent", True)
-    verify_acked(cluster, topic, [0], load, check_order=isinstance(load, ConfluentLoad),
-                 check_dups=idempotent)
+    stored = verify_acked(cluster, topic, [0], load,
+                          check_order=isinstance(load, ConfluentLoad), check_dups=idempotent)
+    if reader:
+        reader.stop_and_check({0: len(stored)})
     cluster.wait_isr(topic, [0], cluster.ids, timeout=60)
     cluster.assert_replicas_consistent(topic, [0])
 
@@ -512,7 +564,7 @@ def test_replication_factor_above_live_brokers_is_refused(make_cluster):
 
 @pytest.mark.timeout(300)
 def test_leader_kill9_under_idempotent_load_confluent(make_cluster):
-    failover_under_load(make_cluster(n=3, extra_args=FAST), ConfluentLoad, kills=3)
+    failover_under_load(make_cluster(n=3, extra_args=FAST), ConfluentLoad, kills=3, tail=True)
 
 
 @pytest.mark.timeout(300)
@@ -642,6 +694,8 @@ def test_rolling_restart_under_idempotent_load(make_cluster):
     topic = create_topic(c, partitions=3, rf=3, config={"min.insync.replicas": 2})
     c.wait_isr(topic, partitions, c.ids)
     load = ConfluentLoad(c, topic, partitions).start()
+    # Leaderships move under a consumer at the tip: it never finds its position refused.
+    reader = TailReader(c, topic, partitions)
     try:
         load.log.wait_acks(300)
         t0 = time.monotonic()
@@ -656,13 +710,15 @@ def test_rolling_restart_under_idempotent_load(make_cluster):
         t1 = time.monotonic()
     except BaseException:
         load.abort()
+        reader.close()
         raise
     finish_load(load, check_errors=True)
     # Leaderships move before each broker stops: no partition pauses for long.
     gaps = {p: round(load.log.longest_gap(p, t0, t1), 3) for p in partitions}
     print(f"longest pause in acknowledgements per partition during the roll: {gaps} s")
     assert max(gaps.values()) <= ROLL_PAUSE_BOUND_S, gaps
-    verify_acked(c, topic, partitions, load)
+    stored = verify_acked(c, topic, partitions, load)
+    reader.stop_and_check({p: sum(1 for q, _ in stored if q == p) for p in partitions})
     c.assert_replicas_consistent(topic, partitions)
     # The roll moved leaderships around; a preferred election (Kafka's ElectLeaders)
     # gives each partition back to its first replica.

@@ -31,8 +31,10 @@ OPERATOR_SA = f"{RELEASE}-operator"
 NS = "journey"
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60, every: float = 0.25):
-    """Polls `check` until it returns something truthy; returns that."""
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 60, every: float = 0.25,
+             explain: Callable[[], Any] | None = None):
+    """Polls `check` until it returns something truthy; returns that. On a timeout the
+    message carries what `explain` says about the state reached."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -43,7 +45,14 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 60, every: fl
         except Exception as e:  # the condition may not be checkable yet
             last = e
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last})")
+    state = ""
+    if explain:
+        try:
+            state = f"; state: {explain()}"
+        except Exception as e:
+            state = f"; state unknown: {e!r}"
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} "
+                         f"(last error: {last}){state}")
 
 
 class Load:
@@ -270,7 +279,29 @@ def pytest_runtest_makereport(item, call):
         tail = "\n".join(e.operator_log().splitlines()[-60:]) if e.operator else ""
         report.sections.append(("operator log (tail)", tail))
         report.sections.append(("node simulator errors", "\n".join(e.sim.errors[-20:])))
+        report.sections.append(("broker events", broker_events(e)))
     return report
+
+
+# Log lines that tell a cluster's story: membership, controller moves, fencing,
+# maintenance, restarts (not the per-partition replication chatter).
+STORY = ("starting riffle", "SIGTERM", "active controller", "fencing", "maintenance",
+         "leaderships", "preferred", "shutting down", "ERROR")
+
+
+def broker_events(e: Env, per_broker: int = 25) -> str:
+    """The last story lines of every broker process written to in the last 5 minutes."""
+    out = []
+    recent = time.time() - 300
+    for log in sorted(e.sim.root.glob("*.log")):
+        if log.stat().st_mtime < recent:
+            continue
+        lines = [ln[:300] for ln in log.read_text(errors="replace").splitlines()
+                 if any(k in ln for k in STORY)]
+        if lines:
+            out.append(f"-- {log.stem}")
+            out.extend(lines[-per_broker:])
+    return "\n".join(out)
 
 
 @pytest.fixture(scope="session")

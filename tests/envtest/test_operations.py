@@ -44,6 +44,15 @@ def any_view() -> dict:
     raise AssertionError("no broker answers")
 
 
+def view_summary() -> dict:
+    """The parts of the cluster view a failed wait needs explained."""
+    v = any_view()
+    return {"from": v["node_id"], "controller": v["controller"], "raft": v["raft"],
+            "partitions": v["partitions"],
+            "brokers": [{k: b[k] for k in ("id", "state", "leaders", "maintenance")}
+                        for b in v["brokers"]]}
+
+
 def sts(e: Env) -> dict:
     return e.get(f"/apis/apps/v1/namespaces/{NS}/statefulsets/{NAME}")
 
@@ -225,13 +234,13 @@ def test_operator_moves_leaderships_back_to_preferred_replicas(ops):
     proc.send_signal(signal.SIGSTOP)
     try:
         drifted = wait_for(lambda: any_view()["partitions"]["non_preferred_leaders"],
-                           "leaderships moved off the frozen broker", 60)
+                           "leaderships moved off the frozen broker", 60, explain=view_summary)
     finally:
         proc.send_signal(signal.SIGCONT)
     print(f"{drifted} partitions led away from their preferred replica")
     started = time.monotonic()
     wait_for(lambda: any_view()["partitions"]["non_preferred_leaders"] == 0,
-             "leaderships back on their preferred replicas", 120)
+             "leaderships back on their preferred replicas", 120, explain=view_summary)
     print(f"preferred leaders back {time.monotonic() - started:.1f} s after broker 1 returned")
     events = e.get(f"/apis/events.k8s.io/v1/namespaces/{NS}/events")["items"]
     assert any(ev["reason"] == "PreferredLeaderElection" for ev in events)
@@ -309,7 +318,7 @@ def test_an_evicted_broker_hands_over_its_leaderships_before_it_stops(ops):
     wait_for(lambda: not any_view()["brokers"][1]["maintenance"], "maintenance over", 30)
     wait_for(lambda: (lambda v: v["partitions"]["non_preferred_leaders"] == 0
                       and v["brokers"][1]["leaders"] > 0)(any_view()),
-             "broker 1 leads again", 120)
+             "broker 1 leads again", 120, explain=view_summary)
     assert not load.errors, load.errors[:5]
 
 

@@ -1117,17 +1117,18 @@ impl Controller {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut was_leader = false;
         let mut next_rebalance = Instant::now();
-        let mut last_tick = Instant::now();
         loop {
+            let slept = Instant::now();
             tokio::select! {
                 _ = tokio::time::sleep(self.timings.tick) => {}
                 _ = stop.changed() => return,
             }
             let leader = self.is_leader();
             // After this process was paused (SIGSTOP, a stalled machine) every heartbeat
-            // looks old: give brokers a fresh session instead of fencing them all.
-            let paused = last_tick.elapsed() > self.timings.session_timeout / 2;
-            last_tick = Instant::now();
+            // looks old: give brokers a fresh session instead of fencing them all. Only
+            // an oversleep counts: a slow step of this loop (a commit, a probe) must not
+            // renew the grace of a broker that is really gone, or it is never fenced.
+            let paused = slept.elapsed() > self.timings.tick + self.timings.session_timeout / 2;
             if leader && (!was_leader || paused) {
                 self.on_elected().await;
                 if let Some((every, _)) = self.timings.rebalance {

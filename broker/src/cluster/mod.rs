@@ -324,7 +324,17 @@ impl Cluster {
             let reply = match leader {
                 Some(l) if l == self.node_id as u64 => self.controller.handle(req.clone()).await,
                 Some(l) => match self.member_addr(l) {
-                    Some(addr) => self.remote_control(&addr, &req, deadline).await,
+                    Some(addr) => {
+                        // A controller that stopped answering (paused, partitioned) is
+                        // soon replaced: ask the new one instead of waiting out the
+                        // deadline, or heartbeats miss the new controller's grace period.
+                        let mut metrics = self.raft.metrics();
+                        let moved = metrics.wait_for(|m| m.current_leader != Some(l));
+                        tokio::select! {
+                            r = self.remote_control(&addr, &req, deadline) => r,
+                            _ = moved => ControlReply::NotController,
+                        }
+                    }
                     None => ControlReply::NotController,
                 },
                 // A voter learns the leader from Raft within an election: wait for it

@@ -1405,6 +1405,9 @@ impl Partition {
 
     /// Reads whole batches from `offset` up to the high watermark (`committed`: up to the
     /// last stable offset), at most about `max_bytes` (the first batch is returned whole).
+    /// An offset past the high watermark but within the log is in range and reads nothing:
+    /// a new leader learns the high watermark its predecessor reached only from its
+    /// followers' next fetches, and a consumer already there must wait, not reset.
     /// Blocking: call off the async reactor.
     pub fn read(
         &self,
@@ -1416,7 +1419,7 @@ impl Partition {
             log_start,
             high_watermark,
         } = self.offsets();
-        if offset < log_start || offset > high_watermark {
+        if offset < log_start || offset > high_watermark.max(self.log_end()) {
             return Err(LogError::OffsetOutOfRange);
         }
         let end = if committed {
@@ -1921,5 +1924,34 @@ mod tests {
         assert!(!part.isr_change_pending(&change));
         part.follower_fetch(2, 0, 30, 0).expect("fetch");
         assert_eq!(part.offsets().high_watermark, 20, "3 is in the ISR");
+    }
+
+    /// Kafka answers OFFSET_OUT_OF_RANGE only outside the log: a consumer at an offset the
+    /// previous leader had made visible waits on a new leader whose high watermark is
+    /// still catching up, instead of resetting its position.
+    #[tokio::test]
+    async fn offsets_between_the_high_watermark_and_the_log_end_read_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let part = Arc::new(
+            Partition::load("t".into(), 0, 7, store, Arc::new(Notify::new())).expect("load"),
+        );
+        let cfg = TopicConfig::resolve(&BTreeMap::new(), &BrokerConfigs::default());
+        part.apply_state(1, &state(&[1, 2], 0), 1);
+        append_ten(&part, &cfg).await;
+        part.follower_fetch(2, 0, 10, 0).expect("fetch");
+        append_ten(&part, &cfg).await;
+        assert_eq!((part.offsets().high_watermark, part.log_end()), (10, 20));
+        assert_eq!(part.read(5, 1 << 20, false).expect("read").len(), 1);
+        for offset in [10, 15, 20] {
+            assert!(part
+                .read(offset, 1 << 20, false)
+                .expect("in range")
+                .is_empty());
+        }
+        assert!(matches!(
+            part.read(21, 1 << 20, false),
+            Err(LogError::OffsetOutOfRange)
+        ));
     }
 }
