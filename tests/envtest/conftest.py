@@ -285,8 +285,8 @@ def pytest_runtest_makereport(item, call):
 
 # Log lines that tell a cluster's story: membership, controller moves, fencing,
 # maintenance, restarts (not the per-partition replication chatter).
-STORY = ("starting riffle", "SIGTERM", "active controller", "fencing", "maintenance",
-         "leaderships", "preferred", "shutting down", "ERROR")
+STORY = ("starting riffle", "SIGTERM", "now the active controller", "fencing broker",
+         "maintenance", "leaderships", "preferred", "metadata locally", "panicked")
 
 
 def broker_events(e: Env, per_broker: int = 25) -> str:

@@ -192,6 +192,8 @@ class NodeSimulator:
         log.write(f"--- start {now()} {command}\n".encode())
         log.flush()
         env = {"PATH": os.environ.get("PATH", ""), **env}
+        if "RIFFLE_LOG" in os.environ:  # a log filter for every broker, when debugging
+            env.setdefault("RIFFLE_LOG", os.environ["RIFFLE_LOG"])
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         return Container(uid=meta["uid"], ip=ip, proc=proc, probe=self._probe(ctr, ip),

@@ -227,7 +227,7 @@ def test_operator_moves_leaderships_back_to_preferred_replicas(ops):
     e, load, _ = ops
     # The brokers' own rebalancing is off in this Cluster: only the operator moves them.
     wait_for(lambda: any_view()["partitions"]["non_preferred_leaders"] == 0,
-             "preferred leaders after the roll", 60)
+             "preferred leaders after the roll", 60, explain=view_summary)
     elected_before = operator_metric(e, "riffle_operator_preferred_leader_elections_total")
     # Broker 1 frozen past its session timeout: fenced, its leaderships move away.
     proc = e.sim.running[f"{NS}/{NAME}-1"].proc

@@ -1171,12 +1171,10 @@ impl Controller {
             node = self.node_id,
             "this broker is now the active controller"
         );
-        // Live brokers find the new controller within a Raft heartbeat and then heartbeat
-        // every broker_heartbeat_interval: half a session is ample and makes a dead
-        // broker (often the old controller itself) fenced sooner.
-        let grace = Instant::now()
-            .checked_sub(self.timings.session_timeout / 2)
-            .unwrap_or_else(Instant::now);
+        // A full session, as Kafka gives: live brokers may first have to reconnect to
+        // this node (a restarted controller is often elected again). A broker whose
+        // process is gone is fenced at once below, whatever its grace.
+        let grace = Instant::now();
         {
             let mut seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
             for id in img.brokers.keys() {

@@ -409,10 +409,12 @@ impl Cluster {
                 .unwrap_or(ControlReply::NotController),
             Ok(Err(e)) => {
                 tracing::debug!(addr, error = %e, "controller request failed");
+                self.peers.forget(addr);
                 ControlReply::NotController
             }
             Err(_) => {
                 tracing::debug!(addr, "controller request timed out");
+                self.peers.forget(addr);
                 ControlReply::NotController
             }
         }

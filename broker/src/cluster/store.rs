@@ -224,6 +224,9 @@ pub struct StateMachine {
     published: watch::Sender<Arc<Image>>,
 }
 
+/// How long applying metadata locally may take before it is logged as slow.
+const SLOW_APPLY: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl StateMachine {
     /// Loads the applied state; `applier` runs after every change, then `published` is updated.
     pub fn load(
@@ -254,7 +257,17 @@ impl StateMachine {
         )
         .await?;
         let image = Arc::new(self.state.image.clone());
-        (self.applier)(image.clone()).await;
+        // Nothing commits while local state is being brought in line: say so if it takes
+        // long, as a stuck applier stops the whole metadata quorum on this node.
+        let apply = (self.applier)(image.clone());
+        tokio::pin!(apply);
+        let started = std::time::Instant::now();
+        if tokio::time::timeout(SLOW_APPLY, &mut apply).await.is_err() {
+            tracing::warn!(index = ?self.state.last_applied.map(|l| l.index),
+                "applying metadata locally is taking over {SLOW_APPLY:?}");
+            apply.await;
+            tracing::warn!(took = ?started.elapsed(), "applied metadata locally");
+        }
         self.published.send_replace(image);
         Ok(())
     }

@@ -53,6 +53,15 @@ impl Peers {
         Ok(channel)
     }
 
+    /// Drops the channel to `addr`, so the next use connects afresh (a channel that keeps
+    /// failing or hanging may be wedged on a connection to a process that is gone).
+    pub fn forget(&self, addr: &str) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(addr);
+    }
+
     /// Quorum client for `addr`.
     pub fn quorum(&self, addr: &str) -> Result<QuorumClient<Channel>, tonic::transport::Error> {
         Ok(QuorumClient::new(self.channel(addr)?)
