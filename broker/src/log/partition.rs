@@ -1865,6 +1865,18 @@ mod tests {
         }
     }
 
+    /// An empty partition in a fresh store (kept while the returned directory lives),
+    /// with default topic configs.
+    fn new_partition() -> (tempfile::TempDir, Arc<Partition>, TopicConfig) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let part = Arc::new(
+            Partition::load("t".into(), 0, 7, store, Arc::new(Notify::new())).expect("load"),
+        );
+        let cfg = TopicConfig::resolve(&BTreeMap::new(), &BrokerConfigs::default());
+        (dir, part, cfg)
+    }
+
     async fn append_ten(part: &Arc<Partition>, cfg: &TopicConfig) {
         let recs: Vec<NewRecord> = (0..10)
             .map(|_| NewRecord {
@@ -1888,12 +1900,7 @@ mod tests {
     /// (and may then be elected without records acknowledged meanwhile).
     #[tokio::test]
     async fn a_pending_isr_expansion_holds_the_high_watermark_until_settled() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path()).expect("store"));
-        let part = Arc::new(
-            Partition::load("t".into(), 0, 7, store, Arc::new(Notify::new())).expect("load"),
-        );
-        let cfg = TopicConfig::resolve(&BTreeMap::new(), &BrokerConfigs::default());
+        let (_dir, part, cfg) = new_partition();
         let lag = Duration::from_secs(30);
         part.apply_state(1, &state(&[1, 2], 0), 1);
         append_ten(&part, &cfg).await;
@@ -1931,12 +1938,7 @@ mod tests {
     /// still catching up, instead of resetting its position.
     #[tokio::test]
     async fn offsets_between_the_high_watermark_and_the_log_end_read_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path()).expect("store"));
-        let part = Arc::new(
-            Partition::load("t".into(), 0, 7, store, Arc::new(Notify::new())).expect("load"),
-        );
-        let cfg = TopicConfig::resolve(&BTreeMap::new(), &BrokerConfigs::default());
+        let (_dir, part, cfg) = new_partition();
         part.apply_state(1, &state(&[1, 2], 0), 1);
         append_ten(&part, &cfg).await;
         part.follower_fetch(2, 0, 10, 0).expect("fetch");
