@@ -82,6 +82,9 @@ pub struct Config {
     pub offsets_retention_minutes: i64,
     /// Longest `transaction.timeout.ms` a transactional producer may ask for.
     pub transaction_max_timeout_ms: i32,
+    /// Before a transactional batch opens a transaction on a partition, its leader asks the
+    /// producer's coordinator whether the partition is in that transaction (KIP-890).
+    pub transaction_partition_verification_enable: bool,
     /// Replication factor of the internal offsets topic (capped at the number of voters);
     /// the controller creates the topic once this many brokers are up.
     pub offsets_topic_replication_factor: i16,
@@ -162,6 +165,7 @@ impl Default for Config {
             group_max_session_timeout_ms: 1_800_000,
             offsets_retention_minutes: 7 * 24 * 60,
             transaction_max_timeout_ms: 900_000,
+            transaction_partition_verification_enable: true,
             offsets_topic_replication_factor: 3,
             rpc_listen: ([0, 0, 0, 0], 9093).into(),
             advertised_rpc: None,
@@ -311,6 +315,10 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_TRANSACTION_MAX_TIMEOUT_MS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transaction_max_timeout_ms: Option<i32>,
+    /// Check a transaction's first write to a partition with its coordinator [default: true].
+    #[arg(long, env = "RIFFLE_TRANSACTION_PARTITION_VERIFICATION_ENABLE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_partition_verification_enable: Option<bool>,
     /// Replication factor of the offsets topic, at most the voters [default: 3].
     #[arg(long, env = "RIFFLE_OFFSETS_TOPIC_REPLICATION_FACTOR")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -165,6 +165,26 @@ pub fn add_partitions(
     Ok(next)
 }
 
+/// KIP-890 verification: may this producer write to `partition` in its open transaction?
+/// A write that its transaction did not add, or that arrives after the transaction ended,
+/// is refused with INVALID_TXN_STATE.
+pub fn verify(
+    m: &TxnMeta,
+    producer_id: i64,
+    epoch: i16,
+    partition: &(String, i32),
+) -> Result<(), i16> {
+    check_producer(m, producer_id, epoch)?;
+    if m.phase.preparing() {
+        return Err(E::ConcurrentTransactions.code());
+    }
+    if m.phase == Phase::Ongoing && m.partitions.contains(partition) {
+        Ok(())
+    } else {
+        Err(E::InvalidTxnState.code())
+    }
+}
+
 /// EndTxn: the transaction prepares to commit or abort. A retry of an end already done
 /// answers the same; ending a transaction that never started is refused.
 pub fn end(
@@ -256,6 +276,46 @@ mod tests {
         );
         assert_eq!(end(&done, 7, 1, true, 10), Ok(None), "a retried commit");
         assert_eq!(end(&done, 7, 1, false, 10), Err(E::InvalidTxnState.code()));
+    }
+
+    #[test]
+    fn only_partitions_of_the_open_transaction_are_verified() {
+        let m = ready(init(None, || Ok(5), 60_000, (-1, -1), 0));
+        let t0 = ("t".to_string(), 0);
+        let t1 = ("t".to_string(), 1);
+        assert_eq!(
+            verify(&m, 5, 0, &t0),
+            Err(E::InvalidTxnState.code()),
+            "none open"
+        );
+        let on = add_partitions(&m, 5, 0, [t0.clone()], 1).unwrap();
+        assert_eq!(verify(&on, 5, 0, &t0), Ok(()));
+        assert_eq!(
+            verify(&on, 5, 0, &t1),
+            Err(E::InvalidTxnState.code()),
+            "not added"
+        );
+        assert_eq!(
+            verify(&on, 6, 0, &t0),
+            Err(E::InvalidProducerIdMapping.code())
+        );
+        let prep = end(&on, 5, 0, false, 2).unwrap().unwrap();
+        assert_eq!(
+            verify(&prep, 5, 0, &t0),
+            Err(E::ConcurrentTransactions.code())
+        );
+        let done = complete(&prep, 3);
+        assert_eq!(
+            verify(&done, 5, 0, &t0),
+            Err(E::InvalidTxnState.code()),
+            "ended"
+        );
+        let next = ready(init(Some(&done), || unreachable!(), 60_000, (-1, -1), 4));
+        assert_eq!(
+            verify(&next, 5, 0, &t0),
+            Err(E::ProducerFenced.code()),
+            "a zombie"
+        );
     }
 
     #[test]

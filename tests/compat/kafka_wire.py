@@ -2,7 +2,8 @@
 
 Only the handful of request/response shapes the bad-input and cluster tests
 need, all in non-flexible (pre-KIP-482) versions so they can be packed with
-``struct``: ApiVersions v0, Metadata v1 and v4, Produce v3 (record batch v2).
+``struct``: ApiVersions v0, Metadata v1 and v4, Produce v3 (record batch v2), and the
+transaction requests FindCoordinator v1, AddPartitionsToTxn v0 and EndTxn v0.
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ def metadata_v4(conn: Conn, topics: list[str] | None, allow_auto_topic_creation:
 
 def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestamp: int | None = None,
                  corrupt_crc: bool = False, producer_id: int = -1, producer_epoch: int = -1,
-                 base_sequence: int = -1) -> bytes:
+                 base_sequence: int = -1, transactional: bool = False) -> bytes:
     """Encode an uncompressed v2 record batch (magic 2, CRC-32C)."""
     ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
     recs = b""
@@ -244,7 +245,7 @@ def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestam
                 + (varint(-1) if value is None else varint(len(value)) + value)
                 + varint(0))
         recs += varint(len(body)) + body
-    after_crc = (i16(0)                       # attributes: no compression, CreateTime
+    after_crc = (i16(0x10 if transactional else 0)  # attributes: no compression, CreateTime
                  + i32(len(records) - 1)      # lastOffsetDelta
                  + i64(ts) + i64(ts)          # base / max timestamp
                  + i64(producer_id) + i16(producer_epoch) + i32(base_sequence)
@@ -257,8 +258,8 @@ def record_batch(records: list[tuple[bytes | None, bytes | None]], base_timestam
 
 
 def produce_v3(conn: Conn, topic: str, partition: int, batch: bytes, acks: int = -1,
-               timeout_ms: int = 10000):
-    body = (string(None) + i16(acks) + i32(timeout_ms)
+               timeout_ms: int = 10000, transactional_id: str | None = None):
+    body = (string(transactional_id) + i16(acks) + i32(timeout_ms)
             + array([string(topic) + array([i32(partition) + bytes_(batch)])]))
     r = conn.request(API_PRODUCE, 3, body, 31)
 
@@ -309,6 +310,36 @@ def init_producer_id_v0(conn: Conn, transactional_id: str | None = None, timeout
 
 
 API_OFFSET_FOR_LEADER_EPOCH = 23
+API_FIND_COORDINATOR = 10
+API_ADD_PARTITIONS_TO_TXN = 24
+API_END_TXN = 26
+ERR_INVALID_TXN_STATE = 48
+
+
+def find_coordinator_v1(conn: Conn, key: str, key_type: int):
+    r = conn.request(API_FIND_COORDINATOR, 1, string(key) + i8(key_type), 71)
+    r.i32()  # throttle_time_ms
+    return {"error_code": r.i16(), "error_message": r.string(), "node_id": r.i32(),
+            "host": r.string(), "port": r.i32()}
+
+
+def add_partitions_to_txn_v0(conn: Conn, transactional_id: str, producer_id: int,
+                             producer_epoch: int, topic: str, partitions: list[int]):
+    """Per-partition error codes: {partition: code}."""
+    body = (string(transactional_id) + i64(producer_id) + i16(producer_epoch)
+            + array([string(topic) + array([i32(p) for p in partitions])]))
+    r = conn.request(API_ADD_PARTITIONS_TO_TXN, 0, body, 72)
+    r.i32()  # throttle_time_ms
+    topics = r.array(lambda rr: (rr.string(), rr.array(lambda x: (x.i32(), x.i16()))))
+    return {p: code for _, parts in topics for p, code in parts}
+
+
+def end_txn_v0(conn: Conn, transactional_id: str, producer_id: int, producer_epoch: int,
+               commit: bool) -> int:
+    body = string(transactional_id) + i64(producer_id) + i16(producer_epoch) + i8(int(commit))
+    r = conn.request(API_END_TXN, 0, body, 73)
+    r.i32()  # throttle_time_ms
+    return r.i16()
 
 
 def offset_for_leader_epoch_v3(conn: Conn, topic: str, partition: int, leader_epoch: int,

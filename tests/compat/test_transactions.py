@@ -9,9 +9,12 @@ consumer rewinding to its committed offsets) yields every input exactly once in 
 output, and the group's offsets move only with committed transactions. A second
 producer with the same `transactional.id` fences the first and aborts its open
 transaction; a transaction left open past `transaction.timeout.ms` is aborted by the
-coordinator. On a 3-broker cluster the coordinator's broker and a partition leader are
-killed mid-stream: every transaction is there whole or not at all, and every committed
-one is there.
+coordinator. A write that reaches a partition after its transaction was aborted, or
+that its transaction never added the partition for, is refused with INVALID_TXN_STATE
+(KIP-890's verification, with the coordinator on another broker in the cluster) and
+leaves no hanging transaction behind. On a 3-broker cluster the coordinator's broker and
+a partition leader are killed mid-stream: every transaction is there whole or not at
+all, and every committed one is there.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import kafka_wire as w
 from helpers import unique_topic, wait_until
 
 
@@ -67,7 +71,8 @@ def read_all(target, topic, partitions, isolation, timeout=30.0) -> dict[int, li
 
         def done():
             pos = c.position([TopicPartition(topic, p) for p in range(partitions)])
-            return all(tp.offset >= ends[tp.partition] for tp in pos)
+            # An empty partition has no position until a record arrives.
+            return all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in pos)
         while not done():
             assert time.monotonic() < deadline, f"{isolation}: not at {ends} in {timeout}s"
             for m in c.consume(500, 0.5):
@@ -232,6 +237,80 @@ def test_an_expired_transaction_is_aborted_by_the_coordinator(target):
     assert values(read_all(target, topic, 1, "read_committed")) == []
     with pytest.raises(KafkaException):
         p.commit_transaction(30)
+
+
+def test_a_write_after_its_transaction_ended_is_refused_and_hangs_nothing(target):
+    """The retried or delayed write that KIP-890 defends against, sent on the wire: the
+    first transactional batch on a partition is checked with the producer's coordinator
+    (on the cluster, partitions led by other brokers than the coordinator are asked over
+    RPC). After an abort, a late batch gets INVALID_TXN_STATE, as does a batch for a
+    partition the open transaction never added; the last stable offset is not held back
+    by either, and `read_committed` sees only the committed transaction."""
+    topic = new_topic(target, partitions=3, prefix="late")
+    txn_id = unique_topic("late-writer")
+    boot_port = int(target.bootstrap.split(",")[0].rsplit(":", 1)[1])
+    with w.Conn(boot_port) as boot:
+        md = w.metadata_v1(boot, [topic])
+    ports = {node: port for node, _, port, _ in md["brokers"]}
+    leaders = {p["partition"]: p["leader"] for p in md["topics"][0]["partitions"]}
+
+    def found():
+        with w.Conn(boot_port) as c:
+            r = w.find_coordinator_v1(c, txn_id, 1)
+        return r if r["error_code"] == 0 else None
+    coordinator = wait_until(found, timeout=30, message="transaction coordinator")["node_id"]
+    # On the cluster, write where the coordinator is elsewhere: the check goes over RPC.
+    first = min(leaders, key=lambda p: (leaders[p] == coordinator, p))
+    stray = next(p for p in sorted(leaders) if p != first)
+    if hasattr(target, "ids"):
+        assert leaders[first] != coordinator, (leaders, coordinator)
+
+    with w.Conn(ports[coordinator]) as coord, w.Conn(ports[leaders[first]]) as leader, \
+            w.Conn(ports[leaders[stray]]) as stray_leader:
+        init = wait_until(lambda: (r := w.init_producer_id_v0(coord, txn_id))["error_code"] == 0
+                          and r, timeout=30, message="InitProducerId")
+        pid, epoch = init["producer_id"], init["producer_epoch"]
+        seq = {first: 0, stray: 0}
+
+        def write(conn, partition, value):
+            batch = w.record_batch([(b"k", value)], producer_id=pid, producer_epoch=epoch,
+                                   base_sequence=seq[partition], transactional=True)
+            r = w.produce_v3(conn, topic, partition, batch, transactional_id=txn_id)
+            res = r[topic][0]
+            if res["error_code"] == 0:
+                seq[partition] += 1
+            return res
+
+        def begin(partitions):
+            added = w.add_partitions_to_txn_v0(coord, txn_id, pid, epoch, topic, partitions)
+            assert set(added.values()) == {0}, added
+
+        # An aborted transaction, then its late write.
+        begin([first])
+        assert write(leader, first, b"aborted")["error_code"] == 0
+        assert w.end_txn_v0(coord, txn_id, pid, epoch, commit=False) == 0
+        late = write(leader, first, b"late")
+        assert late["error_code"] == w.ERR_INVALID_TXN_STATE, late
+
+        # A committed transaction that never added `stray`: writing there is refused.
+        begin([first])
+        assert write(leader, first, b"committed")["error_code"] == 0
+        refused = write(stray_leader, stray, b"stray")
+        assert refused["error_code"] == w.ERR_INVALID_TXN_STATE, refused
+        assert w.end_txn_v0(coord, txn_id, pid, epoch, commit=True) == 0
+
+        # Nothing hangs: every partition's last stable offset reaches its high watermark.
+        for p, conn in ((first, leader), (stray, stray_leader)):
+            def stable(p=p, conn=conn):
+                part = w.fetch_v4(conn, topic, p, 0, 0)[topic][0]
+                return part["error_code"] == 0 and \
+                    part["last_stable_offset"] == part["high_watermark"] and part
+            wait_until(stable, timeout=10, message=f"partition {p} stable")
+
+    got = read_all(target, topic, 3, "read_committed")
+    assert values(got) == [b"committed"], got
+    everything = read_all(target, topic, 3, "read_uncommitted")
+    assert sorted(values(everything)) == [b"aborted", b"committed"], everything
 
 
 def test_a_broker_killed_with_a_transaction_open_restarts_with_it_open(make_broker):

@@ -180,6 +180,15 @@ pub static BROKER_KEYS: &[BrokerKey] = &[
         |c| c.transaction_max_timeout_ms.to_string()
     ),
     key!(
+        "transaction.partition.verification.enable",
+        Boolean,
+        Check::Any,
+        ReadOnly,
+        "true",
+        "Check a transaction's first write to a partition with its coordinator",
+        |c| c.transaction_partition_verification_enable.to_string()
+    ),
+    key!(
         "socket.request.max.bytes",
         Int,
         Check::AtLeast(1),

@@ -18,6 +18,7 @@ mod reassign;
 mod scram;
 pub mod txn;
 mod txn_admin;
+pub mod txn_verify;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -312,7 +313,7 @@ impl Broker {
             ),
             Body::ApiVersions(_) => now!(self.api_versions(0)),
             Body::Metadata(req) => now!(self.metadata(req, v, who).await),
-            Body::Produce(req) => self.produce(req, v, corr, who, &client_id),
+            Body::Produce(req) => self.produce(req, v, corr, who, &client_id).await,
             Body::Fetch(req) => {
                 let (this, who) = (self.clone(), who.clone());
                 Box::pin(async move {

@@ -21,9 +21,11 @@ use crate::metadata::Topic;
 use crate::protocol::{batch, encode_response};
 
 impl Broker {
-    /// Appends synchronously (so pipelined requests keep their order) and returns the
-    /// future that waits for durability and encodes the response.
-    pub(super) fn produce(
+    /// Appends before returning (so pipelined requests keep their order: the connection
+    /// reads its next request only then) and returns the future that waits for
+    /// durability and encodes the response. A transaction's first batch on a partition
+    /// is verified with its coordinator first (`txn_verify`).
+    pub(super) async fn produce(
         self: &Arc<Self>,
         req: ProduceRequest,
         version: i16,
@@ -44,6 +46,7 @@ impl Broker {
             FsyncPolicy::AcksAll => acks == -1,
             FsyncPolicy::Never => false,
         };
+        let guards = self.verify_txn_writes(&req).await;
         let mut pending = Vec::with_capacity(req.topic_data.len());
         for t in req.topic_data {
             let topic = self.catalog.get(t.name.0.as_str());
@@ -55,13 +58,18 @@ impl Broker {
                     let result = if !allowed {
                         Err(ResponseError::TopicAuthorizationFailed.code())
                     } else if matches!(acks, -1..=1) {
-                        self.append_partition(
-                            topic.as_ref(),
-                            p.index,
-                            p.records.unwrap_or_default(),
-                            acks,
-                            sync,
-                        )
+                        let key = || (t.name.0.to_string(), p.index);
+                        match (!guards.is_empty()).then(|| guards.get(&key())).flatten() {
+                            Some(Err(code)) => Err(*code),
+                            guard => self.append_partition(
+                                topic.as_ref(),
+                                p.index,
+                                p.records.unwrap_or_default(),
+                                acks,
+                                sync,
+                                guard.and_then(|g| g.ok()),
+                            ),
+                        }
                     } else {
                         Err(ResponseError::InvalidRequiredAcks.code())
                     };
@@ -135,6 +143,7 @@ impl Broker {
         records: Bytes,
         acks: i16,
         sync: bool,
+        txn_guard: Option<u64>,
     ) -> Result<PendingAppend, i16> {
         let unknown = ResponseError::UnknownTopicOrPartition.code();
         let topic = topic.ok_or(unknown)?;
@@ -176,7 +185,11 @@ impl Broker {
             None => records,
         };
         let epoch = part.leader_epoch();
-        let outcome = part.append(&records, &header, &cfg, sync);
+        let outcome = if self.config.transaction_partition_verification_enable {
+            part.append_produced(&records, &header, &cfg, sync, txn_guard)
+        } else {
+            part.append(&records, &header, &cfg, sync)
+        };
         Ok(PendingAppend {
             part,
             outcome,
@@ -267,6 +280,7 @@ pub(super) fn log_error_code(e: &LogError) -> i16 {
         LogError::OutOfOrderSequence => ResponseError::OutOfOrderSequenceNumber.code(),
         LogError::InvalidProducerEpoch => ResponseError::InvalidProducerEpoch.code(),
         LogError::CoordinatorFenced => ResponseError::TransactionCoordinatorFenced.code(),
+        LogError::InvalidTxnState => ResponseError::InvalidTxnState.code(),
         LogError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp.code(),
         LogError::OffsetOutOfRange => ResponseError::OffsetOutOfRange.code(),
         LogError::NotLeader => ResponseError::NotLeaderOrFollower.code(),

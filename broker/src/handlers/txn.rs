@@ -20,6 +20,7 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 };
 use kafka_protocol::messages::*;
 use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
 
 use super::Broker;
 use crate::acl::{op, resource, Session};
@@ -27,6 +28,7 @@ use crate::group::offsets::offsets_partition;
 use crate::group::{Committed, OFFSETS_TOPIC};
 use crate::log::now_ms;
 use crate::protocol::batch;
+use crate::rpc::ReplicationClient;
 use crate::txn::{self, Init, Phase, TxnMeta};
 
 /// How long the coordinator keeps retrying markers before it answers and leaves the
@@ -192,22 +194,41 @@ impl Broker {
 
     /// Markers through another broker's `WriteMarkers` RPC (no answer: nothing written).
     async fn write_markers_at(&self, addr: &str, req: &Markers) -> Vec<(String, i32, i16)> {
-        let Ok(payload) = serde_json::to_vec(req) else {
-            return Vec::new();
-        };
-        let Ok(mut client) = self.cluster.peers.replication(addr) else {
-            return Vec::new();
-        };
+        self.peer_call(addr, req, MARKER_TIMEOUT, |mut c, env| async move {
+            c.write_markers(env).await
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Calls one of another broker's JSON-payload `Replication` RPCs; `None` when it did
+    /// not answer in time or its answer does not decode.
+    pub(super) async fn peer_call<Q, A, F, Fut>(
+        &self,
+        addr: &str,
+        req: &Q,
+        timeout: Duration,
+        call: F,
+    ) -> Option<A>
+    where
+        Q: Serialize,
+        A: serde::de::DeserializeOwned,
+        F: FnOnce(ReplicationClient<Channel>, crate::rpc::Envelope) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<tonic::Response<crate::rpc::Envelope>, tonic::Status>,
+        >,
+    {
+        let payload = serde_json::to_vec(req).ok()?;
+        let client = self.cluster.peers.replication(addr).ok()?;
         let env = crate::rpc::Envelope {
             cluster_id: self.cluster.cluster_id.get(),
             payload: payload.into(),
         };
-        match tokio::time::timeout(MARKER_TIMEOUT, client.write_markers(env)).await {
-            Ok(Ok(reply)) => {
-                serde_json::from_slice(&reply.into_inner().payload).unwrap_or_default()
-            }
-            _ => Vec::new(),
-        }
+        let reply = tokio::time::timeout(timeout, call(client, env))
+            .await
+            .ok()?
+            .ok()?;
+        serde_json::from_slice(&reply.into_inner().payload).ok()
     }
 
     /// Writes markers on partitions this broker leads, each answered once its in-sync

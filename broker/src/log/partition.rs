@@ -45,6 +45,10 @@ pub enum LogError {
     /// A transaction marker from a coordinator older than the last one that wrote here.
     #[error("transaction coordinator is fenced")]
     CoordinatorFenced,
+    /// A transactional batch that would open a transaction its coordinator did not confirm
+    /// (KIP-890): a late write after its transaction ended would otherwise hang here.
+    #[error("the producer's transaction does not include this partition")]
+    InvalidTxnState,
     /// CreateTime timestamp outside the topic's accepted window.
     #[error("timestamp {0} is outside the accepted window")]
     InvalidTimestamp(i64),
@@ -1247,13 +1251,50 @@ impl Partition {
         self.lock().segments.values().map(|s| s.bytes).sum()
     }
 
-    /// Appends one validated batch; `sync` asks for a WAL sync before it counts as written.
+    /// Appends one validated batch written by this broker (markers, the coordinators'
+    /// records); `sync` asks for a WAL sync before it counts as written.
     pub fn append(
         self: &Arc<Self>,
         raw: &[u8],
         header: &BatchHeader,
         cfg: &TopicConfig,
         sync: bool,
+    ) -> AppendOutcome {
+        self.append_checked(raw, header, cfg, sync, None)
+    }
+
+    /// Starts verifying a producer's transactional batch with its coordinator (KIP-890):
+    /// `None` when its transaction is open here already, else the guard to append with.
+    pub fn begin_txn_verification(&self, producer_id: i64) -> Option<u64> {
+        self.lock().txns.begin_verification(producer_id)
+    }
+
+    /// Drops a guard whose verification failed.
+    pub fn end_txn_verification(&self, producer_id: i64, guard: u64) {
+        self.lock().txns.end_verification(producer_id, guard);
+    }
+
+    /// Appends a client's batch. A transactional batch may open its producer's
+    /// transaction here only with the guard of a verification that no marker has voided
+    /// since (`txn_guard`: `Some(guard)`, or `Some(None)` for a check that was not made).
+    pub fn append_produced(
+        self: &Arc<Self>,
+        raw: &[u8],
+        header: &BatchHeader,
+        cfg: &TopicConfig,
+        sync: bool,
+        txn_guard: Option<u64>,
+    ) -> AppendOutcome {
+        self.append_checked(raw, header, cfg, sync, Some(txn_guard))
+    }
+
+    fn append_checked(
+        self: &Arc<Self>,
+        raw: &[u8],
+        header: &BatchHeader,
+        cfg: &TopicConfig,
+        sync: bool,
+        txn_guard: Option<Option<u64>>,
     ) -> AppendOutcome {
         let now = now_ms();
         if !cfg.log_append_time {
@@ -1268,6 +1309,11 @@ impl Partition {
         let mut st = self.lock();
         if st.role != Role::Leader {
             return AppendOutcome::Done(Err(LogError::NotLeader));
+        }
+        if let Some(guard) = txn_guard {
+            if header.is_transactional() && !st.txns.verified(header.producer_id, guard) {
+                return AppendOutcome::Done(Err(LogError::InvalidTxnState));
+            }
         }
         let marker = control_marker(header, raw);
         let current = st.producers.get(&header.producer_id);

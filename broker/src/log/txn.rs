@@ -2,7 +2,7 @@
 //! (from their first transactional batch to their marker), where the last stable offset
 //! is, and which ranges were aborted (what `read_committed` consumers must drop).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Commit markers remembered so that a truncation that cuts one reopens its transaction:
 /// only an unreplicated tail is ever truncated, a few batches at most.
@@ -41,6 +41,12 @@ pub struct TxnIndex {
     /// The latest commits (marker offset, producer, first offset), oldest first; kept in
     /// memory only.
     recent_commits: VecDeque<(i64, i64, i64)>,
+    /// KIP-890 verification guards: producer → the guard of its batch being checked with
+    /// its coordinator before it may open a transaction here. A marker for the producer
+    /// voids it, so a batch verified before an abort cannot open a transaction after it.
+    verifying: HashMap<i64, u64>,
+    /// The last guard handed out.
+    last_guard: u64,
 }
 
 impl TxnIndex {
@@ -53,6 +59,9 @@ impl TxnIndex {
         marker: Option<bool>,
         base: i64,
     ) -> Option<TxnChange> {
+        if transactional {
+            self.verifying.remove(&producer_id);
+        }
         match marker {
             Some(commit) => {
                 let first = self.open.remove(&producer_id);
@@ -81,6 +90,31 @@ impl TxnIndex {
             }
             None => None,
         }
+    }
+
+    /// Starts verifying a producer's transactional batch: `None` when its transaction is
+    /// already open here (nothing to verify), else the guard the append must present.
+    pub fn begin_verification(&mut self, producer_id: i64) -> Option<u64> {
+        if self.open.contains_key(&producer_id) {
+            return None;
+        }
+        self.last_guard += 1;
+        self.verifying.insert(producer_id, self.last_guard);
+        Some(self.last_guard)
+    }
+
+    /// Drops a guard whose verification failed.
+    pub fn end_verification(&mut self, producer_id: i64, guard: u64) {
+        if self.verifying.get(&producer_id) == Some(&guard) {
+            self.verifying.remove(&producer_id);
+        }
+    }
+
+    /// May this producer's transactional batch be appended: its transaction is open here,
+    /// or `guard` is still the one its verification began with.
+    pub fn verified(&self, producer_id: i64, guard: Option<u64>) -> bool {
+        self.open.contains_key(&producer_id)
+            || guard.is_some_and(|g| self.verifying.get(&producer_id) == Some(&g))
     }
 
     /// The first offset of the oldest open transaction: nothing at or above it is stable.
@@ -161,6 +195,26 @@ mod tests {
         assert_eq!(t.aborted_in(0, 11), vec![a]);
         assert_eq!(t.aborted_in(14, 20), vec![a]);
         assert_eq!(t.aborted_in(15, 20), Vec::new());
+    }
+
+    #[test]
+    fn a_marker_voids_a_verification_in_flight() {
+        let mut t = TxnIndex::default();
+        let g = t.begin_verification(1).expect("nothing open: verify");
+        assert!(t.verified(1, Some(g)));
+        assert!(!t.verified(1, None), "no guard, no transaction");
+        assert!(!t.verified(2, Some(g)), "another producer's guard");
+        t.note(1, true, Some(false), 5);
+        assert!(!t.verified(1, Some(g)), "aborted while verifying");
+        let g2 = t.begin_verification(1).expect("verify again");
+        assert_ne!(g, g2);
+        assert!(!t.verified(1, Some(g)), "an older guard");
+        t.note(1, true, None, 6);
+        assert_eq!(t.begin_verification(1), None, "open: nothing to verify");
+        assert!(t.verified(1, None));
+        let g3 = t.begin_verification(3).expect("verify");
+        t.end_verification(3, g3);
+        assert!(!t.verified(3, Some(g3)), "dropped after a failed check");
     }
 
     #[test]

@@ -64,6 +64,20 @@ impl Replication for ReplicationService {
         }))
     }
 
+    async fn verify_txn(&self, req: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let env = req.into_inner();
+        let b = &self.broker;
+        b.cluster.cluster_id.check(&env.cluster_id)?;
+        let verify: crate::handlers::txn_verify::Verify = serde_json::from_slice(&env.payload)
+            .map_err(|e| Status::invalid_argument(format!("undecodable verification: {e}")))?;
+        let codes = b.verify_txn_here(&verify);
+        let payload = serde_json::to_vec(&codes).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(Envelope {
+            cluster_id: b.cluster.cluster_id.get(),
+            payload: payload.into(),
+        }))
+    }
+
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
         let req = req.into_inner();
         let b = &self.broker;
