@@ -50,8 +50,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
-    // Transactions as Kafka 3.x clients run them (KIP-98, KIP-447); the broker-side
-    // verification of KIP-890 (AddPartitionsToTxn v4+, EndTxn v5) is not offered.
+    // Transactions as Kafka 3.x clients run them (KIP-98, KIP-447). KIP-890's
+    // verification runs between brokers over RPC; its transaction version 2
+    // (AddPartitionsToTxn v4+, EndTxn v5) is not offered.
     (ApiKey::AddPartitionsToTxn, 0, 3),
     (ApiKey::AddOffsetsToTxn, 0, 3),
     (ApiKey::EndTxn, 0, 3),
