@@ -107,6 +107,7 @@ async fn cluster(State(s): State<HttpState>) -> impl IntoResponse {
             "applied_index": m.last_applied.map(|l| l.index),
             "state": format!("{:?}", m.state),
             "voters": m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+            "learners": m.membership_config.membership().learner_ids().collect::<Vec<_>>(),
         },
         "brokers": image.brokers.values().map(|br| serde_json::json!({
             "id": br.id,

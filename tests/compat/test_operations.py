@@ -135,6 +135,9 @@ def test_decommission_under_load_then_the_stopped_broker_leaves(make_cluster):
     c.stop_broker(4)
     wait_until(lambda: 4 not in [b["id"] for b in c.cluster_info(via=1)["brokers"]], timeout=30,
                message="broker 4 unregistered")
+    # It leaves the metadata quorum too: the Raft leader stops replicating to it.
+    wait_until(lambda: c.cluster_info(via=2)["raft"]["learners"] == [], timeout=30,
+               message="broker 4 out of the quorum's learners")
     wait_until(lambda: c.cluster_info(via=2)["healthy"], timeout=30, message="healthy cluster")
     conforms(*c.broker(2).http_request("GET", "/v1/cluster"), "/v1/cluster")
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kafka_protocol::error::ResponseError as E;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::BasicNode;
+use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -1094,10 +1094,46 @@ impl Controller {
         take(&mut next, step);
         if !cmds.is_empty() {
             tracing::info!(changes = cmds.len(), ?started, "cluster operations step");
+            let gone: BTreeSet<u64> = cmds
+                .iter()
+                .filter_map(|c| match c {
+                    Command::UnregisterBroker { id } => u64::try_from(*id).ok(),
+                    _ => None,
+                })
+                .collect();
             if self.commit(Command::Batch(cmds)).await.is_ok() {
                 for (total, n) in self.moves.iter().zip(started) {
                     total.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 }
+                self.remove_learners(gone).await;
+            }
+        }
+    }
+
+    /// Takes brokers that left the cluster out of the metadata quorum too, so the Raft
+    /// leader stops replicating to them. Voters are never decommissioned; a broker that
+    /// comes back under the same id asks to join again (`AddLearner`, under the same lock).
+    async fn remove_learners(&self, ids: BTreeSet<u64>) {
+        let learners: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .collect();
+        let ids: BTreeSet<u64> = ids.intersection(&learners).copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        match self
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(ids.clone()), false)
+            .await
+        {
+            Ok(_) => tracing::info!(?ids, "left the metadata quorum"),
+            Err(e) => {
+                tracing::warn!(?ids, error = %e, "could not take brokers out of the metadata quorum")
             }
         }
     }
