@@ -65,6 +65,9 @@ pub struct Config {
     pub max_in_flight_per_connection: usize,
     /// Memtable memory of the log column family (RocksDB write buffers).
     pub log_memtable_bytes: usize,
+    /// Memtable flushes and compactions write with O_DIRECT (where the filesystem allows),
+    /// so their writeback does not delay WAL syncs.
+    pub storage_direct_io: bool,
     /// Bytes of requests read and not yet answered, over all connections; a request that
     /// would pass it is not read until others finish (Kafka's `queued.max.request.bytes`).
     pub queued_max_request_bytes: u64,
@@ -158,6 +161,7 @@ impl Default for Config {
             max_in_flight_per_connection: 16,
             queued_max_request_bytes: 128 << 20,
             log_memtable_bytes: crate::storage::Store::DEFAULT_LOG_MEMTABLE_BYTES,
+            storage_direct_io: true,
             quota_window_num: 11,
             quota_window_size_seconds: 1,
             group_initial_rebalance_delay_ms: 3000,
@@ -279,6 +283,10 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_LOG_MEMTABLE_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_memtable_bytes: Option<usize>,
+    /// Flushes and compactions write with O_DIRECT [default: true].
+    #[arg(long, env = "RIFFLE_STORAGE_DIRECT_IO")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_direct_io: Option<bool>,
     /// Request bytes held at once over all connections [default: 134217728].
     #[arg(long, env = "RIFFLE_QUEUED_MAX_REQUEST_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{
     self, decode_request, encode_response, Body, DecodeError, EncodeError, Request,
 };
-use crate::storage::Store;
+use crate::storage::{Store, StoreOptions};
 
 /// Response bytes to send, or `None` when the request gets no response (acks=0).
 pub type Reply = Pin<Box<dyn Future<Output = Result<Option<Bytes>, EncodeError>> + Send>>;
@@ -102,8 +102,14 @@ impl Broker {
             .map_err(crate::storage::StorageError::from)
             .map_err(crate::metadata::CatalogError::from)?;
         let store = Arc::new(
-            Store::open_with(&config.data_dir, config.log_memtable_bytes)
-                .map_err(crate::metadata::CatalogError::from)?,
+            Store::open_with(
+                &config.data_dir,
+                &StoreOptions {
+                    log_memtable_bytes: config.log_memtable_bytes,
+                    direct_io: config.storage_direct_io,
+                },
+            )
+            .map_err(crate::metadata::CatalogError::from)?,
         );
         let data_arrived = Arc::new(Notify::new());
         let catalog =
