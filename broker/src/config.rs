@@ -68,6 +68,9 @@ pub struct Config {
     /// Memtable flushes and compactions write with O_DIRECT (where the filesystem allows),
     /// so their writeback does not delay WAL syncs.
     pub storage_direct_io: bool,
+    /// Obsolete WAL files kept for reuse instead of deleted (deleting them stalled WAL
+    /// syncs); each is about a memtable's size.
+    pub storage_wal_recycle_files: usize,
     /// Bytes of requests read and not yet answered, over all connections; a request that
     /// would pass it is not read until others finish (Kafka's `queued.max.request.bytes`).
     pub queued_max_request_bytes: u64,
@@ -162,6 +165,7 @@ impl Default for Config {
             queued_max_request_bytes: 128 << 20,
             log_memtable_bytes: crate::storage::Store::DEFAULT_LOG_MEMTABLE_BYTES,
             storage_direct_io: true,
+            storage_wal_recycle_files: 4,
             quota_window_num: 11,
             quota_window_size_seconds: 1,
             group_initial_rebalance_delay_ms: 3000,
@@ -287,6 +291,10 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_STORAGE_DIRECT_IO")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_direct_io: Option<bool>,
+    /// Obsolete WAL files kept for reuse [default: 4].
+    #[arg(long, env = "RIFFLE_STORAGE_WAL_RECYCLE_FILES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_wal_recycle_files: Option<usize>,
     /// Request bytes held at once over all connections [default: 134217728].
     #[arg(long, env = "RIFFLE_QUEUED_MAX_REQUEST_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -107,6 +107,7 @@ impl Broker {
                 &StoreOptions {
                     log_memtable_bytes: config.log_memtable_bytes,
                     direct_io: config.storage_direct_io,
+                    wal_recycle_files: config.storage_wal_recycle_files,
                 },
             )
             .map_err(crate::metadata::CatalogError::from)?,
