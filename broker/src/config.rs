@@ -283,7 +283,7 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_MAX_IN_FLIGHT_PER_CONNECTION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_connection: Option<usize>,
-    /// Memtable memory of the log [default: 536870912].
+    /// Memtable memory of the log [default: 134217728].
     #[arg(long, env = "RIFFLE_LOG_MEMTABLE_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_memtable_bytes: Option<usize>,
