@@ -56,6 +56,18 @@ def _ck_consume_all(b, topic, partitions, expected=None, timeout=60.0):
         c.close()
 
 
+def _assert_acked_stored(acked, got):
+    """Every acknowledged (partition, offset) holds its value; offsets have no gaps."""
+    stored = {(p, off): val for p, recs in got.items() for off, val in recs}
+    missing = [k for k in acked if k not in stored]
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
+    wrong = [k for k, v in acked.items() if stored[k] != v]
+    assert not wrong, f"acknowledged offsets hold different values: {wrong[:5]}"
+    for p, recs in got.items():
+        offsets = [o for o, _ in recs]
+        assert offsets == list(range(len(offsets))), f"partition {p} has offset gaps"
+
+
 @pytest.mark.parametrize("fsync_policy", ["acks-all", "always", "never"])
 @pytest.mark.parametrize("acks", ["all", "1"])
 def test_acked_writes_survive_kill9_during_load(make_broker, acks, fsync_policy):
@@ -105,14 +117,7 @@ def test_acked_writes_survive_kill9_during_load(make_broker, acks, fsync_policy)
     # Every write that was acknowledged before the kill must be readable.
     expected = len(acked_at_kill)
     got = _ck_consume_all(b, topic, partitions, expected)
-    stored = {(p, off): val for p, recs in got.items() for off, val in recs}
-    missing = [k for k in acked_at_kill if k not in stored]
-    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
-    wrong = [k for k, v in acked_at_kill.items() if stored[k] != v]
-    assert not wrong, f"acknowledged offsets hold different values: {wrong[:5]}"
-    for p, recs in got.items():
-        offsets = [o for o, _ in recs]
-        assert offsets == list(range(len(offsets))), f"partition {p} has offset gaps"
+    _assert_acked_stored(acked_at_kill, got)
 
 
 def test_acked_writes_survive_kill9_with_recycled_wal_files(make_broker):
@@ -164,13 +169,8 @@ def test_acked_writes_survive_kill9_with_recycled_wal_files(make_broker):
         assert "from recycle list" in log, "no WAL file was reused before the kill"
 
         got = _ck_consume_all(b, topic, (0, 1), timeout=120)
-        stored = {(p, off): val for p, recs in got.items() for off, val in recs}
-        missing = [k for k in acked if k not in stored]
-        assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {sorted(missing)[:5]}"
-        wrong = [k for k, v in acked.items() if stored[k] != v]
-        assert not wrong, f"acknowledged offsets hold different values: {wrong[:5]}"
+        _assert_acked_stored(acked, got)
         for p, recs in got.items():
-            assert [o for o, _ in recs] == list(range(len(recs))), f"partition {p} has gaps"
             # Within a partition values are produced in order: an old WAL record replayed
             # over a newer one would show up as a value out of sequence.
             seq = [tuple(int(x) for x in v.split(b"-", 2)[:2]) for _, v in recs]
