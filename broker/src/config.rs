@@ -143,6 +143,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        let store = crate::storage::StoreOptions::default();
         Config {
             node_id: 0,
             data_dir: PathBuf::from("data"),
@@ -163,9 +164,9 @@ impl Default for Config {
             fsync_policy: FsyncPolicy::AcksAll,
             max_in_flight_per_connection: 16,
             queued_max_request_bytes: 128 << 20,
-            log_memtable_bytes: crate::storage::Store::DEFAULT_LOG_MEMTABLE_BYTES,
-            storage_direct_io: true,
-            storage_wal_recycle_files: 4,
+            log_memtable_bytes: store.log_memtable_bytes,
+            storage_direct_io: store.direct_io,
+            storage_wal_recycle_files: store.wal_recycle_files,
             quota_window_num: 11,
             quota_window_size_seconds: 1,
             group_initial_rebalance_delay_ms: 3000,

@@ -366,8 +366,8 @@ impl Store {
     }
 }
 
-/// Whether `dir`'s filesystem takes an aligned O_DIRECT write (tmpfs, for one, refuses
-/// the open; RocksDB would otherwise fail its first flush and stop all writes).
+/// Whether `dir`'s filesystem takes an aligned O_DIRECT write (some refuse it, e.g.
+/// tmpfs before Linux 6.6; RocksDB would then fail its first flush and stop all writes).
 fn direct_io_supported(dir: &Path) -> bool {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
