@@ -135,7 +135,7 @@ fn run(db: Arc<DB>, rx: Receiver<Msg>, offline: Arc<AtomicBool>, syncs: Arc<Atom
             }
             next = rx.try_recv().ok();
         }
-        let result = write_group(&db, &jobs, &offline, &syncs);
+        let result = write_group(&db, &jobs, bytes, &offline, &syncs);
         if let Err(e) = &result {
             tracing::error!(error = %e, "storage write failed; refusing further writes");
             offline.store(true, Ordering::Release);
@@ -159,9 +159,16 @@ fn size_of(m: &Mutation) -> usize {
     }
 }
 
+/// A write batch's header: sequence number and entry count.
+const BATCH_HEADER: usize = 12;
+/// Most bytes a write batch adds to each entry's key and value: a tag, a column family
+/// id and two lengths, each a varint of up to 5 bytes.
+const ENTRY_OVERHEAD: usize = 16;
+
 fn write_group(
     db: &DB,
     jobs: &[Job],
+    bytes: usize,
     offline: &AtomicBool,
     syncs: &AtomicU64,
 ) -> Result<(), Arc<StorageError>> {
@@ -171,7 +178,10 @@ fn write_group(
     if offline.load(Ordering::Acquire) {
         return Err(Arc::new(StorageError::Offline));
     }
-    let mut wb = WriteBatch::default();
+    // Sized up front: growing the batch entry by entry copied it over and over (a few
+    // per cent of a busy broker's CPU).
+    let entries: usize = jobs.iter().map(|j| j.mutations.len()).sum();
+    let mut wb = WriteBatch::with_capacity_bytes(BATCH_HEADER + bytes + entries * ENTRY_OVERHEAD);
     let mut sync = false;
     for job in jobs {
         sync |= job.sync;
