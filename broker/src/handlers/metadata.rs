@@ -22,12 +22,24 @@ use crate::metadata::{names::validate_topic_name, Topic};
 
 impl Broker {
     /// Registered, unfenced brokers as `(id, host, port, rack)`; this broker at least.
-    fn live_brokers(&self) -> Vec<(i32, StrBytes, i32, Option<StrBytes>)> {
+    /// With `recently_fenced`, also brokers fenced a moment ago (for Metadata answers).
+    fn live_brokers(&self, recently_fenced: bool) -> Vec<(i32, StrBytes, i32, Option<StrBytes>)> {
         let image = self.cluster.image();
+        let fenced: Vec<i32> = image
+            .brokers
+            .values()
+            .filter(|b| b.state == BrokerState::Fenced && b.id != self.config.node_id)
+            .map(|b| b.id)
+            .collect();
+        let listed = if recently_fenced {
+            self.recently_fenced.still_listed(&fenced)
+        } else {
+            Vec::new()
+        };
         let mut out: Vec<_> = image
             .brokers
             .values()
-            .filter(|b| b.state != BrokerState::Fenced || b.id == self.config.node_id)
+            .filter(|b| !fenced.contains(&b.id) || listed.contains(&b.id))
             .filter_map(|b| {
                 let (host, port) = split_host_port(&b.kafka)?;
                 Some((
@@ -76,7 +88,7 @@ impl Broker {
     ) -> MetadataResponse {
         let hide_self = self.cut_off();
         let brokers = self
-            .live_brokers()
+            .live_brokers(true)
             .into_iter()
             .filter(|b| !(hide_self && b.0 == self.config.node_id))
             .map(|(id, host, port, rack)| {
@@ -229,6 +241,7 @@ impl Broker {
 
     fn describe_topic(&self, t: &Topic) -> MetadataResponseTopic {
         let image = self.cluster.image();
+        let session = std::time::Duration::from_millis(self.config.broker_session_timeout_ms);
         let ids = |v: &[i32]| v.iter().map(|&b| BrokerId(b)).collect::<Vec<_>>();
         let partitions = image
             .topics
@@ -251,9 +264,12 @@ impl Broker {
                     })
                     .collect();
                 // A leader that stepped aside (see `Broker::leads`) names none, so
-                // clients ask other brokers for the new one.
-                let leader = if p.leader == self.config.node_id
-                    && t.partition(i as i32).is_some_and(|part| !self.leads(&part))
+                // clients ask other brokers for the new one; so does one this broker
+                // just lost as a follower, while the controller decides.
+                let me = self.config.node_id;
+                let leader = if (p.leader == me
+                    && t.partition(i as i32).is_some_and(|part| !self.leads(&part)))
+                    || (p.leader != me && self.lost_leaders.recently_lost(p.leader, session))
                 {
                     -1
                 } else {
@@ -287,7 +303,7 @@ impl Broker {
         who: &Session,
     ) -> DescribeClusterResponse {
         let brokers = self
-            .live_brokers()
+            .live_brokers(false)
             .into_iter()
             .map(|(id, host, port, rack)| {
                 DescribeClusterBroker::default()

@@ -81,6 +81,10 @@ pub struct Broker {
     pub leader_throttle: crate::replication::throttle::Throttle,
     /// Throttle of replication traffic this broker fetches for its throttled replicas.
     pub follower_throttle: crate::replication::throttle::Throttle,
+    /// Leaders whose replication connection this broker lost (see [`crate::replication::lost`]).
+    pub lost_leaders: crate::replication::lost::LostLeaders,
+    /// Fenced brokers Metadata answers still list (see [`crate::replication::lost`]).
+    pub recently_fenced: crate::replication::lost::RecentlyFenced,
     /// Client byte rates counted against their quotas.
     quota_rates: crate::quota::Rates,
     /// One lock per transactional id coordinated here: its requests run one at a time.
@@ -178,6 +182,8 @@ impl Broker {
             stopping: tokio::sync::watch::Sender::new(false),
             leader_throttle: Default::default(),
             follower_throttle: Default::default(),
+            lost_leaders: Default::default(),
+            recently_fenced: Default::default(),
             txn_locks: Default::default(),
         }))
     }

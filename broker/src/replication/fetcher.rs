@@ -209,9 +209,15 @@ async fn fetch_loop(
             }
         };
         let resp = match reply {
-            Ok(r) => r.into_inner(),
+            Ok(r) => {
+                broker.lost_leaders.reached(leader);
+                r.into_inner()
+            }
             Err(status) => {
                 tracing::debug!(leader, addr, %status, "follower fetch failed");
+                if status.code() == tonic::Code::Unavailable {
+                    broker.lost_leaders.lost(leader);
+                }
                 if status.code() == tonic::Code::Unavailable && last_report.elapsed() > REPORT_EVERY
                 {
                     // The leader may be dead: let the controller check now rather than

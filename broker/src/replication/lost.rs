@@ -1,0 +1,103 @@
+//! What a broker's Metadata answers do right after a leader dies, so that clients move
+//! to the new leader at once instead of on their next periodic check (librdkafka's is a
+//! second away):
+//! - [`LostLeaders`]: until the controller has fenced a leader this broker lost its
+//!   replication connection to (milliseconds after a kill; a Raft election when it was
+//!   also the controller), its partitions are answered with no leader, which clients
+//!   poll for every 100 ms or so;
+//! - [`RecentlyFenced`]: a fenced broker stays in the broker list for a moment. When a
+//!   leader change and the old leader's removal came in the same answer, librdkafka
+//!   closed its handle on the old leader while moving the partition away from it, lost
+//!   the new leader, and waited a second to ask again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::cluster::image::BrokerId;
+
+/// When each leader's connection was first lost, since it was last reached.
+#[derive(Default)]
+pub struct LostLeaders(Mutex<HashMap<BrokerId, Instant>>);
+
+impl LostLeaders {
+    /// A fetch from `leader` failed at the transport: the first failure starts the clock.
+    pub fn lost(&self, leader: BrokerId) {
+        self.lock().entry(leader).or_insert_with(Instant::now);
+    }
+
+    /// A fetch from `leader` was answered.
+    pub fn reached(&self, leader: BrokerId) {
+        self.lock().remove(&leader);
+    }
+
+    /// Whether `leader` was lost less than `within` ago and not reached since. Bounded, so
+    /// that a link broken between two brokers (with the leader still serving clients)
+    /// hides it from clients for no longer than `within`.
+    pub fn recently_lost(&self, leader: BrokerId, within: Duration) -> bool {
+        self.lock()
+            .get(&leader)
+            .is_some_and(|at| at.elapsed() < within)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BrokerId, Instant>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Fenced brokers, and when this broker first answered Metadata since they were fenced.
+#[derive(Default)]
+pub struct RecentlyFenced(Mutex<HashMap<BrokerId, Instant>>);
+
+impl RecentlyFenced {
+    /// How long a fenced broker stays listed: long enough for a client to follow the
+    /// leader change, short enough that a paused (not dead) broker, whose connections
+    /// hang rather than fail, is not offered to clients for long.
+    pub const LISTED_FOR: Duration = Duration::from_secs(1);
+
+    /// Of the brokers fenced now, those to keep listing; forgets the others.
+    pub fn still_listed(&self, fenced: &[BrokerId]) -> Vec<BrokerId> {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|id, _| fenced.contains(id));
+        fenced
+            .iter()
+            .copied()
+            .filter(|id| seen.entry(*id).or_insert_with(Instant::now).elapsed() < Self::LISTED_FOR)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_leader_is_hidden_until_reached_or_for_at_most_the_window() {
+        let l = LostLeaders::default();
+        let window = Duration::from_millis(50);
+        assert!(!l.recently_lost(1, window));
+        l.lost(1);
+        assert!(l.recently_lost(1, window));
+        assert!(!l.recently_lost(2, window));
+        l.reached(1);
+        assert!(!l.recently_lost(1, window));
+
+        l.lost(1);
+        std::thread::sleep(window);
+        // Failing again does not restart the clock: a link that stays broken hides the
+        // leader once, for one window.
+        l.lost(1);
+        assert!(!l.recently_lost(1, window));
+    }
+
+    #[test]
+    fn a_fenced_broker_stays_listed_for_a_moment_from_its_first_answer() {
+        let f = RecentlyFenced::default();
+        assert_eq!(f.still_listed(&[2, 3]), vec![2, 3]);
+        assert_eq!(f.still_listed(&[2, 3]), vec![2, 3]);
+        // Broker 3 came back: fenced again later, it gets a new moment.
+        assert_eq!(f.still_listed(&[2]), vec![2]);
+        std::thread::sleep(RecentlyFenced::LISTED_FOR);
+        assert_eq!(f.still_listed(&[2, 3]), vec![3]);
+    }
+}
