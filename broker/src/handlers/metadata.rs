@@ -25,11 +25,11 @@ impl Broker {
     /// With `recently_fenced`, also brokers fenced a moment ago (for Metadata answers).
     fn live_brokers(&self, recently_fenced: bool) -> Vec<(i32, StrBytes, i32, Option<StrBytes>)> {
         let image = self.cluster.image();
-        let fenced: Vec<i32> = image
+        let fenced: Vec<(i32, u64)> = image
             .brokers
             .values()
             .filter(|b| b.state == BrokerState::Fenced && b.id != self.config.node_id)
-            .map(|b| b.id)
+            .map(|b| (b.id, b.incarnation))
             .collect();
         let listed = if recently_fenced {
             self.recently_fenced.still_listed(&fenced)
@@ -39,7 +39,7 @@ impl Broker {
         let mut out: Vec<_> = image
             .brokers
             .values()
-            .filter(|b| !fenced.contains(&b.id) || listed.contains(&b.id))
+            .filter(|b| !fenced.iter().any(|f| f.0 == b.id) || listed.contains(&b.id))
             .filter_map(|b| {
                 let (host, port) = split_host_port(&b.kafka)?;
                 Some((

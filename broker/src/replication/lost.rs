@@ -45,9 +45,10 @@ impl LostLeaders {
     }
 }
 
-/// Fenced brokers, and when this broker first answered Metadata since they were fenced.
+/// Fenced brokers (by id and incarnation), and when this broker first answered Metadata
+/// since they were fenced.
 #[derive(Default)]
-pub struct RecentlyFenced(Mutex<HashMap<BrokerId, Instant>>);
+pub struct RecentlyFenced(Mutex<HashMap<(BrokerId, u64), Instant>>);
 
 impl RecentlyFenced {
     /// How long a fenced broker stays listed: long enough for a client to follow the
@@ -55,14 +56,15 @@ impl RecentlyFenced {
     /// hang rather than fail, is not offered to clients for long.
     pub const LISTED_FOR: Duration = Duration::from_secs(1);
 
-    /// Of the brokers fenced now, those to keep listing; forgets the others.
-    pub fn still_listed(&self, fenced: &[BrokerId]) -> Vec<BrokerId> {
+    /// Of the brokers fenced now (id, incarnation), the ids to keep listing; forgets the
+    /// others. A restarted broker is a new incarnation, so its next fencing counts anew.
+    pub fn still_listed(&self, fenced: &[(BrokerId, u64)]) -> Vec<BrokerId> {
         let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|id, _| fenced.contains(id));
+        seen.retain(|b, _| fenced.contains(b));
         fenced
             .iter()
-            .copied()
-            .filter(|id| seen.entry(*id).or_insert_with(Instant::now).elapsed() < Self::LISTED_FOR)
+            .filter(|b| seen.entry(**b).or_insert_with(Instant::now).elapsed() < Self::LISTED_FOR)
+            .map(|b| b.0)
             .collect()
     }
 }
@@ -93,11 +95,13 @@ mod tests {
     #[test]
     fn a_fenced_broker_stays_listed_for_a_moment_from_its_first_answer() {
         let f = RecentlyFenced::default();
-        assert_eq!(f.still_listed(&[2, 3]), vec![2, 3]);
-        assert_eq!(f.still_listed(&[2, 3]), vec![2, 3]);
+        assert_eq!(f.still_listed(&[(2, 1), (3, 1)]), vec![2, 3]);
+        assert_eq!(f.still_listed(&[(2, 1), (3, 1)]), vec![2, 3]);
         // Broker 3 came back: fenced again later, it gets a new moment.
-        assert_eq!(f.still_listed(&[2]), vec![2]);
+        assert_eq!(f.still_listed(&[(2, 1)]), vec![2]);
         std::thread::sleep(RecentlyFenced::LISTED_FOR);
-        assert_eq!(f.still_listed(&[2, 3]), vec![3]);
+        assert_eq!(f.still_listed(&[(2, 1), (3, 1)]), vec![3]);
+        // So does a broker restarted and fenced before anyone asked in between.
+        assert_eq!(f.still_listed(&[(2, 2), (3, 1)]), vec![2, 3]);
     }
 }
