@@ -20,6 +20,9 @@ use crate::config::split_host_port;
 use crate::group::OFFSETS_TOPIC;
 use crate::metadata::{names::validate_topic_name, Topic};
 
+/// Longest a Metadata answer waits for its probes of the leaders this broker follows.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Broker {
     /// Registered, unfenced brokers as `(id, host, port, rack)`; this broker at least.
     /// With `recently_fenced`, also brokers fenced a moment ago (for Metadata answers).
@@ -80,12 +83,50 @@ impl Broker {
             })
     }
 
+    /// Checks the replication connection to each broker that leads a partition this
+    /// broker follows, so that a leader that died a moment ago is already left out of
+    /// this answer (see [`crate::replication::lost`]): the client asks right after its
+    /// connection broke, often before this broker's fetch from that leader has failed.
+    /// A refused or broken connection counts as lost; an answer, or none within
+    /// [`PROBE_TIMEOUT`] (a busy or paused leader), does not.
+    async fn probe_followed_leaders(&self) {
+        let image = self.cluster.image();
+        let me = self.config.node_id;
+        let mut leaders: Vec<(i32, &str)> = image
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|p| p.leader >= 0 && p.leader != me && p.replicas.contains(&me))
+            .filter_map(|p| image.brokers.get(&p.leader).map(|b| (b.id, b.rpc.as_str())))
+            .collect();
+        leaders.sort_unstable();
+        leaders.dedup();
+        let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+        for (id, addr) in leaders {
+            let Ok(mut client) = self.cluster.peers.replication(addr) else {
+                continue;
+            };
+            // No partitions and no wait: the leader answers at once.
+            let probe = crate::rpc::FetchRequest {
+                cluster_id: self.cluster.cluster_id.get(),
+                replica_id: me,
+                ..Default::default()
+            };
+            if let Ok(Err(status)) = tokio::time::timeout_at(deadline, client.fetch(probe)).await {
+                if status.code() == tonic::Code::Unavailable {
+                    self.lost_leaders.lost(id);
+                }
+            }
+        }
+    }
+
     pub(super) async fn metadata(
         &self,
         req: MetadataRequest,
         version: i16,
         who: &Session,
     ) -> MetadataResponse {
+        self.probe_followed_leaders().await;
         let hide_self = self.cut_off();
         let brokers = self
             .live_brokers(true)
