@@ -112,10 +112,12 @@ impl Broker {
                 replica_id: me,
                 ..Default::default()
             };
-            if let Ok(Err(status)) = tokio::time::timeout_at(deadline, client.fetch(probe)).await {
-                if status.code() == tonic::Code::Unavailable {
-                    self.lost_leaders.lost(id);
+            match tokio::time::timeout_at(deadline, client.fetch(probe)).await {
+                Ok(Ok(_)) => self.lost_leaders.reached(id),
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                    self.lost_leaders.lost(id)
                 }
+                _ => {}
             }
         }
     }
