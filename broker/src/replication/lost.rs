@@ -3,8 +3,8 @@
 //! second away):
 //! - [`LostLeaders`]: until the controller has fenced a leader this broker lost its
 //!   replication connection to (milliseconds after a kill; a Raft election when it was
-//!   also the controller), its partitions are answered with no leader, which clients
-//!   poll for every 100 ms or so;
+//!   also the controller), its partitions are answered with no leader, and clients
+//!   ask again soon (librdkafka's fast leader query: 100 ms, backing off);
 //! - [`RecentlyFenced`]: a fenced broker stays in the broker list for a moment. When a
 //!   leader change and the old leader's removal came in the same answer, librdkafka
 //!   closed its handle on the old leader while moving the partition away from it, lost
@@ -21,12 +21,13 @@ use crate::cluster::image::BrokerId;
 pub struct LostLeaders(Mutex<HashMap<BrokerId, Instant>>);
 
 impl LostLeaders {
-    /// A fetch from `leader` failed at the transport: the first failure starts the clock.
+    /// A fetch from (or a probe of) `leader` failed at the transport: the first failure
+    /// starts the clock.
     pub fn lost(&self, leader: BrokerId) {
         self.lock().entry(leader).or_insert_with(Instant::now);
     }
 
-    /// A fetch from `leader` was answered.
+    /// A fetch from (or a probe of) `leader` was answered.
     pub fn reached(&self, leader: BrokerId) {
         self.lock().remove(&leader);
     }
