@@ -112,12 +112,8 @@ impl Broker {
                 replica_id: me,
                 ..Default::default()
             };
-            match tokio::time::timeout_at(deadline, client.fetch(probe)).await {
-                Ok(Ok(_)) => self.lost_leaders.reached(id),
-                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                    self.lost_leaders.lost(id)
-                }
-                _ => {}
+            if let Ok(reply) = tokio::time::timeout_at(deadline, client.fetch(probe)).await {
+                self.lost_leaders.observe(id, &reply);
             }
         }
     }

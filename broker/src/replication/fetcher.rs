@@ -208,16 +208,11 @@ async fn fetch_loop(
                 continue;
             }
         };
+        broker.lost_leaders.observe(leader, &reply);
         let resp = match reply {
-            Ok(r) => {
-                broker.lost_leaders.reached(leader);
-                r.into_inner()
-            }
+            Ok(r) => r.into_inner(),
             Err(status) => {
                 tracing::debug!(leader, addr, %status, "follower fetch failed");
-                if status.code() == tonic::Code::Unavailable {
-                    broker.lost_leaders.lost(leader);
-                }
                 if status.code() == tonic::Code::Unavailable && last_report.elapsed() > REPORT_EVERY
                 {
                     // The leader may be dead: let the controller check now rather than

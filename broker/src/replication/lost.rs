@@ -21,15 +21,19 @@ use crate::cluster::image::BrokerId;
 pub struct LostLeaders(Mutex<HashMap<BrokerId, Instant>>);
 
 impl LostLeaders {
-    /// A fetch from (or a probe of) `leader` failed at the transport: the first failure
-    /// starts the clock.
-    pub fn lost(&self, leader: BrokerId) {
-        self.lock().entry(leader).or_insert_with(Instant::now);
-    }
-
-    /// A fetch from (or a probe of) `leader` was answered.
-    pub fn reached(&self, leader: BrokerId) {
-        self.lock().remove(&leader);
+    /// Notes the outcome of a fetch from (or a probe of) `leader`: an answer clears its
+    /// mark; a failure at the transport (refused, reset) starts its clock unless it is
+    /// running; other errors (a timeout, a refusal by a live leader) change nothing.
+    pub fn observe<T>(&self, leader: BrokerId, reply: &Result<T, tonic::Status>) {
+        match reply {
+            Ok(_) => {
+                self.lock().remove(&leader);
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                self.lock().entry(leader).or_insert_with(Instant::now);
+            }
+            Err(_) => {}
+        }
     }
 
     /// Whether `leader` was lost less than `within` ago and not reached since. Bounded, so
@@ -78,18 +82,22 @@ mod tests {
     fn a_lost_leader_is_hidden_until_reached_or_for_at_most_the_window() {
         let l = LostLeaders::default();
         let window = Duration::from_millis(50);
+        let lost = || Err::<(), _>(tonic::Status::unavailable("connection refused"));
         assert!(!l.recently_lost(1, window));
-        l.lost(1);
+        l.observe(1, &lost());
         assert!(l.recently_lost(1, window));
         assert!(!l.recently_lost(2, window));
-        l.reached(1);
+        l.observe(1, &Ok(()));
+        assert!(!l.recently_lost(1, window));
+        // A live leader that refuses or is slow is not lost.
+        l.observe(1, &Err::<(), _>(tonic::Status::deadline_exceeded("slow")));
         assert!(!l.recently_lost(1, window));
 
-        l.lost(1);
+        l.observe(1, &lost());
         std::thread::sleep(window);
         // Failing again does not restart the clock: a link that stays broken hides the
         // leader once, for one window.
-        l.lost(1);
+        l.observe(1, &lost());
         assert!(!l.recently_lost(1, window));
     }
 
