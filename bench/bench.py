@@ -11,9 +11,9 @@ drives it with confluent-kafka (librdkafka).  Prints:
 
 With --cluster it instead runs a single-node baseline and then a 3-broker
 cluster (RF3, min.insync.replicas=2), one after the other, and compares them:
-produce throughput, produce latency at a fixed rate, failover time when the
-partition leader is killed with SIGKILL under load, and whether any
-acknowledged record was lost.
+produce throughput, produce latency at a fixed rate, how fast a restarted
+follower catches up, failover time when the partition leader is killed with
+SIGKILL under load, and whether any acknowledged record was lost.
 
 Run: .venv/bin/python bench/bench.py [--quick] [--cluster]
 """
@@ -334,6 +334,28 @@ def failover_rounds(cluster, admin, args):
     return rounds, verify_acked(cluster, topic, load, args)
 
 
+def catch_up_run(cluster, admin, args):
+    """A follower (not the controller) is killed, ``args.catch_up_mb`` MB of 1 KiB
+    records are produced with acks=1, and it is restarted: how long, from its restart
+    until the leader reports no lag, it takes to copy them."""
+    topic = "bench-catch-up"
+    create_topic(admin, topic, 1, CLUSTER_RF, CLUSTER_TOPIC_CONFIG)
+    cluster.wait_isr(topic, [0], cluster.ids, timeout=60)
+    leader = cluster.wait_leader(topic, 0)
+    controller = cluster.controller()
+    follower = next(i for i in cluster.ids if i not in (leader, controller))
+    cluster.kill9(follower)
+    count = int(args.catch_up_mb * 1024)
+    pr = produce_run(cluster.live_bootstrap, topic, 1, 1024, count, "1", args.max_seconds * 4)
+    t0 = time.perf_counter()
+    cluster.restart(follower)
+    wait_until(lambda: metric_sum(cluster.broker(leader), "riffle_replica_lag_records",
+                                  f'topic="{topic}"') == 0,
+               timeout=300, interval=0.05, message=f"broker {follower} caught up")
+    seconds = time.perf_counter() - t0
+    return {"follower": follower, "mb": pr["bytes"] / 1024 / 1024, "seconds": seconds}
+
+
 def verify_acked(cluster, topic, load, args):
     """Read partition 0 of ``topic`` up to its high watermark: is every
     acknowledged sequence number stored exactly once, at its offset?"""
@@ -406,6 +428,7 @@ def run_cluster(args, workdir, extra):
         lat = latency_run(cluster.bootstrap, "bench-latency", 1024, args.latency_rate_mb,
                           args.latency_seconds)
         lat["catch_up"] = catch_up
+        lat["restart"] = catch_up_run(cluster, admin, args)
         rounds, verdict = failover_rounds(cluster, admin, args)
         admin = None  # destroy the client before its brokers go away (no reconnect noise)
     finally:
@@ -448,6 +471,12 @@ def print_cluster_report(args, single, cluster):
                        f"{lat['p99']:.2f}", f"{lat['p999']:.2f}", f"{lat['max']:.2f}", target], w))
     print(f"(RF3: measured once the followers had caught up with the throughput runs, "
           f"{c_lat['catch_up']:.1f} s after they ended)")
+    r = c_lat["restart"]
+    print()
+    print(f"== follower catch-up: broker {r['follower']} killed, {r['mb']:.0f} MB produced "
+          f"(1 KiB, acks=1), broker restarted ==")
+    print(f"in sync {r['seconds']:.2f} s after the restart began: "
+          f"{r['mb'] / r['seconds']:.0f} MB/s including the broker's start")
     print()
     print(f"== failover: kill -9 of the partition leader under {args.failover_rate_mb:g} MB/s "
           f"idempotent acks=all, 1 KiB records, 1 partition RF{CLUSTER_RF} "
@@ -728,6 +757,8 @@ def main():
                     help="transactional vs idempotent produce, read_committed consume")
     ap.add_argument("--keys", type=int, default=10_000, help="--compaction: distinct keys")
     ap.add_argument("--failover-rounds", type=int, default=3, help="--cluster: leader kills")
+    ap.add_argument("--catch-up-mb", type=float, default=300.0,
+                    help="--cluster: MB a restarted follower copies to catch up")
     ap.add_argument("--failover-rate-mb", type=float, default=2.0,
                     help="--cluster: produce rate during the failover rounds")
     ap.add_argument("--failover-settle", type=float, default=3.0,

@@ -552,8 +552,9 @@ async fn bad_rpc_input_is_refused() {
             leader_epoch,
             fetch_offset: 0,
             last_fetched_epoch: -1,
-            max_bytes: 0,
+            ..Default::default()
         }],
+        ..Default::default()
     };
     let stale = repl
         .fetch(fetch(epoch - 1, topic_id))
@@ -573,7 +574,26 @@ async fn bad_rpc_input_is_refused() {
     let mut wrong = fetch(epoch, topic_id);
     wrong.cluster_id = "someone-else".into();
     assert_eq!(
-        repl.fetch(wrong).await.expect_err("foreign fetch").code(),
+        repl.fetch(wrong.clone())
+            .await
+            .expect_err("foreign fetch")
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    // The same on a Replicate stream: a stale epoch is answered with its code, and a
+    // foreign cluster id ends the stream with an error.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(fetch(epoch - 1, topic_id)).await.expect("send");
+    let mut answers = repl
+        .replicate(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    let stale = answers.message().await.expect("answer").expect("one");
+    assert_eq!(stale.partitions[0].error_code, 74, "FENCED_LEADER_EPOCH");
+    tx.send(wrong).await.expect("send");
+    assert_eq!(
+        answers.message().await.expect_err("foreign stream").code(),
         tonic::Code::PermissionDenied
     );
 

@@ -617,12 +617,15 @@ impl Partition {
     }
 
     /// Leader side of a follower fetch: checks the follower's epoch and position, records
-    /// its progress, and says where it should read from (or truncate to).
+    /// its progress, and says where it should read from (or truncate to). `durable` is
+    /// the end of what the follower has written; it may trail `fetch_offset` while the
+    /// follower's appends are queued, and only it moves the high watermark.
     pub fn follower_fetch(
         &self,
         replica: i32,
         leader_epoch: i32,
         fetch_offset: i64,
+        durable: i64,
         last_fetched_epoch: i32,
     ) -> Result<FollowerCheck, LogError> {
         let (log_start, log_end) = {
@@ -666,7 +669,7 @@ impl Partition {
                 {
                     f.caught_up_at = f.caught_up_at.max(f.last_fetch_at);
                 }
-                f.log_end = fetch_offset;
+                f.log_end = durable.min(fetch_offset);
                 f.last_fetch_at = now;
                 f.leader_end_at_last_fetch = log_end;
             }
@@ -859,29 +862,40 @@ impl Partition {
         end_offset_for(&st, epoch, self.log_end())
     }
 
-    /// Follower side: the leader's high watermark, capped at our own log end.
-    pub fn set_follower_high_watermark(&self, leader_hw: i64) {
+    /// Follower side: raises the high watermark to the leader's, capped at our own log
+    /// end. Answers may be applied out of order with queued appends, so it never lowers
+    /// it (a truncation does).
+    pub fn raise_follower_high_watermark(&self, leader_hw: i64) {
         let hw = leader_hw.min(self.log_end());
-        if self.high_watermark.swap(hw, Ordering::AcqRel) != hw {
+        if self.high_watermark.fetch_max(hw, Ordering::AcqRel) < hw {
             self.notify.notify_waiters();
         }
     }
 
-    /// Follower side: appends batches exactly as the leader stored them (back to back in
+    /// Follower side: queues batches exactly as the leader stored them (back to back in
     /// `records`), keeping producer state and epochs as the leader does, so this replica
-    /// can take over without duplicates. Resolves once durable per `sync`.
-    pub async fn append_replicated(
-        &self,
+    /// can take over without duplicates. Returns the number of batches; the next fetch
+    /// may start at once from their end. Once they are durable per `sync`, the log end
+    /// moves, the high watermark rises towards `leader_hw` and `done` runs (only if this
+    /// returns `Ok`), whether or not anyone still waits.
+    pub fn append_replicated(
+        self: &Arc<Self>,
         mut records: Bytes,
         sync: bool,
+        leader_hw: i64,
+        done: Box<dyn FnOnce(Result<(), LogError>) + Send>,
     ) -> Result<usize, LogError> {
         let mut mutations = Vec::new();
         let mut count = 0;
-        let (end, written) = {
+        {
             let mut st = self.lock();
             if st.role == Role::Leader {
                 return Err(LogError::NotLeader);
             }
+            // Every batch is checked before any state changes: a bad one must not leave
+            // the offsets ahead of what is written.
+            let mut batches = Vec::new();
+            let mut next = st.next_offset;
             while !records.is_empty() {
                 let header =
                     batch::parse_header(&records).map_err(|e| LogError::BadBatch(e.to_string()))?;
@@ -891,12 +905,16 @@ impl Partition {
                 let raw = records.split_to(header.size);
                 batch::validate_stored(&raw).map_err(|e| LogError::BadBatch(e.to_string()))?;
                 // Above the log end: the leader's log may have gaps left by compaction.
-                if header.base_offset < st.next_offset {
+                if header.base_offset < next {
                     return Err(LogError::NotContiguous {
-                        expected: st.next_offset,
+                        expected: next,
                         got: header.base_offset,
                     });
                 }
+                next = header.last_offset() + 1;
+                batches.push((header, raw));
+            }
+            for (header, raw) in batches {
                 let base = header.base_offset;
                 let last = header.last_offset();
                 let now = now_ms();
@@ -943,12 +961,29 @@ impl Partition {
                 count += 1;
             }
             if mutations.is_empty() {
+                drop(st);
+                self.raise_follower_high_watermark(leader_hw);
+                done(Ok(()));
                 return Ok(0);
             }
-            (st.next_offset, self.store.queue(mutations, sync))
-        };
-        written.await.map_err(LogError::Storage)?;
-        self.log_end.fetch_max(end, Ordering::AcqRel);
+            let end = st.next_offset;
+            let this = Arc::clone(self);
+            // Submitted under the lock: storage order is offset order.
+            self.store.submit(
+                mutations,
+                sync,
+                Box::new(move |res| {
+                    done(match res {
+                        Ok(()) => {
+                            this.log_end.fetch_max(end, Ordering::AcqRel);
+                            this.raise_follower_high_watermark(leader_hw);
+                            Ok(())
+                        }
+                        Err(e) => Err(LogError::Storage(e)),
+                    })
+                }),
+            );
+        }
         Ok(count)
     }
 
@@ -1951,7 +1986,7 @@ mod tests {
         part.apply_state(1, &state(&[1, 2], 0), 1);
         append_ten(&part, &cfg).await;
         for follower in [2, 3] {
-            part.follower_fetch(follower, 0, 10, 0).expect("fetch");
+            part.follower_fetch(follower, 0, 10, 10, 0).expect("fetch");
         }
         assert_eq!(part.offsets().high_watermark, 10);
 
@@ -1960,7 +1995,7 @@ mod tests {
         append_ten(&part, &cfg).await;
         // Unchanged state applied again (another partition changed), then 2 catches up.
         part.apply_state(1, &state(&[1, 2], 0), 1);
-        part.follower_fetch(2, 0, 20, 0).expect("fetch");
+        part.follower_fetch(2, 0, 20, 20, 0).expect("fetch");
         assert!(part.isr_change_pending(&change));
         assert_eq!(part.offsets().high_watermark, 10, "waits for replica 3");
 
@@ -1971,12 +2006,63 @@ mod tests {
 
         // Proposed again and committed: the new state settles it.
         append_ten(&part, &cfg).await;
-        part.follower_fetch(3, 0, 20, 0).expect("fetch");
+        part.follower_fetch(3, 0, 20, 20, 0).expect("fetch");
         let change = part.isr_change_due(1, lag).expect("replica 3 caught up");
         part.apply_state(1, &state(&[1, 2, 3], 1), 1);
         assert!(!part.isr_change_pending(&change));
-        part.follower_fetch(2, 0, 30, 0).expect("fetch");
+        part.follower_fetch(2, 0, 30, 30, 0).expect("fetch");
         assert_eq!(part.offsets().high_watermark, 20, "3 is in the ISR");
+    }
+
+    /// A pipelined follower fetches again before its last append is durable: the high
+    /// watermark counts only what it has written.
+    #[tokio::test]
+    async fn only_a_followers_durable_end_moves_the_high_watermark() {
+        let (_dir, part, cfg) = new_partition();
+        part.apply_state(1, &state(&[1, 2], 0), 1);
+        append_ten(&part, &cfg).await;
+        append_ten(&part, &cfg).await;
+        part.follower_fetch(2, 0, 20, 10, 0).expect("fetch");
+        assert_eq!(part.offsets().high_watermark, 10);
+        part.follower_fetch(2, 0, 20, 20, 0).expect("progress");
+        assert_eq!(part.offsets().high_watermark, 20);
+    }
+
+    /// The follower's side of the pipeline: the next fetch may start from the end of a
+    /// queued append at once, while the log end (and with it the high watermark) moves
+    /// only once the append is written.
+    #[tokio::test]
+    async fn a_queued_replicated_append_is_fetched_past_at_once_and_counted_once_written() {
+        let (_d1, leader, cfg) = new_partition();
+        leader.apply_state(1, &state(&[1, 2], 0), 1);
+        append_ten(&leader, &cfg).await;
+        let batches = leader.read_for_replica(0, 1 << 20).expect("read");
+        let (_d2, follower, _) = new_partition();
+        follower.apply_state(2, &state(&[1, 2], 0), 1);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        let records = Bytes::from(batches.concat());
+        let count = follower
+            .append_replicated(records, true, 10, done)
+            .expect("queued");
+        assert_eq!(count, 1);
+        assert_eq!(follower.fetch_position().0, 10);
+        rx.await.expect("done").expect("written");
+        assert_eq!(follower.log_end(), 10);
+        assert_eq!(follower.offsets().high_watermark, 10);
+
+        // A good batch followed by a cut one: refused whole, nothing moves.
+        append_ten(&leader, &cfg).await;
+        let good = leader.read_for_replica(10, 1 << 20).expect("read").concat();
+        let records = Bytes::from([&good[..], &good[..good.len() / 2]].concat());
+        let never = Box::new(|_| panic!("a refused append reported written"));
+        assert!(matches!(
+            follower.append_replicated(records, true, 20, never),
+            Err(LogError::BadBatch(_))
+        ));
+        assert_eq!(follower.fetch_position().0, 10);
     }
 
     /// Kafka answers OFFSET_OUT_OF_RANGE only outside the log: a consumer at an offset the
@@ -1987,7 +2073,7 @@ mod tests {
         let (_dir, part, cfg) = new_partition();
         part.apply_state(1, &state(&[1, 2], 0), 1);
         append_ten(&part, &cfg).await;
-        part.follower_fetch(2, 0, 10, 0).expect("fetch");
+        part.follower_fetch(2, 0, 10, 10, 0).expect("fetch");
         append_ten(&part, &cfg).await;
         assert_eq!((part.offsets().high_watermark, part.log_end()), (10, 20));
         assert_eq!(part.read(5, 1 << 20, false).expect("read").len(), 1);

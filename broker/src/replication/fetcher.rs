@@ -1,14 +1,15 @@
-//! Follower side: one fetch loop per leader broker, covering every partition this
-//! broker follows there. Each round sends the local log end and last epoch of each
+//! Follower side: one fetch stream per leader broker, covering every partition this
+//! broker follows there. Each fetch sends the local log end and last epoch of each
 //! partition; answers either carry batches to append (as stored), or tell the follower
 //! to truncate a diverging tail or restart at the leader's log start.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
 use crate::cluster::image::{BrokerId, Image};
@@ -16,11 +17,13 @@ use crate::cluster::ControlRequest;
 use crate::config::FsyncPolicy;
 use crate::handlers::Broker;
 use crate::log::{LogError, Partition};
-use crate::rpc::{FetchPartition, FetchRequest, FetchedPartition};
+use crate::rpc::{FetchPartition, FetchRequest, FetchResponse, FetchedPartition};
 
 use super::throttle;
 
-/// Pause before retrying a failed fetch (also woken by a metadata change).
+/// Pause before retrying a failed fetch (also woken by a metadata change). Short: a
+/// leader that has not applied its leadership yet answers NOT_LEADER for a few
+/// milliseconds, and every millisecond here delays acks=all.
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
 
 /// Reports of an unreachable leader go to the controller at most this often.
@@ -35,6 +38,15 @@ struct Target {
     /// Out of sync, and added by a reassignment or listed in the topic's
     /// `follower.replication.throttled.replicas`.
     throttled: bool,
+}
+
+impl PartialEq for Target {
+    fn eq(&self, other: &Target) -> bool {
+        Arc::ptr_eq(&self.part, &other.part)
+            && self.topic_id == other.topic_id
+            && self.leader_epoch == other.leader_epoch
+            && self.throttled == other.throttled
+    }
 }
 
 type Targets = Arc<Vec<Target>>;
@@ -89,7 +101,15 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         let mut wanted = followed(&broker, &image);
         loops.retain(|leader, (addr, tx, task)| match wanted.remove(leader) {
             Some((a, targets)) if a == *addr => {
-                tx.send_replace(Arc::new(targets));
+                // Every change anywhere in the cluster lands here: restart the stream
+                // only for one that changes what is fetched.
+                tx.send_if_modified(|t| {
+                    let changed = **t != targets;
+                    if changed {
+                        *t = Arc::new(targets);
+                    }
+                    changed
+                });
                 true
             }
             Some((a, targets)) => {
@@ -121,19 +141,27 @@ pub async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Opens a `Replicate` stream to `leader` and keeps it busy until the targets change or
+/// the stream breaks, then starts over. Each answer's batches are queued for writing.
+/// While the leader has a backlog (an answer at least half of `replica_fetch_max_bytes`:
+/// catching up after a restart or a reassignment) the next fetch goes out at once, so
+/// the write and its sync overlap the next transfer, and a progress message tells the
+/// leader when they are durable. Otherwise the next fetch waits for the write and
+/// carries the position itself: pipelining small answers would only add messages per
+/// byte, which costs throughput where the CPU is the bound (see bench/README.md).
 async fn fetch_loop(
     broker: Arc<Broker>,
     leader: BrokerId,
     addr: String,
     mut targets: watch::Receiver<Targets>,
 ) {
-    let cfg = &broker.config;
-    let sync = cfg.fsync_policy != FsyncPolicy::Never;
-    // Short: a leader that has not applied its leadership yet answers NOT_LEADER for a
-    // few milliseconds, and every millisecond here delays acks=all.
-    let backoff = RETRY_BACKOFF;
+    let mut queued = Queued::new();
+    let max_bytes = u64::from(broker.config.replica_fetch_max_bytes);
+    // Catching up, appends may wait in the writer's queue for up to two fetches' worth.
+    let max_queued = 2 * max_bytes;
+    let mut backlog = false;
+    let mut last_report = Instant::now() - REPORT_EVERY;
     tracing::debug!(leader, addr, "starting follower fetch loop");
-    let mut last_report = std::time::Instant::now() - REPORT_EVERY;
     loop {
         let current = targets.borrow_and_update().clone();
         if current.is_empty() {
@@ -142,7 +170,7 @@ async fn fetch_loop(
             }
             continue;
         }
-        let client = match broker.cluster.peers.replication(&addr) {
+        let mut client = match broker.cluster.peers.replication(&addr) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(leader, addr, error = %e, "bad leader address");
@@ -152,125 +180,290 @@ async fn fetch_loop(
                 continue;
             }
         };
-        // Throttled replicas sit out rounds while the follower throttle is in debt, and
-        // ask for no more than it allows otherwise.
-        let (wait, allowance) = if current.iter().any(|t| t.throttled) {
-            let rate = broker
-                .catalog
-                .broker_configs()
-                .get_i64("follower.replication.throttled.rate", i64::MAX);
-            let th = &broker.follower_throttle;
-            (th.delay(rate), th.allowance(rate))
-        } else {
-            (Duration::ZERO, None)
-        };
-        let fetched: Vec<&Target> = current
-            .iter()
-            .filter(|t| wait.is_zero() || !t.throttled)
-            .collect();
-        if fetched.is_empty() {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                r = targets.changed() => if r.is_err() { return },
-            }
-            continue;
-        }
-        let req = FetchRequest {
-            cluster_id: broker.cluster.cluster_id.get(),
-            replica_id: cfg.node_id,
-            max_wait_ms: if wait.is_zero() {
-                cfg.replica_fetch_wait_max_ms as u32
-            } else {
-                // Come back for the throttled replicas once the debt is paid.
-                (wait.as_millis() as u32).clamp(1, cfg.replica_fetch_wait_max_ms as u32)
-            },
-            max_bytes: cfg.replica_fetch_max_bytes,
-            partitions: fetched
-                .iter()
-                .map(|t| {
-                    let (fetch_offset, last_fetched_epoch) = t.part.fetch_position();
-                    FetchPartition {
-                        topic_id: t.topic_id.as_bytes().to_vec().into(),
-                        partition: t.part.index,
-                        leader_epoch: t.leader_epoch,
-                        fetch_offset,
-                        last_fetched_epoch,
-                        max_bytes: allowance.filter(|_| t.throttled).unwrap_or(0),
-                    }
-                })
-                .collect(),
-        };
-        let mut client = client;
-        let reply = tokio::select! {
-            r = client.fetch(req) => r,
+        let (req_tx, req_rx) = mpsc::channel(4);
+        let opened = tokio::select! {
+            r = client.replicate(ReceiverStream::new(req_rx)) => r,
             r = targets.changed() => {
                 if r.is_err() { return; }
                 continue;
             }
         };
-        broker.lost_leaders.observe(leader, &reply);
-        let resp = match reply {
+        broker.lost_leaders.observe(leader, &opened);
+        let mut answers = match opened {
             Ok(r) => r.into_inner(),
             Err(status) => {
-                tracing::debug!(leader, addr, %status, "follower fetch failed");
-                if status.code() == tonic::Code::Unavailable && last_report.elapsed() > REPORT_EVERY
-                {
-                    // The leader may be dead: let the controller check now rather than
-                    // after a whole session of missed heartbeats.
-                    last_report = std::time::Instant::now();
-                    let b = broker.clone();
-                    tokio::spawn(async move {
-                        let req = ControlRequest::ReportUnreachable { broker: leader };
-                        b.cluster.control(req, Duration::from_secs(2)).await;
-                    });
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    r = targets.changed() => if r.is_err() { return },
+                unreachable(&broker, leader, &addr, &status, &mut last_report);
+                if backoff(&mut targets).await.is_err() {
+                    return;
                 }
                 continue;
             }
         };
-        // Any failed step waits a backoff before the next fetch: a refused answer would
-        // otherwise come back at once, again and again.
-        let mut failed = false;
-        for fp in resp.partitions {
-            let Some(t) = current.iter().find(|t| {
-                t.part.index == fp.partition && t.topic_id.as_bytes()[..] == fp.topic_id[..]
-            }) else {
-                continue;
-            };
-            if t.throttled {
-                broker.follower_throttle.spend(fp.records.len() as u64);
+        // A fetch is out and not yet answered.
+        let mut asked = false;
+        // While every target is throttled: when to fetch again.
+        let mut resume: Option<Instant> = None;
+        loop {
+            let room = queued.bytes == 0 || (backlog && queued.bytes < max_queued);
+            if !asked && resume.is_none() && room {
+                match next_fetch(&broker, &current, false) {
+                    Ok(req) => {
+                        if req_tx.send(req).await.is_err() {
+                            break;
+                        }
+                        asked = true;
+                    }
+                    Err(wait) => resume = Some(Instant::now() + wait),
+                }
             }
-            if let Err(e) = apply(&broker, &t.part, fp, sync).await {
-                failed = true;
-                tracing::warn!(topic = %t.part.topic, partition = t.part.index, leader, error = %e, "replication step failed");
-            }
-        }
-        if failed {
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                r = targets.changed() => if r.is_err() { return },
+                r = targets.changed() => {
+                    if r.is_err() { return; }
+                    break;
+                }
+                Some(first) = queued.rx.recv() => {
+                    queued.settled(first, leader);
+                    // With no fetch out, the next one carries the position.
+                    if asked {
+                        if let Ok(req) = next_fetch(&broker, &current, true) {
+                            if req_tx.send(req).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                _ = sleep_until(resume), if resume.is_some() => resume = None,
+                answer = answers.message(), if asked => {
+                    broker.lost_leaders.observe(leader, &answer);
+                    asked = false;
+                    let taken = match answer {
+                        Ok(Some(resp)) => {
+                            let bytes: usize = resp.partitions.iter().map(|p| p.records.len()).sum();
+                            backlog = 2 * bytes as u64 >= max_bytes;
+                            take(&broker, leader, &current, resp, &mut queued).await
+                        }
+                        Ok(None) => false,
+                        Err(status) => {
+                            unreachable(&broker, leader, &addr, &status, &mut last_report);
+                            false
+                        }
+                    };
+                    // A failed step waits a backoff and starts over: a refused answer
+                    // would otherwise come back at once, again and again.
+                    if !taken {
+                        if backoff(&mut targets).await.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                }
             }
         }
     }
 }
 
-/// Applies one partition's fetch answer to the local replica.
+/// Appends queued on the local log and not yet written, across streams.
+struct Queued {
+    tx: mpsc::UnboundedSender<(u64, Result<(), LogError>)>,
+    rx: mpsc::UnboundedReceiver<(u64, Result<(), LogError>)>,
+    bytes: u64,
+}
+
+impl Queued {
+    fn new() -> Queued {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Queued { tx, rx, bytes: 0 }
+    }
+
+    /// What the log calls once an append of `bytes` is written.
+    fn on_written(&self, bytes: u64) -> Box<dyn FnOnce(Result<(), LogError>) + Send> {
+        let tx = self.tx.clone();
+        Box::new(move |r| {
+            let _ = tx.send((bytes, r));
+        })
+    }
+
+    /// Counts `first` and every other append already reported written.
+    fn settled(&mut self, first: (u64, Result<(), LogError>), leader: BrokerId) {
+        let mut next = Some(first);
+        while let Some((bytes, outcome)) = next {
+            self.bytes -= bytes;
+            if let Err(e) = outcome {
+                tracing::warn!(leader, error = %e, "replicated append failed");
+            }
+            next = self.rx.try_recv().ok();
+        }
+    }
+
+    /// Waits until every queued append is written.
+    async fn drain(&mut self, leader: BrokerId) {
+        while self.bytes > 0 {
+            match self.rx.recv().await {
+                Some(first) => self.settled(first, leader),
+                None => return,
+            }
+        }
+    }
+}
+
+/// Applies a fetch answer to the local replicas; `false` if a step failed.
+async fn take(
+    broker: &Broker,
+    leader: BrokerId,
+    targets: &[Target],
+    resp: FetchResponse,
+    queued: &mut Queued,
+) -> bool {
+    let sync = broker.config.fsync_policy != FsyncPolicy::Never;
+    let mut ok = true;
+    for fp in resp.partitions {
+        let Some(t) = targets
+            .iter()
+            .find(|t| t.part.index == fp.partition && t.topic_id.as_bytes()[..] == fp.topic_id[..])
+        else {
+            continue;
+        };
+        if t.throttled {
+            broker.follower_throttle.spend(fp.records.len() as u64);
+        }
+        if fp.reset || fp.diverging {
+            // Cutting the log waits for what is queued on it.
+            queued.drain(leader).await;
+        }
+        let bytes = fp.records.len() as u64;
+        match apply(broker, &t.part, fp, sync, queued.on_written(bytes)).await {
+            Ok(true) => queued.bytes += bytes,
+            Ok(false) => {}
+            Err(e) => {
+                ok = false;
+                tracing::warn!(topic = %t.part.topic, partition = t.part.index, leader, error = %e, "replication step failed");
+            }
+        }
+    }
+    ok
+}
+
+/// Waits the retry backoff, or less if the targets change; `Err` once they never will.
+async fn backoff(targets: &mut watch::Receiver<Targets>) -> Result<(), ()> {
+    tokio::select! {
+        _ = tokio::time::sleep(RETRY_BACKOFF) => Ok(()),
+        r = targets.changed() => r.map_err(|_| ()),
+    }
+}
+
+/// Sleeps until `at` (forever if `None`).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs a failed stream; if the leader may be dead, lets the controller check now
+/// rather than after a whole session of missed heartbeats.
+fn unreachable(
+    broker: &Arc<Broker>,
+    leader: BrokerId,
+    addr: &str,
+    status: &tonic::Status,
+    last_report: &mut Instant,
+) {
+    tracing::debug!(leader, addr, %status, "follower fetch failed");
+    if status.code() == tonic::Code::Unavailable && last_report.elapsed() > REPORT_EVERY {
+        *last_report = Instant::now();
+        let b = broker.clone();
+        tokio::spawn(async move {
+            let req = ControlRequest::ReportUnreachable { broker: leader };
+            b.cluster.control(req, Duration::from_secs(2)).await;
+        });
+    }
+}
+
+/// This replica's position in each target (`progress_only`: a report, not a fetch).
+fn positions(broker: &Broker, targets: &[Target], progress_only: bool) -> FetchRequest {
+    FetchRequest {
+        cluster_id: broker.cluster.cluster_id.get(),
+        replica_id: broker.config.node_id,
+        max_wait_ms: broker.config.replica_fetch_wait_max_ms as u32,
+        max_bytes: broker.config.replica_fetch_max_bytes,
+        progress_only,
+        partitions: targets
+            .iter()
+            .map(|t| {
+                let (fetch_offset, last_fetched_epoch) = t.part.fetch_position();
+                FetchPartition {
+                    topic_id: t.topic_id.as_bytes().to_vec().into(),
+                    partition: t.part.index,
+                    leader_epoch: t.leader_epoch,
+                    fetch_offset,
+                    durable_offset: Some(t.part.log_end()),
+                    last_fetched_epoch,
+                    max_bytes: 0,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The next fetch (`progress_only`: report), or how long to wait while every target is
+/// throttled. Throttled replicas sit out rounds while the follower throttle is in debt
+/// (unseen by the leader, so a move does not complete ahead of its throttle), and ask
+/// for no more than it allows otherwise.
+fn next_fetch(
+    broker: &Broker,
+    targets: &[Target],
+    progress_only: bool,
+) -> Result<FetchRequest, Duration> {
+    let (wait, allowance) = if targets.iter().any(|t| t.throttled) {
+        let rate = broker
+            .catalog
+            .broker_configs()
+            .get_i64("follower.replication.throttled.rate", i64::MAX);
+        let th = &broker.follower_throttle;
+        (th.delay(rate), th.allowance(rate))
+    } else {
+        (Duration::ZERO, None)
+    };
+    let fetched: Vec<Target> = targets
+        .iter()
+        .filter(|t| wait.is_zero() || !t.throttled)
+        .cloned()
+        .collect();
+    if fetched.is_empty() {
+        return Err(wait);
+    }
+    let mut req = positions(broker, &fetched, progress_only);
+    if !wait.is_zero() {
+        // Come back for the throttled replicas once the debt is paid.
+        req.max_wait_ms = (wait.as_millis() as u32).clamp(1, req.max_wait_ms);
+    }
+    if let Some(a) = allowance {
+        for (p, t) in req.partitions.iter_mut().zip(&fetched) {
+            if t.throttled {
+                p.max_bytes = a;
+            }
+        }
+    }
+    Ok(req)
+}
+
+/// Applies one partition's fetch answer to the local replica. Batches are queued, and
+/// `done` runs once they are written: `Ok(true)` says it will.
 async fn apply(
     broker: &Broker,
-    part: &Partition,
+    part: &Arc<Partition>,
     fp: FetchedPartition,
     sync: bool,
-) -> Result<(), LogError> {
+    done: Box<dyn FnOnce(Result<(), LogError>) + Send>,
+) -> Result<bool, LogError> {
     if fp.error_code != 0 {
         // Not (or no longer) the leader at our epoch: wait for the metadata to catch up.
         return Err(LogError::NotLeader);
     }
     if fp.reset {
         tracing::info!(topic = %part.topic, partition = part.index, log_start = fp.log_start_offset, "restarting replica at the leader's log start");
-        return part.reset_to(fp.log_start_offset).await;
+        part.reset_to(fp.log_start_offset).await?;
+        return Ok(false);
     }
     if fp.diverging {
         // Keep what both logs share: the smaller of the leader's end of that epoch
@@ -282,14 +475,8 @@ async fn apply(
             fp.diverging_end_offset.min(ours)
         };
         part.truncate_to(to.max(part.offsets().log_start)).await?;
-        return Ok(());
+        return Ok(false);
     }
-    if !fp.records.is_empty() {
-        let bytes = fp.records.len() as u64;
-        part.append_replicated(fp.records, sync).await?;
-        broker.metrics.replication_bytes_in.inc_by(bytes);
-    }
-    part.set_follower_high_watermark(fp.high_watermark);
     let local_start = part.offsets().log_start;
     if fp.log_start_offset > local_start {
         let target = fp.log_start_offset.min(part.offsets().high_watermark);
@@ -297,5 +484,14 @@ async fn apply(
             part.delete_records(target).await?;
         }
     }
-    Ok(())
+    if fp.records.is_empty() {
+        part.raise_follower_high_watermark(fp.high_watermark);
+        return Ok(false);
+    }
+    broker
+        .metrics
+        .replication_bytes_in
+        .inc_by(fp.records.len() as u64);
+    part.append_replicated(fp.records, sync, fp.high_watermark, done)?;
+    Ok(true)
 }
