@@ -142,6 +142,21 @@ pub fn parse_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     })
 }
 
+/// The whole batches stored back to back in `records`, each with its header, as views
+/// into the same buffer (no copy). Stops at the first malformed or cut batch.
+pub fn split(records: &bytes::Bytes) -> Vec<(BatchHeader, bytes::Bytes)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Ok(h) = parse_header(&records[at..]) {
+        if h.size > records.len() - at {
+            break;
+        }
+        out.push((h, records.slice(at..at + h.size)));
+        at += h.size;
+    }
+    out
+}
+
 /// The CRC-32C stored in a batch header (covers everything from the attributes on).
 pub fn stored_crc(buf: &[u8]) -> Option<u32> {
     let b = buf.get(CRC_POS..CRC_POS + 4)?;
@@ -266,6 +281,19 @@ pub(crate) mod tests {
             assert_eq!(h.size, b.len());
             assert_eq!(h.max_timestamp, 1_700_000_000_004);
         }
+    }
+
+    #[test]
+    fn splits_back_to_back_batches_and_stops_at_a_cut_one() {
+        let (a, b) = (
+            sample_batch(2, Compression::None),
+            sample_batch(3, Compression::None),
+        );
+        let all = Bytes::from([&a[..], &b[..], &a[..10]].concat());
+        let parts = split(&all);
+        assert_eq!(parts.len(), 2);
+        assert_eq!((parts[0].0.record_count, &parts[0].1[..]), (2, &a[..]));
+        assert_eq!((parts[1].0.record_count, &parts[1].1[..]), (3, &b[..]));
     }
 
     #[test]

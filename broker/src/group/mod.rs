@@ -346,15 +346,14 @@ impl Coordinator {
             let mut r = Replayed::default();
             let mut next = part.offsets().log_start;
             loop {
-                let batches = part
+                let records = part
                     .read_for_replica(next, REPLAY_CHUNK)
                     .map_err(|e| e.to_string())?;
-                if batches.is_empty() {
+                if records.is_empty() {
                     r.groups.retain(|_, o| !o.is_empty());
                     return Ok(r);
                 }
-                for raw in batches {
-                    let h = batch::parse_header(&raw).map_err(|e| e.to_string())?;
+                for (h, raw) in batch::split(&records) {
                     next = h.last_offset() + 1;
                     if h.is_control() {
                         if let Ok(Some(m)) = crate::protocol::marker::read_marker(&raw) {

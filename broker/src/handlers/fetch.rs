@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
@@ -120,15 +120,10 @@ impl Broker {
                     .bytes_out
                     .with_label_values(&[name])
                     .inc_by(records.len() as u64);
-                let mut rest = &records[..];
-                let mut count = 0u64;
-                while let Ok(h) = batch::parse_header(rest) {
-                    count += h.record_count as u64;
-                    if h.size > rest.len() {
-                        break;
-                    }
-                    rest = &rest[h.size..];
-                }
+                let count: u64 = batch::split(records)
+                    .iter()
+                    .map(|(h, _)| h.record_count as u64)
+                    .sum();
                 self.metrics
                     .records_out
                     .with_label_values(&[name])
@@ -188,15 +183,14 @@ impl Broker {
                     continue;
                 }
                 match part.read(w.offset, budget.max(1), committed) {
-                    Ok(batches) => {
-                        let size: usize = batches.iter().map(|b| b.len()).sum();
+                    Ok(records) => {
+                        let size = records.len();
                         // Only the first data in a response may exceed the limits.
                         if size > 0 && (total == 0 || size <= budget) {
-                            let last = batches
-                                .last()
-                                .and_then(|b| batch::parse_header(b).ok())
-                                .map_or(w.offset, |h| h.last_offset());
                             if committed {
+                                let last = batch::split(&records)
+                                    .last()
+                                    .map_or(w.offset, |(h, _)| h.last_offset());
                                 let aborted = part
                                     .aborted_in(w.offset, last)
                                     .into_iter()
@@ -208,12 +202,8 @@ impl Broker {
                                     .collect();
                                 pd = pd.with_aborted_transactions(Some(aborted));
                             }
-                            let mut buf = BytesMut::with_capacity(size);
-                            for b in &batches {
-                                buf.extend_from_slice(b);
-                            }
                             total += size;
-                            pd = pd.with_records(Some(buf.freeze()));
+                            pd = pd.with_records(Some(records));
                         }
                         partitions.push(pd);
                     }

@@ -1238,12 +1238,12 @@ impl Partition {
 
     /// Reads whole stored batches from `offset` up to the durable log end (followers read
     /// past the high watermark). Blocking: call off the async reactor.
-    pub fn read_for_replica(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, LogError> {
+    pub fn read_for_replica(&self, offset: i64, max_bytes: usize) -> Result<Bytes, LogError> {
         let end = self.log_end();
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
-        Ok(self.store.read_batches(self.uid, offset, end, max_bytes)?)
+        Ok(self.store.read_records(self.uid, offset, end, max_bytes)?)
     }
 
     /// `(base offset, last offset, leader epoch, crc)` of every stored batch up to the log
@@ -1490,12 +1490,7 @@ impl Partition {
     /// a new leader learns the high watermark its predecessor reached only from its
     /// followers' next fetches, and a consumer already there must wait, not reset.
     /// Blocking: call off the async reactor.
-    pub fn read(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-        committed: bool,
-    ) -> Result<Vec<Bytes>, LogError> {
+    pub fn read(&self, offset: i64, max_bytes: usize, committed: bool) -> Result<Bytes, LogError> {
         let Offsets {
             log_start,
             high_watermark,
@@ -1509,9 +1504,9 @@ impl Partition {
             high_watermark
         };
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
-        Ok(self.store.read_batches(self.uid, offset, end, max_bytes)?)
+        Ok(self.store.read_records(self.uid, offset, end, max_bytes)?)
     }
 
     /// Last stable offset: the first offset of the oldest open transaction, or the high
@@ -2036,14 +2031,13 @@ mod tests {
         let (_d1, leader, cfg) = new_partition();
         leader.apply_state(1, &state(&[1, 2], 0), 1);
         append_ten(&leader, &cfg).await;
-        let batches = leader.read_for_replica(0, 1 << 20).expect("read");
+        let records = leader.read_for_replica(0, 1 << 20).expect("read");
         let (_d2, follower, _) = new_partition();
         follower.apply_state(2, &state(&[1, 2], 0), 1);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let done = Box::new(move |r| {
             let _ = tx.send(r);
         });
-        let records = Bytes::from(batches.concat());
         let count = follower
             .append_replicated(records, true, 10, done)
             .expect("queued");
@@ -2055,7 +2049,7 @@ mod tests {
 
         // A good batch followed by a cut one: refused whole, nothing moves.
         append_ten(&leader, &cfg).await;
-        let good = leader.read_for_replica(10, 1 << 20).expect("read").concat();
+        let good = leader.read_for_replica(10, 1 << 20).expect("read");
         let records = Bytes::from([&good[..], &good[..good.len() / 2]].concat());
         let never = Box::new(|_| panic!("a refused append reported written"));
         assert!(matches!(
@@ -2076,7 +2070,8 @@ mod tests {
         part.follower_fetch(2, 0, 10, 10, 0).expect("fetch");
         append_ten(&part, &cfg).await;
         assert_eq!((part.offsets().high_watermark, part.log_end()), (10, 20));
-        assert_eq!(part.read(5, 1 << 20, false).expect("read").len(), 1);
+        let read = part.read(5, 1 << 20, false).expect("read");
+        assert_eq!(batch::split(&read).len(), 1);
         for offset in [10, 15, 20] {
             assert!(part
                 .read(offset, 1 << 20, false)

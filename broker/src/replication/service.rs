@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use kafka_protocol::error::ResponseError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -293,14 +292,9 @@ async fn respond(b: &Broker, fetch: Checked) -> Result<FetchResponse, Status> {
                 limit = limit.min(i.max_bytes as usize);
             }
             match p.read_for_replica(i.offset, limit) {
-                Ok(batches) => {
-                    let size: usize = batches.iter().map(|x| x.len()).sum();
-                    let mut buf = BytesMut::with_capacity(size);
-                    for x in &batches {
-                        buf.extend_from_slice(x);
-                    }
-                    total += size;
-                    i.out.records = buf.freeze();
+                Ok(records) => {
+                    total += records.len();
+                    i.out.records = records;
                     i.out.high_watermark = p.offsets().high_watermark;
                 }
                 Err(e) => i.out.error_code = code(&e),
