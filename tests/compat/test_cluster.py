@@ -609,6 +609,47 @@ def test_frozen_followers_shrink_isr_and_min_insync_is_enforced(make_cluster):
     assert [(m.offset(), m.value()) for m in got] == acked
 
 
+def test_a_leader_that_cannot_hand_over_stops_with_followers_attached(make_cluster):
+    """SIGTERM of the only in-sync replica of a partition whose followers are still
+    copying (held back by a replication throttle, their fetch streams open): the
+    leadership cannot move, and the broker exits cleanly at once, without waiting for
+    the controller to fence it and the followers to let go.  Broker 1 alone is the
+    metadata quorum, so freezing the followers leaves it working."""
+    c = make_cluster(n=4, voters=1,
+                     extra_args=(*ISR_FAST, "--controlled-shutdown-timeout-ms", 1000))
+    # Balancing off: it would move replicas onto broker 1, which has none.
+    assert c.broker(1).http_request("DELETE", "/v1/balancer")[0] == 200
+    topic = unique_topic("handover")
+    adm = ck_admin(c)  # must outlive its futures
+    adm.create_topics([NewTopic(topic, num_partitions=1, replica_assignment=[[2, 3, 4]],
+                                config={"follower.replication.throttled.replicas": "*"})],
+                      operation_timeout=OP_TIMEOUT)[topic].result(OP_TIMEOUT)
+    assert c.wait_leader(topic, 0, timeout=OP_TIMEOUT) == 2
+    c.wait_isr(topic, [0], {2, 3, 4})
+    # Only out-of-sync replicas are throttled: in sync, the followers do not feel it yet.
+    for b in (3, 4):
+        with kafka_wire.Conn(c.broker(b).port) as conn:
+            assert kafka_wire.incremental_alter_configs_v0(
+                conn, kafka_wire.RESOURCE_BROKER, str(b),
+                [("follower.replication.throttled.rate", kafka_wire.OP_SET, "1000")]) == (0, None)
+    for b in (3, 4):
+        c.sigstop(b)
+    c.wait_isr(topic, [0], {2}, timeout=LAG_MS / 1000 + 15)
+    # More than one replica fetch (8 MiB) carries: a fetch sent before the follower
+    # learns that it left the ISR is not throttled yet.
+    produce_records(c, topic, [b"x" * 1000] * 20000, partition=0)
+    for b in (3, 4):
+        c.sigcont(b)
+    time.sleep(1.5)  # the followers fetch again, behind the throttle
+    c.wait_isr(topic, [0], {2}, timeout=1)
+    t0 = time.monotonic()
+    assert c.stop_broker(2) == 0
+    took = time.monotonic() - t0
+    print(f"broker 2 stopped {took:.2f} s after SIGTERM")
+    # Not the broker session (3 s) until the controller fences it.
+    assert took < 1.5, took
+
+
 @pytest.mark.timeout(300)
 def test_isolated_leader_unreplicated_tail_is_truncated(make_cluster):
     """The leader keeps appending (acks=1) while its followers are frozen;

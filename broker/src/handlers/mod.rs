@@ -194,7 +194,7 @@ impl Broker {
     }
 
     /// Resolves once shutdown has begun.
-    async fn stopped(&self) {
+    pub async fn stopped(&self) {
         let mut rx = self.stopping.subscribe();
         let _ = rx.wait_for(|s| *s).await;
     }

@@ -128,7 +128,9 @@ impl Replication for ReplicationService {
         };
         tokio::spawn(async move {
             // The reader ends with the follower's side of the stream; answering stops
-            // with it.
+            // with it. A stopping broker ends the stream itself: the RPC server's
+            // graceful shutdown waits for every open stream, and a follower would keep
+            // one open as long as this broker still leads its partitions.
             let answer = async {
                 while let Some(fetch) = fetch_rx.recv().await {
                     let resp = respond(&broker, fetch).await;
@@ -140,6 +142,7 @@ impl Replication for ReplicationService {
             tokio::select! {
                 _ = reader => {}
                 _ = answer => {}
+                _ = broker.stopped() => {}
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
