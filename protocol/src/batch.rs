@@ -144,17 +144,17 @@ pub fn parse_header(buf: &[u8]) -> Result<BatchHeader, BatchError> {
 
 /// The whole batches stored back to back in `records`, each with its header, as views
 /// into the same buffer (no copy). Stops at the first malformed or cut batch.
-pub fn split(records: &bytes::Bytes) -> Vec<(BatchHeader, bytes::Bytes)> {
-    let mut out = Vec::new();
+pub fn split(records: &bytes::Bytes) -> impl Iterator<Item = (BatchHeader, bytes::Bytes)> + '_ {
     let mut at = 0;
-    while let Ok(h) = parse_header(&records[at..]) {
+    std::iter::from_fn(move || {
+        let h = parse_header(&records[at..]).ok()?;
         if h.size > records.len() - at {
-            break;
+            return None;
         }
-        out.push((h, records.slice(at..at + h.size)));
+        let batch = records.slice(at..at + h.size);
         at += h.size;
-    }
-    out
+        Some((h, batch))
+    })
 }
 
 /// The CRC-32C stored in a batch header (covers everything from the attributes on).
@@ -290,7 +290,7 @@ pub(crate) mod tests {
             sample_batch(3, Compression::None),
         );
         let all = Bytes::from([&a[..], &b[..], &a[..10]].concat());
-        let parts = split(&all);
+        let parts: Vec<_> = split(&all).collect();
         assert_eq!(parts.len(), 2);
         assert_eq!((parts[0].0.record_count, &parts[0].1[..]), (2, &a[..]));
         assert_eq!((parts[1].0.record_count, &parts[1].1[..]), (3, &b[..]));

@@ -121,7 +121,6 @@ impl Broker {
                     .with_label_values(&[name])
                     .inc_by(records.len() as u64);
                 let count: u64 = batch::split(records)
-                    .iter()
                     .map(|(h, _)| h.record_count as u64)
                     .sum();
                 self.metrics

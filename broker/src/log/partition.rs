@@ -2071,7 +2071,7 @@ mod tests {
         append_ten(&part, &cfg).await;
         assert_eq!((part.offsets().high_watermark, part.log_end()), (10, 20));
         let read = part.read(5, 1 << 20, false).expect("read");
-        assert_eq!(batch::split(&read).len(), 1);
+        assert_eq!(batch::split(&read).count(), 1);
         for offset in [10, 15, 20] {
             assert!(part
                 .read(offset, 1 << 20, false)

@@ -354,7 +354,6 @@ impl Store {
     ) -> Result<Vec<Bytes>, StorageError> {
         let records = self.read_records(uid, offset, end_offset, max_bytes)?;
         Ok(crate::protocol::batch::split(&records)
-            .into_iter()
             .map(|(_, b)| b)
             .collect())
     }
