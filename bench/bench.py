@@ -545,6 +545,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def disk_write_bytes(pid):
+    """Bytes a process has sent to storage so far (``write_bytes`` of /proc/PID/io):
+    the WAL, memtable flushes and compactions, O_DIRECT writes included."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
 RECOMPRESSION_CASES = (("gzip", "producer"), ("gzip", "lz4"), ("gzip", "zstd"),
                        ("none", "lz4"), ("lz4", "gzip"))
 
@@ -786,6 +796,7 @@ def main():
     results = []
     total_records = 0
     total_raw_bytes = 0
+    written_at_start = disk_write_bytes(broker.pid)
     try:
         for size, count in ((1024, args.records_1k), (100, args.records_100b)):
             for acks in ("1", "all"):
@@ -805,6 +816,7 @@ def main():
         rss = broker.rss_kib()
         time.sleep(1.0)
         disk_live = disk_usage_bytes(broker.data_dir)
+        written = disk_write_bytes(broker.pid) - written_at_start
         admin = None  # destroy the client before its broker goes away (no reconnect noise)
     finally:
         broker.stop(check=False)
@@ -836,6 +848,9 @@ def main():
               f"{disk / total_records:.1f} B/record; raw record-batch size "
               f"~{total_raw_bytes / total_records:.1f} B/record "
               f"(ratio {disk / max(total_raw_bytes, 1):.2f})")
+        print(f"disk writes while running: {written / 1048576:.1f} MiB = "
+              f"{written / max(total_raw_bytes, 1):.2f} bytes written per record-batch byte "
+              f"(write-ahead log, memtable flushes, compactions)")
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

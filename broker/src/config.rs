@@ -71,6 +71,10 @@ pub struct Config {
     /// Obsolete WAL files kept for reuse instead of deleted (deleting them stalled WAL
     /// syncs); each is about a memtable's size.
     pub storage_wal_recycle_files: usize,
+    /// Record batches of at least this many bytes are kept in RocksDB blob files, apart
+    /// from their keys, so that compactions rewrite keys only; 0 keeps every batch in
+    /// the LSM tree.
+    pub storage_blob_min_bytes: u64,
     /// Bytes of requests read and not yet answered, over all connections; a request that
     /// would pass it is not read until others finish (Kafka's `queued.max.request.bytes`).
     pub queued_max_request_bytes: u64,
@@ -167,6 +171,7 @@ impl Default for Config {
             log_memtable_bytes: store.log_memtable_bytes,
             storage_direct_io: store.direct_io,
             storage_wal_recycle_files: store.wal_recycle_files,
+            storage_blob_min_bytes: store.blob_min_bytes,
             quota_window_num: 11,
             quota_window_size_seconds: 1,
             group_initial_rebalance_delay_ms: 3000,
@@ -296,6 +301,10 @@ pub struct Cli {
     #[arg(long, env = "RIFFLE_STORAGE_WAL_RECYCLE_FILES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_wal_recycle_files: Option<usize>,
+    /// Smallest record batch kept in a blob file; 0: none [default: 4096].
+    #[arg(long, env = "RIFFLE_STORAGE_BLOB_MIN_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_blob_min_bytes: Option<u64>,
     /// Request bytes held at once over all connections [default: 134217728].
     #[arg(long, env = "RIFFLE_QUEUED_MAX_REQUEST_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]

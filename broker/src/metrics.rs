@@ -197,7 +197,7 @@ impl Metrics {
             ),
             storage_bytes: gauge(
                 "riffle_storage_bytes",
-                "RocksDB SST plus memtable bytes by column family",
+                "RocksDB SST, blob file and memtable bytes by column family",
                 &["cf"],
             ),
             bad_frames: counter(

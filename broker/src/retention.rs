@@ -37,7 +37,14 @@ pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
             for p in topic.partitions() {
                 match p.apply_retention(&cfg).await {
                     Ok(Some(start)) => {
-                        tracing::info!(topic = %topic.name, partition = p.index, log_start_offset = start, "retention deleted segments")
+                        tracing::info!(topic = %topic.name, partition = p.index, log_start_offset = start, "retention deleted segments");
+                        let (store, uid) = (broker.store.clone(), p.uid);
+                        let compacted = tokio::task::spawn_blocking(move || {
+                            store.compact_log_below(uid, start)
+                        });
+                        if let Err(e) = compacted.await {
+                            tracing::error!(error = %e, "compaction after retention failed");
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => {

@@ -3,6 +3,7 @@ configuration flags, retention."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -11,6 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as Errors
 
 import kafka_wire as w
+from group_helpers import metric_value
 from helpers import create_topic, kp_admin, unique_topic, wait_until
 
 
@@ -152,6 +154,50 @@ def test_time_and_size_retention(make_broker):
     finally:
         c.close(autocommit=False)
     assert sorted(ends.values()) == [100, 100]
+
+
+def test_retention_frees_the_disk_space_of_an_idle_topic(make_broker):
+    """Batches are kept in blob files apart from their keys, and a blob file goes once
+    every batch in it was deleted: at a compaction that meets the deleted keys. Time
+    retention mostly deletes from topics nobody writes to any more, where no such
+    compaction would come; retention compacts what it deleted, so the space comes back."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    # Small memtables: batches reach blob files after a megabyte, not 128 MiB.
+    b = make_broker("--log-retention-check-interval-ms", "300",
+                    "--log-memtable-bytes", str(4 << 20))
+    topic = unique_topic("rfree")
+    create_topic(b.bootstrap, topic, configs={"retention.ms": -1, "segment.bytes": 1 << 20})
+    old = int(time.time() * 1000) - 3_600_000
+    value = os.urandom(1000)
+    prod = KafkaProducer(bootstrap_servers=b.bootstrap, acks=1, linger_ms=5,
+                         batch_size=64 << 10)
+    try:
+        for i in range(40_000):
+            prod.send(topic, value=value, partition=0, timestamp_ms=old + i)
+        prod.flush(timeout=60)
+    finally:
+        prod.close(timeout=5)
+
+    def stored_files():
+        return sum(f.stat().st_size for f in b.data_dir.iterdir()
+                   if f.suffix in (".blob", ".sst"))
+
+    # Flushed to files: everything but the (at most four) 1 MiB memtables.
+    wait_until(lambda: stored_files() > 30_000_000, timeout=30,
+               message="the records to reach blob and SST files")
+    adm = kp_admin(b.bootstrap)
+    try:
+        out = adm.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                                configs={"retention.ms": "60000"})])
+        assert out["topic"][topic] == "OK", out
+    finally:
+        adm.close()
+    wait_until(lambda: _earliest(b.bootstrap, topic) == 40_000, timeout=30,
+               message="time retention to delete every segment")
+    wait_until(lambda: stored_files() < 4 << 20, timeout=30,
+               message="blob and SST files of deleted batches to be removed")
+    assert metric_value(b, "riffle_storage_bytes", cf="log") < 8 << 20
 
 
 def test_validate_only_create_reports_invalid_config(broker):

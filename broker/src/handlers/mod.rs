@@ -112,6 +112,7 @@ impl Broker {
                     log_memtable_bytes: config.log_memtable_bytes,
                     direct_io: config.storage_direct_io,
                     wal_recycle_files: config.storage_wal_recycle_files,
+                    blob_min_bytes: config.storage_blob_min_bytes,
                 },
             )
             .map_err(crate::metadata::CatalogError::from)?,

@@ -64,6 +64,8 @@ pub struct StoreOptions {
     pub direct_io: bool,
     /// Obsolete WAL files kept for reuse.
     pub wal_recycle_files: usize,
+    /// Smallest record batch kept in a blob file, apart from its key (0: none).
+    pub blob_min_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -72,6 +74,7 @@ impl Default for StoreOptions {
             log_memtable_bytes: Store::DEFAULT_LOG_MEMTABLE_BYTES,
             direct_io: true,
             wal_recycle_files: 4,
+            blob_min_bytes: 4096,
         }
     }
 }
@@ -135,6 +138,21 @@ impl Store {
         log_opts.set_level_compaction_dynamic_level_bytes(true);
         // Batches arrive compressed by producers (or not at all); compressing again wastes CPU.
         log_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        if options.blob_min_bytes > 0 {
+            // Batches go to blob files at flush and SST files keep their keys, so
+            // compactions rewrite keys only: disk writes per byte produced 3.5-3.9 ->
+            // 2.5-2.8 in `bench/bench.py`, and less compaction I/O behind WAL syncs.
+            log_opts.set_enable_blob_files(true);
+            log_opts.set_min_blob_size(options.blob_min_bytes);
+            log_opts.set_blob_compression_type(rocksdb::DBCompressionType::None);
+            // Live batches in the oldest quarter of blob files move on when compactions
+            // meet them, so a file that also holds deleted batches is freed.
+            log_opts.set_enable_blob_gc(true);
+            // Blob files are read one batch at a time; RocksDB's default advice of random
+            // access turns the kernel's readahead off, which halved consume throughput
+            // of small batches.
+            opts.set_advise_random_on_open(false);
+        }
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log_opts),
             ColumnFamilyDescriptor::new(CF_INDEX, Options::default()),
@@ -380,9 +398,33 @@ impl Store {
                     .ok()
                     .flatten()
                     .unwrap_or(0);
-                (cf, sst + mem)
+                let blobs = self
+                    .db
+                    .property_int_value_cf(self.cf(cf), "rocksdb.total-blob-file-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                (cf, sst + mem + blobs)
             })
             .collect()
+    }
+
+    /// Compacts the log of partition `uid` below `offset`, after its batches there were
+    /// deleted: the blob files holding only deleted batches are freed now, not when
+    /// some later compaction happens to meet them (none may come once writes stop).
+    /// Blocks until done.
+    pub fn compact_log_below(&self, uid: u64, offset: i64) {
+        let (lower, _) = partition_bounds(uid);
+        let mut co = rocksdb::CompactOptions::default();
+        co.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        // Automatic compactions go on meanwhile, so produce never waits behind this one.
+        co.set_exclusive_manual_compaction(false);
+        self.db.compact_range_cf_opt(
+            self.cf(CF_LOG),
+            Some(lower),
+            Some(log_key(uid, offset)),
+            &co,
+        );
     }
 
     /// Syncs the WAL, flushes memtables and stops background work; used on clean
