@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use prometheus::IntGauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -12,9 +12,9 @@ use tokio::task::JoinSet;
 
 use crate::acl::Session;
 use crate::handlers::Broker;
-use crate::protocol::EncodeError;
+use crate::protocol::{EncodeError, Frame};
 
-type Pending = JoinHandle<Result<Option<Bytes>, EncodeError>>;
+type Pending = JoinHandle<Result<Option<Frame>, EncodeError>>;
 
 /// A request's share of the budget, returned (and the gauge lowered) when dropped.
 struct Reserved {
@@ -122,7 +122,8 @@ async fn connection(
     let writer = tokio::spawn(async move {
         while let Some(pending) = rx.recv().await {
             match pending.await {
-                Ok(Ok(Some(bytes))) => wr.write_all(&bytes).await?,
+                // Vectored: a fetch's record sets go out from where they were read.
+                Ok(Ok(Some(mut frame))) => wr.write_all_buf(&mut frame).await?,
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "closing connection: response could not be encoded");

@@ -5,13 +5,15 @@
 pub mod alloc;
 pub mod batch;
 pub mod compress;
+mod frame;
 pub mod marker;
 pub mod records;
 mod request;
 
+pub use frame::Frame;
 pub use request::{decode_request, Body, DecodeError, Request};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, ResponseHeader};
 use kafka_protocol::protocol::Encodable;
 
@@ -122,19 +124,28 @@ pub fn encode_response<R: Encodable>(
     version: i16,
     correlation_id: i32,
     body: &R,
-) -> Result<Bytes, EncodeError> {
+) -> Result<Frame, EncodeError> {
+    encode_response_sharing(api, version, correlation_id, body, &[])
+}
+
+/// [`encode_response`], with the byte fields that are slices of `shared` (the record
+/// sets of a fetch) left where they are, as parts of the frame, instead of copied.
+pub fn encode_response_sharing<R: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+    shared: &[Bytes],
+) -> Result<Frame, EncodeError> {
     let header_version = api.response_header_version(version);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    let mut buf = BytesMut::with_capacity(64);
-    buf.put_i32(0);
+    let mut buf = frame::FrameBuf::new(shared);
     header
         .encode(&mut buf, header_version)
         .map_err(|e| EncodeError(e.to_string()))?;
     body.encode(&mut buf, version)
         .map_err(|e| EncodeError(e.to_string()))?;
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(buf.freeze())
+    Ok(buf.finish())
 }
 
 #[cfg(test)]

@@ -37,12 +37,13 @@ use crate::group::{Coordinator, GroupTimings};
 use crate::metadata::Catalog;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    self, decode_request, encode_response, Body, DecodeError, EncodeError, Request,
+    self, decode_request, encode_response, encode_response_sharing, Body, DecodeError, EncodeError,
+    Frame, Request,
 };
 use crate::storage::{Store, StoreOptions};
 
-/// Response bytes to send, or `None` when the request gets no response (acks=0).
-pub type Reply = Pin<Box<dyn Future<Output = Result<Option<Bytes>, EncodeError>> + Send>>;
+/// Response frame to send, or `None` when the request gets no response (acks=0).
+pub type Reply = Pin<Box<dyn Future<Output = Result<Option<Frame>, EncodeError>> + Send>>;
 
 /// Why a broker could not open.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +92,7 @@ pub struct Broker {
     txn_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn ready(r: Result<Option<Bytes>, EncodeError>) -> Reply {
+fn ready(r: Result<Option<Frame>, EncodeError>) -> Reply {
     Box::pin(std::future::ready(r))
 }
 
@@ -332,7 +333,13 @@ impl Broker {
                 let (this, who) = (self.clone(), who.clone());
                 Box::pin(async move {
                     let resp = this.fetch(req, &who, &client_id).await;
-                    encode_response(api, v, corr, &resp).map(Some)
+                    let records: Vec<Bytes> = resp
+                        .responses
+                        .iter()
+                        .flat_map(|t| &t.partitions)
+                        .filter_map(|p| p.records.clone())
+                        .collect();
+                    encode_response_sharing(api, v, corr, &resp, &records).map(Some)
                 })
             }
             Body::ListOffsets(req) => now!(self.list_offsets(req, v, who).await),
