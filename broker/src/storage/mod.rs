@@ -381,30 +381,22 @@ impl Store {
         Ok(self.db.get_cf(self.cf(CF_LOG), log_key(uid, base_offset))?)
     }
 
-    /// Estimated bytes of live data per column family (for metrics).
+    /// Estimated bytes of live data per column family (for metrics): SST and blob
+    /// files, and memtables.
     pub fn live_bytes(&self) -> Vec<(&'static str, u64)> {
+        const PROPERTIES: [&str; 3] = [
+            "rocksdb.total-sst-files-size",
+            "rocksdb.total-blob-file-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ];
         [CF_LOG, CF_INDEX, CF_META, CF_RAFT]
             .into_iter()
             .map(|cf| {
-                let sst = self
-                    .db
-                    .property_int_value_cf(self.cf(cf), "rocksdb.total-sst-files-size")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-                let mem = self
-                    .db
-                    .property_int_value_cf(self.cf(cf), "rocksdb.cur-size-all-mem-tables")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-                let blobs = self
-                    .db
-                    .property_int_value_cf(self.cf(cf), "rocksdb.total-blob-file-size")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-                (cf, sst + mem + blobs)
+                let bytes = PROPERTIES
+                    .iter()
+                    .filter_map(|p| self.db.property_int_value_cf(self.cf(cf), *p).ok()?)
+                    .sum();
+                (cf, bytes)
             })
             .collect()
     }
